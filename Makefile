@@ -1,0 +1,54 @@
+# enrich: `make demo` to see it work, `make test` to test it. Everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+DEMO_PORT ?= 8787
+export DEMO_CLIENT_ID ?= demo-client
+export DEMO_CLIENT_SECRET ?= demo-secret-2f8a
+
+.PHONY: install demo demo-server enrich test check lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: start the bundled demo API, enrich sample_data/people.csv into out/, show the new columns
+demo: $(STAMP)
+	@mkdir -p out
+	@$(BIN)/enrich demo-server --port $(DEMO_PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	$(PY) scripts/wait_for_port.py 127.0.0.1 $(DEMO_PORT) && \
+	$(BIN)/enrich run configs/demo.yaml --preview 8
+
+## demo-server: run the demo API in the foreground
+demo-server: $(STAMP)
+	$(BIN)/enrich demo-server --port $(DEMO_PORT)
+
+## enrich: the target to schedule: make enrich CONFIG=my.yaml [INPUT=in.csv] [OUTPUT=out.parquet]
+enrich: $(STAMP)
+	@test -n "$(CONFIG)" || { echo "usage: make enrich CONFIG=path.yaml [INPUT=...] [OUTPUT=...]" >&2; exit 2; }
+	$(BIN)/enrich run $(CONFIG) $(if $(INPUT),--input $(INPUT)) $(if $(OUTPUT),--output $(OUTPUT)) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check enrich tests scripts
+	$(BIN)/ruff check enrich tests scripts
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format enrich tests scripts
+	$(BIN)/ruff check --fix enrich tests scripts
+
+## check: the one gate: format, lint, types, tests
+check: lint test
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

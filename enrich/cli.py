@@ -1,0 +1,204 @@
+"""The command line: the only module that prints, parses argv or imports tqdm.
+
+Exit codes: 0 the run completed (rows that failed are in ``_error``); 1 an
+unexpected internal error; 2 the config or input is wrong (nothing was sent);
+3 the run was aborted (e.g. login failed; nothing was written); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import EnrichError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # usage errors are config errors: exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser = _Parser(
+        prog="enrich",
+        description="Call an HTTP API for every row of a table and add the answers as columns.",
+        epilog="exit codes: 0 done, 1 internal error, 2 bad config or input, 3 run aborted, 130 interrupted",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"enrich {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", parents=[common], help="enrich a table as the config says",
+                         description="Log in, call the API for every row, write the table with the new columns.")
+    run.add_argument("config", type=Path, help="the YAML config file")
+    run.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson); overrides `input`")
+    run.add_argument("--output", type=Path, help="output table (.csv, .parquet); overrides `output`")
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows (a trial run)")
+    run.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight; overrides `concurrency`")
+    run.add_argument("--rate-limit", metavar="RATE", help="e.g. 20/s or 600/min; overrides `rate_limit`")
+    run.add_argument("--preview", type=int, default=0, metavar="N", help="print the first N rows of the new columns")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+    demo = sub.add_parser("demo-server", parents=[common], help="run the bundled demo JWT API on 127.0.0.1",
+                          description="The demo API that configs/demo.yaml enriches against.")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    demo.add_argument("--latency-ms", type=float, default=0.0, help="delay added to each call")
+    demo.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime in seconds")
+    demo.add_argument("--rate-limit", type=int, default=None, help="calls per second before it answers 429")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    redact = _Redact()
+    try:
+        if args.command == "run":
+            return _run(args, redact)
+        if args.command == "demo-server":
+            return _demo_server(args)
+    except EnrichError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so, and how to get the details
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"error: internal error ({type(exc).__name__}: {redact(str(exc))}). "
+            "Run again with --debug for the traceback, and please report it.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+class _Redact:
+    """Everything the CLI prints goes through the run's redactor, once there is one."""
+
+    def __init__(self) -> None:
+        self.redactor: Any = None
+
+    def __call__(self, text: str) -> str:
+        return self.redactor.redact(text) if self.redactor is not None else text
+
+
+def _run(args: argparse.Namespace, redact: _Redact) -> int:
+    from .config import load_config
+    from .engine import arun_job
+
+    config = load_config(args.config, {"concurrency": args.concurrency, "rate_limit": args.rate_limit})
+    redact.redactor = config.redactor
+    show = not args.quiet
+    progress = _ProgressBar(enabled=show and sys.stderr.isatty())
+    try:
+        result, out = asyncio.run(arun_job(config, args.input, args.output, args.limit, progress.update))
+    finally:
+        progress.close()
+    s = result.summary
+    if show:
+        failures = ", ".join(f"{kind}: {n}" for kind, n in s.failures.items())
+        print(
+            f"enriched {s.rows} rows in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
+            f"{f' ({failures})' if failures else ''}; {s.calls} calls, {s.retries} retries, "
+            f"{s.throttled} throttled (429), {s.logins} logins, {s.refreshes} token refreshes"
+            f" -> {out}",
+            file=sys.stderr,
+        )
+    if args.preview > 0:
+        _print_preview(result.frame, config, args.preview, redact)
+    return EXIT_OK
+
+
+def _print_preview(frame: Any, config: Any, rows: int, redact: _Redact) -> None:
+    import polars as pl
+
+    keep = [c for c in frame.columns if c not in config.output_columns][:1] + list(config.output_columns)
+    with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+        print(redact(str(frame.select(keep).head(rows))))
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr fed by the engine's progress callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar: Any = None
+        self.enabled = enabled
+        self.failed = -1
+
+    def update(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
+        if p.failed != self.failed:
+            self.failed = p.failed
+            self.bar.set_postfix_str(f"errors={p.failed}", refresh=False)
+        self.bar.update(p.done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _demo_server(args: argparse.Namespace) -> int:
+    from .demo_server import serve, settings_from_env
+
+    settings = settings_from_env(
+        latency=args.latency_ms / 1000, token_ttl=args.token_ttl, rate_limit=args.rate_limit
+    )
+
+    async def forever() -> None:
+        runner = await serve(settings, args.host, args.port)
+        print(f"demo API listening on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(forever())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port.", file=sys.stderr)
+        return EXIT_ABORTED
+    return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,222 @@
+"""Turn a row into a request, and send it: auth, rate limit, timeout, retries.
+
+    request = prepare(config.request, row)          # templates rendered, URL encoded
+    outcome = await client.call(request)            # Outcome(status=200, data={...}, ...)
+
+Retried: the statuses in ``retry.statuses`` (429, 500, 502, 503, 504 by default),
+timeouts and connection errors, with exponential backoff and full jitter, honouring
+Retry-After (seconds or an HTTP date). A 429 pauses every worker through the shared
+limiter. A 401 refreshes the token once for all workers and the call is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from .auth import TokenManager
+from .config import RequestConfig, RetryConfig
+from .ratelimit import RateLimiter
+from .redact import Redactor
+from .template import Row, drop_nulls, format_value
+
+# How many times one call may ask for a new token before its 401 is final.
+MAX_REFRESHES_PER_CALL = 2
+_JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """One rendered request, ready to send (no auth header yet)."""
+
+    method: str
+    url: URL
+    headers: dict[str, str]
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one call came to: the final status, the parsed JSON or an error."""
+
+    status: int | None
+    data: Any
+    error: str | None
+    attempts: int
+    latency_ms: float | None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals of a run, read by the progress callback and the summary."""
+
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    refreshes: int = 0
+
+
+def _query_value(value: Any) -> str | list[str]:
+    if isinstance(value, list):
+        return [format_value(v) for v in value]
+    return format_value(value)
+
+
+def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
+    """Render one row's request. Raises ``TemplateValueError`` or ``ValueError`` for a bad cell."""
+    url = URL(config.url.render(row), encoded=True)
+    if not url.absolute or url.scheme not in ("http", "https"):
+        raise ValueError(f"request.url rendered to {str(url)!r}, which is not an http(s) URL")
+    if config.params is not None:
+        params = {k: _query_value(v) for k, v in config.params.render(row).items() if v is not None}
+        if params:
+            url = url.extend_query(params)
+    headers: dict[str, str] = {}
+    if config.headers is not None:
+        headers = {k: format_value(v) for k, v in config.headers.render(row).items() if v is not None}
+    body = None
+    if config.body is not None:
+        doc = config.body.render(row)
+        if config.remove_nulls:
+            doc = drop_nulls(doc)
+        body = orjson.dumps(doc, default=str)
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = _JSON
+    return PreparedRequest(config.method, url, headers, body)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a Retry-After header: seconds or an HTTP date. ``None`` when absent or garbage."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    return seconds if seconds >= 0 and seconds == seconds else None  # NaN fails the last test
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
+    return text + ("..." if len(body) > limit else "")
+
+
+class Client:
+    """Sends prepared requests through one session, one limiter and one token manager."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        retry: RetryConfig,
+        timeout: float,
+        limiter: RateLimiter,
+        tokens: TokenManager | None,
+        redactor: Redactor,
+        counters: Counters | None = None,
+    ) -> None:
+        self.session = session
+        self.retry = retry
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout_s = timeout
+        self.limiter = limiter
+        self.tokens = tokens
+        self.redactor = redactor
+        self.counters = counters or Counters()
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
+
+    async def call(self, req: PreparedRequest) -> Outcome:
+        """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
+        attempts = self.retry.attempts
+        attempt = refreshes = 0
+        error: str | None = None
+        status: int | None = None
+        latency_ms: float | None = None
+        while attempt < attempts:
+            attempt += 1
+            headers = req.headers
+            generation = 0
+            if self.tokens is not None:
+                generation, name, value = self.tokens.header()
+                headers = {**req.headers, name: value}
+            await self.limiter.acquire()
+            self.counters.calls += 1
+            if attempt > 1:
+                self.counters.retries += 1
+            started = time.perf_counter()
+            try:
+                async with self.session.request(
+                    req.method, req.url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=True
+                ) as resp:
+                    body = await resp.read()
+                    status, reason = resp.status, resp.reason or ""
+                    retry_after = resp.headers.get("Retry-After")
+                    content_type = resp.headers.get("Content-Type", "")
+            except aiohttp.InvalidURL as exc:
+                return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
+            except asyncio.TimeoutError:
+                status, error = None, f"timed out after {self.timeout_s:g}s"
+                latency_ms = (time.perf_counter() - started) * 1000
+                if attempt < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
+                continue
+            except aiohttp.ClientError as exc:
+                status, error = None, f"connection error: {exc or type(exc).__name__}"
+                latency_ms = (time.perf_counter() - started) * 1000
+                if attempt < attempts:
+                    await asyncio.sleep(self._backoff(attempt))
+                continue
+            latency_ms = (time.perf_counter() - started) * 1000
+
+            if status == 401 and self.tokens is not None and refreshes < MAX_REFRESHES_PER_CALL:
+                refreshes += 1
+                attempt -= 1  # a rejected token is not the call's fault
+                self.counters.refreshes += 1
+                await self.tokens.refresh(self.session, generation)
+                continue
+            if status in self.retry.statuses:
+                error = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body)}" if body else "")
+                if attempt >= attempts:
+                    break
+                wait = retry_after_seconds(retry_after)
+                if wait is None:
+                    wait = self._backoff(attempt)
+                wait = min(wait, self.retry.max_retry_after)
+                if status == 429:
+                    self.counters.throttled += 1
+                    self.limiter.pause(wait)  # every worker waits; acquire() honours it
+                else:
+                    await asyncio.sleep(wait)
+                continue
+            if not 200 <= status < 300:
+                message = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body)}" if body else "")
+                return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
+            if not body.strip():
+                return Outcome(status, None, None, attempt, latency_ms)
+            try:
+                return Outcome(status, orjson.loads(body), None, attempt, latency_ms)
+            except orjson.JSONDecodeError:
+                kind = content_type.split(";")[0] or "no content-type"
+                message = f"response is not JSON (HTTP {status}, {kind}): {_snippet(body, 80)!r}"
+                return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
+        if error and attempts > 1:
+            error = f"{error} (gave up after {attempt} attempts)"
+        return Outcome(status, None, self.redactor.redact(error or "failed"), attempt, latency_ms)

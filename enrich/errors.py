@@ -1,0 +1,42 @@
+"""Every error a user can cause, in one tree.
+
+    EnrichError                 base; carries the process exit code
+    ├── ConfigError             the YAML config is wrong (exit 2)
+    ├── InputError              the input table is missing or unreadable (exit 2)
+    └── RunAborted              the run cannot go on (exit 3)
+        └── AuthError           login failed or gave no token (exit 3)
+
+The CLI catches ``EnrichError`` alone, prints ``error: <message>`` and exits with
+``exit_code``; anything else is a bug and shows a traceback only with ``--debug``.
+Messages say where the problem is, what was found and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class EnrichError(Exception):
+    """Base of every error enrich raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EnrichError):
+    """The config file is malformed or asks for something impossible."""
+
+    exit_code = 2
+
+
+class InputError(EnrichError):
+    """The input table cannot be read or does not fit the config."""
+
+    exit_code = 2
+
+
+class RunAborted(EnrichError):
+    """The run stopped before it could finish; nothing was written."""
+
+    exit_code = 3
+
+
+class AuthError(RunAborted):
+    """Logging in failed, or the login response held no token."""

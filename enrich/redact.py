@@ -1,0 +1,56 @@
+"""Keep secrets out of everything a user or a log can see.
+
+A ``Redactor`` holds the secret strings of one run: every ``${VAR}`` value from the
+config and every token the API hands out. ``redact(text)`` replaces each of them
+with ``***``. The CLI passes all it prints through it; the engine passes every row
+error through it before it reaches the output table.
+
+    >>> r = Redactor(["s3cr3t-value"])
+    >>> r.redact("login with s3cr3t-value failed")
+    'login with *** failed'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MASK = "***"
+# Shorter values would mask ordinary words ("1", "yes"); they are not secrets worth the name.
+MIN_SECRET_LENGTH = 4
+
+
+class Redactor:
+    """A growing set of secrets and a function that hides them in text."""
+
+    __slots__ = ("_pattern", "_secrets")
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        """Remember one more secret (a token, a password); short values are ignored."""
+        if not secret or len(secret) < MIN_SECRET_LENGTH or secret in self._secrets:
+            return
+        self._secrets.add(secret)
+        # Longest first, so a secret that contains another is masked whole.
+        ordered = sorted(self._secrets, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def redact(self, text: str) -> str:
+        """Return ``text`` with every known secret replaced by ``***``."""
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub(MASK, text)
+
+    def __contains__(self, secret: object) -> bool:
+        return secret in self._secrets
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._secrets)} secrets)"

@@ -1,0 +1,267 @@
+"""Compile ``{{column}}`` templates once, render them per row with types kept.
+
+A string that is exactly one placeholder takes the cell's typed value (an int stays
+an int, a null stays null); any other string gets the values formatted into it.
+A placeholder may name a conversion: ``{{zip|str}}``, ``{{size|int}}``,
+``{{score|float}}``, ``{{active|bool}}``, ``{{tags|json}}`` (parse a JSON-text cell).
+
+    >>> t = compile_template({"email": "{{email}}", "size": "{{employees}}"}, "request.body")
+    >>> t.render({"email": "ada@example.com", "employees": 12})
+    {'email': 'ada@example.com', 'size': 12}
+    >>> sorted(t.columns)
+    ['email', 'employees']
+
+URL templates (``compile_url``) percent-encode every value placed in the path or
+query, so no cell can change the URL's structure. Body templates are structural:
+values are placed into the parsed body, never spliced into JSON text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from .errors import ConfigError
+
+Row = Mapping[str, Any]
+Render = Callable[[Row], Any]
+
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}|]*?)\s*(?:\|\s*([A-Za-z_]\w*)\s*)?\}\}")
+# Characters a user may write literally in a URL template and that keep their meaning.
+_URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
+
+
+class TemplateValueError(ValueError):
+    """A cell's value cannot take the conversion its placeholder asks for (a row error)."""
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return int(str(value).strip())
+
+
+def _to_float(value: Any) -> float:
+    return float(str(value).strip()) if not isinstance(value, (int, float)) else float(value)
+
+
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def _to_json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {
+    "str": lambda v: format_value(v),
+    "int": _to_int,
+    "float": _to_float,
+    "bool": _to_bool,
+    "json": _to_json,
+}
+
+
+def format_value(value: Any) -> str:
+    """The text of a cell when it is placed inside a longer string."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A compiled template: ``render(row)`` gives the value, ``columns`` the cells it reads."""
+
+    render: Render
+    columns: frozenset[str]
+    source: Any
+
+
+def _cell(column: str, conversion: str | None, where: str) -> Render:
+    if conversion is None:
+        return lambda row: row.get(column)
+    try:
+        convert = CONVERSIONS[conversion]
+    except KeyError:
+        raise ConfigError(
+            f"{where} uses {{{{{column}|{conversion}}}}}: `{conversion}` is not a conversion. "
+            f"Use one of: {', '.join(CONVERSIONS)}."
+        ) from None
+
+    def render(row: Row) -> Any:
+        value = row.get(column)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            raise TemplateValueError(
+                f"{where}: column {column!r} holds {value!r}, which is not a valid {conversion}"
+            ) from None
+
+    return render
+
+
+def _parse(text: str, where: str) -> list[str | tuple[str, str | None]]:
+    """Split a string into literal text and (column, conversion) placeholders."""
+    parts: list[str | tuple[str, str | None]] = []
+    pos = 0
+    for match in PLACEHOLDER.finditer(text):
+        if match.start() > pos:
+            parts.append(text[pos : match.start()])
+        column = match.group(1)
+        if not column:
+            raise ConfigError(f"{where} has an empty placeholder {{{{}}}}: put a column name inside it.")
+        parts.append((column, match.group(2)))
+        pos = match.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    rest = "".join(p for p in parts if isinstance(p, str))
+    if "{{" in rest or "}}" in rest:
+        raise ConfigError(
+            f"{where} has an unbalanced placeholder in {text!r}: write each one as {{{{column}}}}."
+        )
+    return parts
+
+
+def _compile_string(text: str, where: str) -> Template:
+    parts = _parse(text, where)
+    columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
+    if not columns:
+        return Template(lambda row: text, columns, text)
+    if len(parts) == 1:
+        column, conversion = parts[0]  # type: ignore[misc]
+        return Template(_cell(column, conversion, where), columns, text)
+    pieces = [p if isinstance(p, str) else _cell(p[0], p[1], where) for p in parts]
+
+    def render(row: Row) -> str:
+        return "".join(p if isinstance(p, str) else format_value(p(row)) for p in pieces)
+
+    return Template(render, columns, text)
+
+
+def compile_template(value: Any, where: str) -> Template:
+    """Compile a YAML value (mapping, list, string or scalar) into a structural template."""
+    if isinstance(value, str):
+        return _compile_string(value, where)
+    if isinstance(value, Mapping):
+        items = [(str(k), compile_template(v, f"{where}.{k}")) for k, v in value.items()]
+        columns = frozenset().union(*(t.columns for _, t in items))
+        if not columns:
+            return Template(lambda row: value, columns, value)
+        renders = [(k, t.render) for k, t in items]
+        return Template(lambda row: {k: r(row) for k, r in renders}, columns, value)
+    if isinstance(value, list):
+        elements = [compile_template(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        columns = frozenset().union(*(t.columns for t in elements))
+        if not columns:
+            return Template(lambda row: value, columns, value)
+        renders = [t.render for t in elements]
+        return Template(lambda row: [r(row) for r in renders], columns, value)
+    return Template(lambda row: value, frozenset(), value)
+
+
+def compile_json_text(text: str, where: str) -> Template:
+    """Compile a body given as JSON text, where placeholders may stand bare (``{"n": {{n}}}``).
+
+    A bare placeholder becomes an exact-placeholder string, so it takes the cell's
+    typed value; the text is then parsed as JSON once and compiled structurally.
+    """
+    out: list[str] = []
+    in_string = escaped = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            out.append(ch)
+        elif ch == '"':
+            in_string = True
+            out.append(ch)
+        elif text.startswith("{{", i):
+            end = text.find("}}", i)
+            if end < 0:
+                raise ConfigError(f"{where} has an unclosed placeholder: write it as {{{{column}}}}.")
+            out.append(orjson.dumps(text[i : end + 2]).decode())
+            i = end + 2
+            continue
+        else:
+            out.append(ch)
+        i += 1
+    try:
+        parsed = orjson.loads("".join(out))
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{where} is a string but not valid JSON ({exc}). Write the body as a YAML mapping, "
+            "or as JSON text with placeholders like {{column}}."
+        ) from None
+    return compile_template(parsed, where)
+
+
+def drop_nulls(value: Any) -> Any:
+    """Remove keys whose value is null, at every depth (``request.remove_nulls``)."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
+def compile_url(text: str, where: str) -> Template:
+    """Compile a URL template whose placeholders are percent-encoded when rendered.
+
+    A placeholder at the very start (before any ``scheme://``) supplies the base URL
+    itself, from a column of URLs, and is inserted as it is.
+    """
+    parts = _parse(text, where)
+    columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
+    pieces: list[str | Render] = []
+    seen_scheme = False
+    for part in parts:
+        if isinstance(part, str):
+            pieces.append(quote(part, safe=_URL_LITERAL_SAFE))
+            seen_scheme = seen_scheme or "://" in part
+            continue
+        cell = _cell(part[0], part[1], where)
+        if not seen_scheme and not pieces:
+            pieces.append(lambda row, cell=cell: format_value(cell(row)))
+        else:
+            pieces.append(lambda row, cell=cell: quote(format_value(cell(row)), safe=""))
+    if not columns:
+        fixed = "".join(p for p in pieces if isinstance(p, str))
+        return Template(lambda row: fixed, columns, text)
+
+    def render(row: Row) -> str:
+        return "".join(p if isinstance(p, str) else p(row) for p in pieces)
+
+    return Template(render, columns, text)
