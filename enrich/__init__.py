@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .config import Config, load_config
+    from .config import Config, config_from_dict, load_config
     from .engine import RunResult, Summary, aenrich, enrich, run_job
     from .errors import AuthError, ConfigError, EnrichError, InputError, RunAborted
 
@@ -36,7 +36,22 @@ _EXPORTS = {
     "AuthError": "errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "AuthError",
+    "Config",
+    "ConfigError",
+    "EnrichError",
+    "InputError",
+    "RunAborted",
+    "RunResult",
+    "Summary",
+    "__version__",
+    "aenrich",
+    "config_from_dict",
+    "enrich",
+    "load_config",
+    "run_job",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,9 @@ def _snippet(body: bytes, limit: int = 200) -> str:
 class TokenManager:
     """Holds the current token and its generation; single-flight refresh."""
 
-    def __init__(self, config: AuthConfig, redactor: Redactor, retry: RetryConfig | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, config: AuthConfig, redactor: Redactor, retry: RetryConfig | None = None, timeout: float = 30.0
+    ) -> None:
         self.config = config
         self.redactor = redactor
         self.retry = retry or RetryConfig()
@@ -70,7 +72,7 @@ class TokenManager:
                 ) as resp:
                     body = await resp.read()
                     status, reason = resp.status, resp.reason or ""
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if attempt < attempts:
                     await asyncio.sleep(self._backoff(attempt))
                     continue

@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser = _Parser(
         prog="enrich",
@@ -48,19 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"enrich {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", parents=[common], help="enrich a table as the config says",
-                         description="Log in, call the API for every row, write the table with the new columns.")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="enrich a table as the config says",
+        description="Log in, call the API for every row, write the table with the new columns.",
+    )
     run.add_argument("config", type=Path, help="the YAML config file")
     run.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson); overrides `input`")
     run.add_argument("--output", type=Path, help="output table (.csv, .parquet); overrides `output`")
     run.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows (a trial run)")
-    run.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight; overrides `concurrency`")
+    run.add_argument(
+        "--concurrency", type=_positive_int, metavar="N", help="requests in flight; overrides `concurrency`"
+    )
     run.add_argument("--rate-limit", metavar="RATE", help="e.g. 20/s or 600/min; overrides `rate_limit`")
     run.add_argument("--preview", type=int, default=0, metavar="N", help="print the first N rows of the new columns")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
 
-    demo = sub.add_parser("demo-server", parents=[common], help="run the bundled demo JWT API on 127.0.0.1",
-                          description="The demo API that configs/demo.yaml enriches against.")
+    demo = sub.add_parser(
+        "demo-server",
+        parents=[common],
+        help="run the bundled demo JWT API on 127.0.0.1",
+        description="The demo API that configs/demo.yaml enriches against.",
+    )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     demo.add_argument("--latency-ms", type=float, default=0.0, help="delay added to each call")
@@ -174,9 +184,7 @@ class _ProgressBar:
 def _demo_server(args: argparse.Namespace) -> int:
     from .demo_server import serve, settings_from_env
 
-    settings = settings_from_env(
-        latency=args.latency_ms / 1000, token_ttl=args.token_ttl, rate_limit=args.rate_limit
-    )
+    settings = settings_from_env(latency=args.latency_ms / 1000, token_ttl=args.token_ttl, rate_limit=args.rate_limit)
 
     async def forever() -> None:
         runner = await serve(settings, args.host, args.port)
@@ -191,7 +199,10 @@ def _demo_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port.", file=sys.stderr)
+        print(
+            f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port.",
+            file=sys.stderr,
+        )
         return EXIT_ABORTED
     return EXIT_OK
 

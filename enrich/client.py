@@ -172,7 +172,7 @@ class Client:
                     content_type = resp.headers.get("Content-Type", "")
             except aiohttp.InvalidURL as exc:
                 return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 status, error = None, f"timed out after {self.timeout_s:g}s"
                 latency_ms = (time.perf_counter() - started) * 1000
                 if attempt < attempts:

@@ -167,7 +167,7 @@ class _Locator:
     def __call__(self, *path: str) -> str:
         key = ".".join(path)
         if path in self.overridden:
-            return f"command line: {key}"
+            return f"--{key.replace('_', '-')}"
         for depth in range(len(path), 0, -1):
             line = self.lines.get(path[:depth])
             if line is not None:
@@ -187,7 +187,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}. Check the path, or run from the folder it is relative to.") from None
+        raise ConfigError(
+            f"config file not found: {path}. Check the path, or run from the folder it is relative to."
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}") from None
     try:
@@ -246,7 +248,9 @@ def _check_keys(data: Any, allowed: tuple[str, ...], where: _Locator, path: tupl
     return data
 
 
-def _str(data: dict[str, Any], key: str, where: _Locator, path: tuple[str, ...], default: str | None = None) -> str | None:
+def _str(
+    data: dict[str, Any], key: str, where: _Locator, path: tuple[str, ...], default: str | None = None
+) -> str | None:
     value = data.get(key, default)
     if value is None:
         return None
@@ -305,13 +309,26 @@ def _body(value: Any, loc: str) -> Template | None:
     raise ConfigError(f"{loc} must be a mapping (YAML) or a JSON string, got {value!r}.")
 
 
-TOP_KEYS = ("input", "output", "auth", "request", "fields", "concurrency", "rate_limit", "retry", "timeout", "input_types")
+TOP_KEYS = (
+    "input",
+    "output",
+    "auth",
+    "request",
+    "fields",
+    "concurrency",
+    "rate_limit",
+    "retry",
+    "timeout",
+    "input_types",
+)
 AUTH_KEYS = ("url", "method", "body", "headers", "token_path", "token_type", "header")
 REQUEST_KEYS = ("method", "url", "params", "headers", "body", "remove_nulls")
 RETRY_KEYS = ("attempts", "backoff", "max_backoff", "statuses", "max_retry_after")
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Read, expand and validate a config file; ``overrides`` replace top-level keys (CLI flags)."""
     path = Path(path)
     data, lines = _read_yaml(path)
@@ -340,17 +357,23 @@ def config_from_dict(
 
 
 def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env: Mapping[str, str] | None) -> Config:
-    data = _expand_env(dict(_check_keys(dict(data), TOP_KEYS, where, ())), where, (), redactor, env if env is not None else os.environ)
+    data = _expand_env(
+        dict(_check_keys(dict(data), TOP_KEYS, where, ())), where, (), redactor, env if env is not None else os.environ
+    )
     sites: list[tuple[str, Template]] = []
 
     # request
     if "request" not in data:
-        raise ConfigError(f"{where.source}: `request` is missing. Add at least `request: {{url: https://api.example.com/v1/{{{{id}}}}}}`.")
+        raise ConfigError(
+            f"{where.source}: `request` is missing. Add at least `request: {{url: https://api.example.com/v1/{{{{id}}}}}}`."
+        )
     req = _check_keys(data["request"], REQUEST_KEYS, where, ("request",))
     if not req.get("url"):
         raise ConfigError(f"{where('request')}: `request.url` is missing; it is the endpoint each row calls.")
     url = compile_url(str(req["url"]), where("request", "url"))
-    _check_url(url.render({c: "x" for c in url.columns}), where("request", "url"), allow_template_base=bool(url.columns))
+    _check_url(
+        url.render({c: "x" for c in url.columns}), where("request", "url"), allow_template_base=bool(url.columns)
+    )
     sites.append((where("request", "url"), url))
     templates: dict[str, Template | None] = {}
     for key in ("params", "headers"):
@@ -383,7 +406,9 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         input=Path(str(data["input"])) if data.get("input") else None,
         output=Path(str(data["output"])) if data.get("output") else None,
         fields=fields_,
-        concurrency=_number(data.get("concurrency", 16), where("concurrency"), minimum=1, integer=True, what="a whole number"),
+        concurrency=_number(
+            data.get("concurrency", 16), where("concurrency"), minimum=1, integer=True, what="a whole number"
+        ),
         rate_limit=parse_rate(data.get("rate_limit"), where("rate_limit")),
         retry=retry,
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
@@ -404,7 +429,9 @@ def _check_url(url: str, loc: str, allow_template_base: bool = False) -> None:
     except ValueError as exc:
         raise ConfigError(f"{loc}: {url!r} is not a valid URL ({exc}).") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(f"{loc}: {url!r} is not an http(s) URL. Write it in full, like https://api.example.com/v1/...")
+        raise ConfigError(
+            f"{loc}: {url!r} is not an http(s) URL. Write it in full, like https://api.example.com/v1/..."
+        )
 
 
 def _auth(value: Any, where: _Locator, redactor: Redactor) -> AuthConfig | None:
@@ -427,7 +454,9 @@ def _auth(value: Any, where: _Locator, redactor: Redactor) -> AuthConfig | None:
         try:
             body = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ConfigError(f"{where('auth', 'body')} is a string but not valid JSON; write it as a YAML mapping.") from None
+            raise ConfigError(
+                f"{where('auth', 'body')} is a string but not valid JSON; write it as a YAML mapping."
+            ) from None
     headers = {k: str(v) for k, v in _string_map(auth.get("headers"), where("auth", "headers")).items()}
     _register_secrets(body, redactor)
     _register_secrets(headers, redactor)
@@ -463,14 +492,30 @@ def _retry(value: Any, where: _Locator) -> RetryConfig:
     retry = _check_keys(value, RETRY_KEYS, where, ("retry",))
     out = RetryConfig()
     if "attempts" in retry:
-        out = replace(out, attempts=_number(retry["attempts"], where("retry", "attempts"), minimum=1, integer=True, what="a whole number"))
-    for key in ("backoff", "max_backoff", "max_retry_after"):
-        if key in retry:
-            out = replace(out, **{key: float(_number(retry[key], where("retry", key), minimum=0, what="a number of seconds"))})
+        out = replace(
+            out,
+            attempts=_number(
+                retry["attempts"], where("retry", "attempts"), minimum=1, integer=True, what="a whole number"
+            ),
+        )
+
+    def seconds(key: str, default: float) -> float:
+        if key not in retry:
+            return default
+        return float(_number(retry[key], where("retry", key), minimum=0, what="a number of seconds"))
+
+    out = replace(
+        out,
+        backoff=seconds("backoff", out.backoff),
+        max_backoff=seconds("max_backoff", out.max_backoff),
+        max_retry_after=seconds("max_retry_after", out.max_retry_after),
+    )
     if "statuses" in retry:
         statuses = retry["statuses"]
         if not isinstance(statuses, list) or not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
-            raise ConfigError(f"{where('retry', 'statuses')} must be a list of HTTP status codes, e.g. [429, 503], got {statuses!r}.")
+            raise ConfigError(
+                f"{where('retry', 'statuses')} must be a list of HTTP status codes, e.g. [429, 503], got {statuses!r}."
+            )
         out = replace(out, statuses=frozenset(statuses))
     return out
 
@@ -479,5 +524,7 @@ def _input_types(value: Any, where: _Locator) -> dict[str, str]:
     types = _string_map(value, where("input_types"))
     for col, kind in types.items():
         if kind not in INPUT_TYPES:
-            raise ConfigError(f"{where('input_types', col)}: {kind!r} is not a type. Use one of: {', '.join(INPUT_TYPES)}.")
+            raise ConfigError(
+                f"{where('input_types', col)}: {kind!r} is not a type. Use one of: {', '.join(INPUT_TYPES)}."
+            )
     return types

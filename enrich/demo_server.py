@@ -30,8 +30,30 @@ DEFAULT_CLIENT_ID = "demo-client"
 DEFAULT_CLIENT_SECRET = "demo-secret-2f8a"
 
 FIRST = ["Ada", "Grace", "Alan", "Katherine", "Linus", "Margaret", "José", "Zoë", "Hiro", "Amara", "Søren", "Priya"]
-LAST = ["Lovelace", "Hopper", "Turing", "Johnson", "Torvalds", "Hamilton", "Muñoz", "Đặng", "Tanaka", "Okafor", "Kierkegaard", "Iyer"]
-TITLES = ["Data Engineer", "Head of Growth", "Account Executive", "CTO", "Operations Manager", "Product Designer", "VP Sales", "Analyst"]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Muñoz",
+    "Đặng",
+    "Tanaka",
+    "Okafor",
+    "Kierkegaard",
+    "Iyer",
+]
+TITLES = [
+    "Data Engineer",
+    "Head of Growth",
+    "Account Executive",
+    "CTO",
+    "Operations Manager",
+    "Product Designer",
+    "VP Sales",
+    "Analyst",
+]
 SENIORITY = ["junior", "senior", "manager", "director", "executive"]
 TAGS = ["b2b", "saas", "fintech", "health", "retail", "ai", "logistics", "climate", "security"]
 
@@ -112,8 +134,14 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
             body = await request.json()
         except ValueError:
             body = dict(await request.post())
-        if not isinstance(body, dict) or body.get("client_id") != settings.client_id or body.get("client_secret") != settings.client_secret:
-            return web.json_response({"error": "invalid_client", "message": "unknown client_id or wrong client_secret"}, status=401)
+        if (
+            not isinstance(body, dict)
+            or body.get("client_id") != settings.client_id
+            or body.get("client_secret") != settings.client_secret
+        ):
+            return web.json_response(
+                {"error": "invalid_client", "message": "unknown client_id or wrong client_secret"}, status=401
+            )
         state.logins += 1
         now = time.time()
         token = jwt.encode(
@@ -185,7 +213,7 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
 
 def settings_from_env(**overrides: Any) -> DemoSettings:
     """Demo settings, credentials taken from DEMO_CLIENT_ID / DEMO_CLIENT_SECRET when set."""
-    base = {
+    base: dict[str, Any] = {
         "client_id": os.environ.get("DEMO_CLIENT_ID", DEFAULT_CLIENT_ID),
         "client_secret": os.environ.get("DEMO_CLIENT_SECRET", DEFAULT_CLIENT_SECRET),
     }

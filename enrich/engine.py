@@ -138,8 +138,13 @@ async def enrich_rows(
                     if on_progress is not None:
                         on_progress(
                             Progress(
-                                done, total, sum(failures.values()), counters.calls, counters.retries,
-                                counters.throttled, time.perf_counter() - started,
+                                done,
+                                total,
+                                sum(failures.values()),
+                                counters.calls,
+                                counters.retries,
+                                counters.throttled,
+                                time.perf_counter() - started,
                             )
                         )
 
@@ -182,8 +187,8 @@ def _column(name: str, values: list[Any]) -> pl.Series:
 def assemble(df: pl.DataFrame, config: Config, results: list[tuple[Any, ...]]) -> pl.DataFrame:
     """Append the output columns (fields, ``_http_status``, ``_error``) to the input table."""
     names = [f.name for f in config.fields] if config.fields else [RESPONSE_COLUMN]
-    columns = list(zip(*results)) if results else [() for _ in range(len(names) + 2)]
-    new = [_column(name, list(col)) for name, col in zip(names, columns)]
+    columns = list(zip(*results, strict=True)) if results else [() for _ in range(len(names) + 2)]
+    new = [_column(name, list(col)) for name, col in zip(names, columns[:-2], strict=True)]
     new.append(pl.Series(STATUS_COLUMN, list(columns[-2]), dtype=pl.Int64))
     new.append(pl.Series(ERROR_COLUMN, list(columns[-1]), dtype=pl.String))
     return df.with_columns(new)
@@ -211,7 +216,8 @@ async def aenrich(
 
 
 def enrich(
-    df: pl.DataFrame, config: Config | str | Path | dict[str, Any], on_progress: ProgressCallback | None = None) -> RunResult:
+    df: pl.DataFrame, config: Config | str | Path | dict[str, Any], on_progress: ProgressCallback | None = None
+) -> RunResult:
     """Enrich a DataFrame; for notebooks and schedulers (runs its own event loop)."""
     return asyncio.run(aenrich(df, config, on_progress))
 

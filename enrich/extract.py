@@ -126,9 +126,7 @@ def compile_fields(spec: Any, where: str = "fields") -> tuple[FieldPath, ...]:
         pairs = []
         for name, path in spec.items():
             if not isinstance(path, str):
-                raise ConfigError(
-                    f"{where}.{name}: expected a path string like `person.name`, got {path!r}."
-                )
+                raise ConfigError(f"{where}.{name}: expected a path string like `person.name`, got {path!r}.")
             pairs.append((str(name), path.strip()))
     else:
         raise ConfigError(

@@ -1,7 +1,7 @@
 """Read and write tables (CSV, Parquet, NDJSON) with polars; outputs are written atomically.
 
-    df = read_table(Path("sample_data/people.csv"))
-    write_table(df, Path("out/people.parquet"))    # temp file, then rename
+df = read_table(Path("sample_data/people.csv"))
+write_table(df, Path("out/people.parquet"))    # temp file, then rename
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import polars as pl
 
 from .errors import InputError
 
-READ_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+READ_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
 WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 _POLARS_TYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean}
 

@@ -143,9 +143,7 @@ def _parse(text: str, where: str) -> list[str | tuple[str, str | None]]:
         parts.append(text[pos:])
     rest = "".join(p for p in parts if isinstance(p, str))
     if "{{" in rest or "}}" in rest:
-        raise ConfigError(
-            f"{where} has an unbalanced placeholder in {text!r}: write each one as {{{{column}}}}."
-        )
+        raise ConfigError(f"{where} has an unbalanced placeholder in {text!r}: write each one as {{{{column}}}}.")
     return parts
 
 
@@ -154,9 +152,9 @@ def _compile_string(text: str, where: str) -> Template:
     columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
     if not columns:
         return Template(lambda row: text, columns, text)
-    if len(parts) == 1:
-        column, conversion = parts[0]  # type: ignore[misc]
-        return Template(_cell(column, conversion, where), columns, text)
+    only = parts[0]
+    if len(parts) == 1 and isinstance(only, tuple):
+        return Template(_cell(only[0], only[1], where), columns, text)
     pieces = [p if isinstance(p, str) else _cell(p[0], p[1], where) for p in parts]
 
     def render(row: Row) -> str:
@@ -181,8 +179,8 @@ def compile_template(value: Any, where: str) -> Template:
         columns = frozenset().union(*(t.columns for t in elements))
         if not columns:
             return Template(lambda row: value, columns, value)
-        renders = [t.render for t in elements]
-        return Template(lambda row: [r(row) for r in renders], columns, value)
+        items_ = [t.render for t in elements]
+        return Template(lambda row: [r(row) for r in items_], columns, value)
     return Template(lambda row: value, frozenset(), value)
 
 
@@ -237,6 +235,14 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
+def _raw(cell: Render) -> Render:
+    return lambda row: format_value(cell(row))
+
+
+def _encoded(cell: Render) -> Render:
+    return lambda row: quote(format_value(cell(row)), safe="")
+
+
 def compile_url(text: str, where: str) -> Template:
     """Compile a URL template whose placeholders are percent-encoded when rendered.
 
@@ -253,10 +259,7 @@ def compile_url(text: str, where: str) -> Template:
             seen_scheme = seen_scheme or "://" in part
             continue
         cell = _cell(part[0], part[1], where)
-        if not seen_scheme and not pieces:
-            pieces.append(lambda row, cell=cell: format_value(cell(row)))
-        else:
-            pieces.append(lambda row, cell=cell: quote(format_value(cell(row)), safe=""))
+        pieces.append(_raw(cell) if not seen_scheme and not pieces else _encoded(cell))
     if not columns:
         fixed = "".join(p for p in pieces if isinstance(p, str))
         return Template(lambda row: fixed, columns, text)

@@ -5,13 +5,70 @@ import random
 import unicodedata
 from pathlib import Path
 
-FIRST = ["Ada", "Grace", "Alan", "Katherine", "Linus", "Margaret", "José", "Zoë", "Hiro", "Amara", "Søren", "Priya",
-         "Chloé", "Mateo", "Aoife", "Björn", "Fatima", "Łukasz", "Nguyễn", "Olu", "Émile", "Sasha", "Ingrid", "Tomás"]
-LAST = ["Lovelace", "Hopper", "Turing", "Johnson", "Torvalds", "Hamilton", "Muñoz", "Okafor", "Kierkegaard", "Iyer",
-        "O'Brien", "Müller", "Dubois", "Kowalski", "Tanaka", "García", "Nakamura", "Smith-Jones", "Ødegaard", "Silva"]
-COMPANIES = ["acme.io", "globex.com", "initech.net", "umbrella-corp.com", "hooli.xyz", "stark.industries",
-             "wayne-enterprises.com", "piedpiper.com", "soylent.co", "tyrell.ai", "cyberdyne.systems", "wonka.fr",
-             "müller-bau.de", "nakatomi.jp"]
+FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "José",
+    "Zoë",
+    "Hiro",
+    "Amara",
+    "Søren",
+    "Priya",
+    "Chloé",
+    "Mateo",
+    "Aoife",
+    "Björn",
+    "Fatima",
+    "Łukasz",
+    "Nguyễn",
+    "Olu",
+    "Émile",
+    "Sasha",
+    "Ingrid",
+    "Tomás",
+]
+LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Muñoz",
+    "Okafor",
+    "Kierkegaard",
+    "Iyer",
+    "O'Brien",
+    "Müller",
+    "Dubois",
+    "Kowalski",
+    "Tanaka",
+    "García",
+    "Nakamura",
+    "Smith-Jones",
+    "Ødegaard",
+    "Silva",
+]
+COMPANIES = [
+    "acme.io",
+    "globex.com",
+    "initech.net",
+    "umbrella-corp.com",
+    "hooli.xyz",
+    "stark.industries",
+    "wayne-enterprises.com",
+    "piedpiper.com",
+    "soylent.co",
+    "tyrell.ai",
+    "cyberdyne.systems",
+    "wonka.fr",
+    "müller-bau.de",
+    "nakatomi.jp",
+]
 COUNTRIES = ["US", "GB", "DE", "FR", "JP", "BR", "IN", "NG", "SE", "ES", ""]
 
 
@@ -33,15 +90,17 @@ def main() -> None:
         email = f"{local}@{domain}"
         if i % 29 == 0:
             email = ""  # a blank: the API answers 404, the row records it
-        rows.append({
-            "id": i,
-            "first_name": first,
-            "last_name": last,
-            "email": email,
-            "domain": "" if i % 37 == 0 else domain,
-            "employees": "" if i % 17 == 0 else rng.randint(5, 20000),
-            "country": rng.choice(COUNTRIES),
-        })
+        rows.append(
+            {
+                "id": i,
+                "first_name": first,
+                "last_name": last,
+                "email": email,
+                "domain": "" if i % 37 == 0 else domain,
+                "employees": "" if i % 17 == 0 else rng.randint(5, 20000),
+                "country": rng.choice(COUNTRIES),
+            }
+        )
     out = Path(__file__).resolve().parent.parent / "sample_data" / "people.csv"
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -1,0 +1,119 @@
+"""Shared fixtures: real aiohttp servers on 127.0.0.1 in a background thread, config files on disk.
+
+A server runs in its own thread and event loop, so a test can drive enrich the way a
+user does (``cli.main([...])`` or ``enrich.enrich(df, cfg)``, each with its own loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app
+
+
+@dataclass
+class RunningServer:
+    """A live server: its base URL and the app (``app["state"]`` for the demo API)."""
+
+    url: str
+    app: web.Application
+
+    @property
+    def state(self) -> Any:
+        return self.app["state"]
+
+
+class ServerThread:
+    """Runs an aiohttp application on 127.0.0.1 (a free port) in a daemon thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.app, access_log=None)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner = runner
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError("test server did not start")
+        return RunningServer(f"http://127.0.0.1:{self.port}", self.app)
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[web.Application], RunningServer]]:
+    """Start any aiohttp app for the test: ``server = serve(app)``; stopped at teardown."""
+    started: list[ServerThread] = []
+
+    def start(app: web.Application) -> RunningServer:
+        thread = ServerThread(app)
+        started.append(thread)
+        return thread.__enter__()
+
+    yield start
+    for thread in started:
+        thread.__exit__(None, None, None)
+
+
+@pytest.fixture
+def demo_api(serve: Callable[[web.Application], RunningServer]) -> RunningServer:
+    """The bundled demo JWT API with default settings."""
+    return serve(create_app(DemoSettings()))
+
+
+@pytest.fixture
+def demo_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The demo credentials in the environment, as `make demo` sets them."""
+    env = {"DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def demo_config(base_url: str, **overrides: Any) -> dict[str, Any]:
+    """A config like configs/demo.yaml pointed at ``base_url``; ``overrides`` replace top-level keys."""
+    config: dict[str, Any] = {
+        "auth": {
+            "url": f"{base_url}/auth/token",
+            "body": {"client_id": "${DEMO_CLIENT_ID}", "client_secret": "${DEMO_CLIENT_SECRET}"},
+            "token_path": "access_token",
+        },
+        "request": {"url": base_url + "/v1/people/{{email}}", "params": {"domain": "{{domain}}"}},
+        "fields": {"name": "person.name", "title": "person.employment.title", "size": "company.employees"},
+        "concurrency": 8,
+        "retry": {"attempts": 3, "backoff": 0.01},
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` as YAML to ``path`` and return it."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
