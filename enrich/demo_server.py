@@ -121,13 +121,17 @@ def person_for(email: str, domain: str | None = None) -> dict[str, Any] | None:
     }
 
 
+STATE = web.AppKey("state", DemoState)
+SETTINGS = web.AppKey("settings", DemoSettings)
+
+
 def create_app(settings: DemoSettings | None = None) -> web.Application:
-    """The demo API as an aiohttp application; ``app["state"]`` is its ``DemoState``."""
+    """The demo API as an aiohttp application; ``app[STATE]`` is its ``DemoState``."""
     settings = settings or DemoSettings()
     state = DemoState()
     app = web.Application()
-    app["settings"] = settings
-    app["state"] = state
+    app[SETTINGS] = settings
+    app[STATE] = state
 
     async def login(request: web.Request) -> web.Response:
         try:

@@ -17,19 +17,19 @@ import pytest
 import yaml
 from aiohttp import web
 
-from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app
+from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, STATE, DemoSettings, create_app
 
 
 @dataclass
 class RunningServer:
-    """A live server: its base URL and the app (``app["state"]`` for the demo API)."""
+    """A live server: its base URL and the app (``.state`` for the demo API)."""
 
     url: str
     app: web.Application
 
     @property
     def state(self) -> Any:
-        return self.app["state"]
+        return self.app[STATE]
 
 
 class ServerThread:
