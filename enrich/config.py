@@ -65,8 +65,8 @@ class AuthConfig:
 
     url: str
     method: str
-    body: Any
-    headers: Mapping[str, str]
+    body: Any = field(repr=False)  # credentials
+    headers: Mapping[str, str] = field(repr=False)
     token_path: str
     token_type: str
     header: str

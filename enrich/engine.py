@@ -148,9 +148,13 @@ async def enrich_rows(
                             )
                         )
 
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(config.concurrency, total)):
-                    group.create_task(worker())
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(min(config.concurrency, total)):
+                        group.create_task(worker())
+            except BaseExceptionGroup as group_error:
+                # One worker's fatal error (a failed re-login) stops them all; raise it as itself.
+                raise _first_leaf(group_error) from None
 
     failed = sum(failures.values())
     summary = Summary(
@@ -166,6 +170,11 @@ async def enrich_rows(
         elapsed=time.perf_counter() - started,
     )
     return results, summary
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _column(name: str, values: list[Any]) -> pl.Series:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -99,7 +99,7 @@ class Template:
 
     render: Render
     columns: frozenset[str]
-    source: Any
+    source: Any = field(repr=False)  # may hold ${VAR} values
 
 
 def _cell(column: str, conversion: str | None, where: str) -> Render:
