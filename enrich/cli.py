@@ -38,7 +38,8 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # SUPPRESS: the subcommand's default must not undo a --debug given before it (`enrich --debug run ...`).
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     parser = _Parser(
         prog="enrich",
         description="Call an HTTP API for every row of a table and add the answers as columns.",
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo-server":
             return _demo_server(args)
     except EnrichError as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so, and how to get the details
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(
             f"error: internal error ({type(exc).__name__}: {redact(str(exc))}). "

@@ -112,9 +112,11 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return seconds if seconds >= 0 and seconds == seconds else None  # NaN fails the last test
 
 
-def _snippet(body: bytes, limit: int = 200) -> str:
-    text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
-    return text + ("..." if len(body) > limit else "")
+def _snippet(body: bytes, redactor: Redactor, limit: int = 200) -> str:
+    # Mask secrets before cutting: a secret cut in half no longer matches, and its first half would show.
+    scanned = body[: limit + 4096]
+    text = redactor.redact(scanned.decode("utf-8", "replace"))
+    return text[:limit].strip().replace("\n", " ") + ("..." if len(text) > limit or len(body) > len(scanned) else "")
 
 
 class Client:
@@ -193,7 +195,7 @@ class Client:
                 await self.tokens.refresh(self.session, generation)
                 continue
             if status in self.retry.statuses:
-                error = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body)}" if body else "")
+                error = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body, self.redactor)}" if body else "")
                 if attempt >= attempts:
                     break
                 wait = retry_after_seconds(retry_after)
@@ -207,7 +209,7 @@ class Client:
                     await asyncio.sleep(wait)
                 continue
             if not 200 <= status < 300:
-                message = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body)}" if body else "")
+                message = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body, self.redactor)}" if body else "")
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
@@ -215,7 +217,7 @@ class Client:
                 return Outcome(status, orjson.loads(body), None, attempt, latency_ms)
             except orjson.JSONDecodeError:
                 kind = content_type.split(";")[0] or "no content-type"
-                message = f"response is not JSON (HTTP {status}, {kind}): {_snippet(body, 80)!r}"
+                message = f"response is not JSON (HTTP {status}, {kind}): {_snippet(body, self.redactor, 80)!r}"
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
         if error and attempts > 1:
             error = f"{error} (gave up after {attempt} attempts)"

@@ -37,7 +37,8 @@ ERROR_COLUMN = "_error"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|signature", re.IGNORECASE)
 _RATE = re.compile(
-    r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?\s*$",
+    # The unit is optional: a bare number is per second (`--rate-limit 20` and `${RATE}` give text).
+    r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?)?\s*$",
     re.IGNORECASE,
 )
 _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hr": 3600, "hour": 3600}
@@ -267,6 +268,11 @@ def _method(value: Any, loc: str, default: str) -> str:
 
 
 def _number(value: Any, loc: str, *, minimum: float, integer: bool = False, what: str = "a number") -> Any:
+    if isinstance(value, str):  # from ${VAR} or the command line: numbers arrive as text
+        try:
+            value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{loc} must be {what}, got {value!r}.")
     if value < minimum:
@@ -288,7 +294,8 @@ def parse_rate(value: Any, loc: str) -> Rate | None:
             f"{loc}: {value!r} is not a rate. Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), "
             "or leave it out for no limit."
         )
-    return Rate(float(match.group("n")), float(_UNIT_SECONDS[match.group("unit").lower()]))
+    unit = match.group("unit")
+    return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)
 
 
 def _string_map(value: Any, loc: str) -> dict[str, Any]:

@@ -166,7 +166,8 @@ async def enrich_rows(
         retries=counters.retries,
         throttled=counters.throttled,
         logins=tokens.logins if tokens else 0,
-        refreshes=counters.refreshes,
+        # Logins after the first, not the 401s that asked: one refresh serves every waiting worker.
+        refreshes=max(0, tokens.logins - 1) if tokens else 0,
         elapsed=time.perf_counter() - started,
     )
     return results, summary

@@ -12,12 +12,30 @@ error through it before it reaches the output table.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 # Shorter values would mask ordinary words ("1", "yes"); they are not secrets worth the name.
 MIN_SECRET_LENGTH = 4
+# What a URL template keeps literally (template._URL_LITERAL_SAFE); the rest is percent-encoded.
+_URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
+
+
+def _forms(secret: str) -> set[str]:
+    """A secret as it appears in text: as is, escaped by repr() or JSON, percent-encoded in a URL."""
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret, safe=_URL_LITERAL_SAFE),
+        quote_plus(secret, safe=""),
+    }
+    return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
 class Redactor:
@@ -37,7 +55,7 @@ class Redactor:
             return
         self._secrets.add(secret)
         # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(self._secrets, key=len, reverse=True)
+        ordered = sorted(set().union(*map(_forms, self._secrets)), key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
     def redact(self, text: str) -> str:

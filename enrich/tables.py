@@ -6,8 +6,9 @@ write_table(df, Path("out/people.parquet"))    # temp file, then rename
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -108,3 +109,153 @@ def write_table(df: pl.DataFrame, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# --- streaming ---------------------------------------------------------------------------
+
+BATCH_ROWS = 20_000
+
+
+def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFrame:
+    """A lazy scan of the input: read in batches, never whole (tables larger than memory)."""
+    fmt = input_format(path)
+    if not path.exists():
+        raise InputError(f"input file not found: {path}. Check `input` in the config, or pass --input PATH.")
+    if path.is_dir():
+        raise InputError(f"input {path} is a directory; name a file.")
+    overrides = {col: _POLARS_TYPES[t] for col, t in (types or {}).items()}
+    if fmt in ("csv", "tsv", "ndjson") and path.stat().st_size == 0:
+        what = "a header row with the column names" if fmt != "ndjson" else "one JSON object per line"
+        raise InputError(f"input file {path} is empty: it needs {what}.")
+    try:
+        if fmt in ("csv", "tsv"):
+            lf = pl.scan_csv(
+                path,
+                separator="\t" if fmt == "tsv" else ",",
+                infer_schema_length=10_000,
+                schema_overrides=overrides or None,
+                raise_if_empty=True,
+            )
+        elif fmt == "parquet":
+            lf = pl.scan_parquet(path)
+        else:
+            lf = pl.scan_ndjson(path, infer_schema_length=10_000)
+        schema = lf.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(f"cannot read the input {path} as {fmt}: {_first_line(exc)}") from None
+    if fmt in ("parquet", "ndjson") and overrides:
+        lf = lf.with_columns(pl.col(c).cast(t) for c, t in overrides.items() if c in schema)
+    return lf
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def iter_batches(lf: pl.LazyFrame, path: Path, limit: int | None = None, rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """Yield the table in order, ``rows`` at a time; a header-only table yields one empty frame."""
+    if limit is not None:
+        lf = lf.head(limit)
+    produced = False
+    try:
+        for batch in lf.collect_batches(chunk_size=rows):
+            if batch.height:
+                produced = True
+                yield batch
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise InputError(
+            f"cannot read the input {path}: {_first_line(exc)}. If a column's type was guessed wrong, "
+            "set it with `input_types: {column: str}`."
+        ) from None
+    if not produced:
+        yield pl.DataFrame(schema=lf.collect_schema())
+
+
+def count_rows(lf: pl.LazyFrame, limit: int | None = None) -> int | None:
+    """The number of rows (a streaming count), or ``None`` if counting fails."""
+    try:
+        n = int(lf.select(pl.len()).collect(engine="streaming").item())
+    except (pl.exceptions.PolarsError, OSError):
+        return None
+    return min(n, limit) if limit is not None else n
+
+
+def unify_dtypes(schemas: list[dict[str, pl.DataType]], nulls: list[set[str]]) -> dict[str, pl.DataType]:
+    """One dtype per column across batches: a column all-null in a batch does not vote;
+    Int64 with Float64 gives Float64; any other disagreement gives String (JSON text)."""
+    out: dict[str, pl.DataType] = {}
+    for name in schemas[0]:
+        kinds = {s[name] for s, n in zip(schemas, nulls, strict=True) if name not in n}
+        if not kinds:
+            out[name] = schemas[0][name]
+        elif len(kinds) == 1:
+            out[name] = kinds.pop()
+        elif kinds <= {pl.Int64, pl.Float64}:
+            out[name] = pl.Float64()
+        else:
+            out[name] = pl.String()
+    return out
+
+
+class OutputWriter:
+    """Write the output batch by batch (as Arrow parts beside it), then one file, atomically.
+
+    Column types are settled when every batch is in (``unify_dtypes``), so a field that
+    is null in the first batch and an integer later still comes out as Int64.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.format = output_format(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._dir = path.with_name(f".{path.name}.{os.getpid()}.parts")
+        self._dir.mkdir(exist_ok=True)
+        self._parts: list[Path] = []
+        self._schemas: list[dict[str, pl.DataType]] = []
+        self._nulls: list[set[str]] = []
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        part = self._dir / f"{len(self._parts):06d}.arrow"
+        df.write_ipc(part)
+        self._parts.append(part)
+        self._schemas.append(dict(df.schema))
+        self._nulls.append({c for c in df.columns if df.height and df[c].null_count() == df.height})
+        self.rows += df.height
+
+    def finish(self) -> None:
+        """Join the parts into the output file (temporary name, then rename) and clean up."""
+        try:
+            final = unify_dtypes(self._schemas, self._nulls)
+            frames = [pl.scan_ipc(p).cast(final) for p in self._parts]  # type: ignore[arg-type]
+            lf = pl.concat(frames) if frames else pl.LazyFrame(schema=final)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                if self.format == "csv":
+                    lf.sink_csv(tmp)
+                elif self.format == "parquet":
+                    lf.sink_parquet(tmp)
+                else:
+                    lf.sink_ndjson(tmp)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the parts (an interrupted run leaves nothing under the output name)."""
+        for part in self._parts:
+            part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._dir.rmdir()
+
+
+def collect_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The in-memory twin of ``OutputWriter``: concatenate batches with unified column types."""
+    final = unify_dtypes(
+        [dict(f.schema) for f in frames],
+        [{c for c in f.columns if f.height and f[c].null_count() == f.height} for f in frames],
+    )
+    return pl.concat([f.cast(final) for f in frames])  # type: ignore[arg-type]

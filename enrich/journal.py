@@ -1,0 +1,169 @@
+"""The durable record of finished calls: resume, dedup, incremental runs, re-extract.
+
+One SQLite file per output (``out/people.parquet.journal`` by default). Each entry is
+keyed by the fingerprint of a rendered request (method, URL with query, non-auth
+headers, body; never a token) and holds the final status, the error and the response
+body. Writes are buffered and committed every ``FLUSH_ROWS`` entries or
+``FLUSH_SECONDS`` seconds, so a killed run loses at most its last moment of calls.
+
+    with Journal.open(Path("out/people.parquet.journal")) as journal:
+        known = journal.lookup([fp1, fp2])           # {fp1: Entry(...)} for calls already made
+        journal.put(fp3, Entry(200, None, b'{"a": 1}', 1, 12.5, time.time()))
+        journal.flush()
+
+Only one run may write a journal at a time: ``open`` takes an exclusive lock (flock on
+``<journal>.lock``), released when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from .errors import RunAborted
+
+FLUSH_ROWS = 500
+FLUSH_SECONDS = 1.0
+_CHUNK = 500  # fingerprints per IN (...) query; SQLite allows 32,766 parameters
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    fp BLOB PRIMARY KEY,
+    status INTEGER,
+    error TEXT,
+    body BLOB,
+    attempts INTEGER NOT NULL,
+    latency_ms REAL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One finished call: final status (None when no response came), error, raw body."""
+
+    status: int | None
+    error: str | None
+    body: bytes | None
+    attempts: int
+    latency_ms: float | None
+    at: float
+
+    @property
+    def failed(self) -> bool:
+        """Worth calling again with ``--retry-failed``: no answer, or a server-side or auth failure."""
+        if self.error is None:
+            return False
+        return self.status is None or self.status >= 500 or self.status in (401, 403, 408, 429)
+
+
+class JournalBusy(RunAborted):
+    """Another run holds this journal."""
+
+
+class Journal:
+    """A SQLite journal of finished calls, written by one run at a time."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+        self._pending: dict[bytes, Entry] = {}
+        self._last_flush = time.monotonic()
+        self.written = 0
+
+    @classmethod
+    def open(cls, path: Path | None) -> Journal:
+        """Open (creating if needed) the journal at ``path``; ``None`` keeps it in memory."""
+        lock_fd = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = path.with_name(path.name + ".lock")
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                raise JournalBusy(
+                    f"the journal {path} is in use by another run (lock: {lock_path}). Wait for that run to "
+                    "finish, or give this one its own with --journal PATH."
+                ) from None
+        try:
+            conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+            if path is not None:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")  # a committed entry survives power loss
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise RunAborted(
+                f"cannot open the journal {path}: {exc}. If the file is not an enrich journal, "
+                "point --journal elsewhere; to start over, delete it or pass --fresh."
+            ) from None
+        return cls(conn, path, lock_fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Commit what is pending, close the database and release the lock."""
+        if self._conn is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def put(self, fp: bytes, entry: Entry) -> None:
+        """Record a finished call; committed by the next ``flush`` (at most ~1 s later)."""
+        self._pending[fp] = entry
+        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit every pending entry in one transaction."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        rows = [(fp, e.status, e.error, e.body, e.attempts, e.latency_ms, e.at) for fp, e in self._pending.items()]
+        self._conn.execute("BEGIN")
+        self._conn.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._conn.execute("COMMIT")
+        self.written += len(rows)
+        self._pending.clear()
+
+    def _select(self, columns: str, fps: Sequence[bytes]) -> Iterator[tuple]:
+        for start in range(0, len(fps), _CHUNK):
+            chunk = fps[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from self._conn.execute(f"SELECT fp, {columns} FROM calls WHERE fp IN ({marks})", chunk)
+
+    def lookup(self, fps: Iterable[bytes]) -> dict[bytes, Entry]:
+        """The entries for those of ``fps`` that the journal holds (pending ones included), bodies included."""
+        wanted = list(dict.fromkeys(fps))
+        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
+        rest = [fp for fp in wanted if fp not in found]
+        for fp, status, error, body, attempts, latency, at in self._select(
+            "status, error, body, attempts, latency_ms, at", rest
+        ):
+            found[fp] = Entry(status, error, body, attempts, latency, at)
+        return found
+
+    def __len__(self) -> int:
+        (count,) = self._conn.execute("SELECT count(*) FROM calls").fetchone()
+        return int(count) + sum(1 for _ in self._pending)
