@@ -17,11 +17,11 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
+from .template import URL_LITERAL_SAFE
+
 MASK = "***"
 # Shorter values would mask ordinary words ("1", "yes"); they are not secrets worth the name.
 MIN_SECRET_LENGTH = 4
-# What a URL template keeps literally (template._URL_LITERAL_SAFE); the rest is percent-encoded.
-_URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
 
 
 def _forms(secret: str) -> set[str]:
@@ -32,7 +32,7 @@ def _forms(secret: str) -> set[str]:
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         quote(secret, safe=""),
-        quote(secret, safe=_URL_LITERAL_SAFE),
+        quote(secret, safe=URL_LITERAL_SAFE),
         quote_plus(secret, safe=""),
     }
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}

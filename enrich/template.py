@@ -33,7 +33,7 @@ Render = Callable[[Row], Any]
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}|]*?)\s*(?:\|\s*([A-Za-z_]\w*)\s*)?\}\}")
 # Characters a user may write literally in a URL template and that keep their meaning.
-_URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
+URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
 
 
 class TemplateValueError(ValueError):
@@ -255,7 +255,7 @@ def compile_url(text: str, where: str) -> Template:
     seen_scheme = False
     for part in parts:
         if isinstance(part, str):
-            pieces.append(quote(part, safe=_URL_LITERAL_SAFE))
+            pieces.append(quote(part, safe=URL_LITERAL_SAFE))
             seen_scheme = seen_scheme or "://" in part
             continue
         cell = _cell(part[0], part[1], where)
