@@ -43,6 +43,7 @@ class TokenManager:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.generation = 0
         self.logins = 0
+        self._accepted = 0  # the newest generation a call got through with
         self._token: str | None = None
         self._lock = asyncio.Lock()
 
@@ -57,11 +58,26 @@ class TokenManager:
         async with self._lock:
             await self._fetch(session)
 
+    def accepted(self, generation: int) -> None:
+        """A call sent with this generation's token was not rejected."""
+        if generation > self._accepted:
+            self._accepted = generation
+
     async def refresh(self, session: aiohttp.ClientSession, seen_generation: int) -> None:
-        """Replace the token that the caller saw rejected, unless another caller already did."""
+        """Replace the token that the caller saw rejected, unless another caller already did.
+
+        A token fetched by a refresh and rejected before any call got through means
+        logging in again cannot help: the run stops instead of looping.
+        """
         async with self._lock:
             if self.generation != seen_generation:
                 return
+            if self.generation > 1 and self._accepted < self.generation:
+                raise AuthError(
+                    f"the API rejected a freshly issued token (HTTP 401 right after logging in again at "
+                    f"{self.config.url}). Check auth.header and auth.token_type (the API may want another "
+                    'header, or the bare token with `token_type: ""`) and that this account may call request.url.'
+                )
             await self._fetch(session)
 
     async def _fetch(self, session: aiohttp.ClientSession) -> None:

@@ -188,12 +188,15 @@ class Client:
                 continue
             latency_ms = (time.perf_counter() - started) * 1000
 
-            if status == 401 and self.tokens is not None and refreshes < MAX_REFRESHES_PER_CALL:
-                refreshes += 1
-                attempt -= 1  # a rejected token is not the call's fault
-                self.counters.refreshes += 1
-                await self.tokens.refresh(self.session, generation)
-                continue
+            if self.tokens is not None:
+                if status == 401 and refreshes < MAX_REFRESHES_PER_CALL:
+                    refreshes += 1
+                    attempt -= 1  # a rejected token is not the call's fault
+                    self.counters.refreshes += 1
+                    await self.tokens.refresh(self.session, generation)
+                    continue
+                if status != 401:
+                    self.tokens.accepted(generation)
             if status in self.retry.statuses:
                 error = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body, self.redactor)}" if body else "")
                 if attempt >= attempts:

@@ -14,6 +14,7 @@ once). Errors name the file, the line and the key, and say what would fix them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, Where
 from .extract import FieldPath, compile_fields, compile_path
 from .redact import Redactor
 from .template import Template, compile_json_text, compile_template, compile_url
@@ -165,7 +166,10 @@ class _Locator:
         self.lines = lines
         self.overridden: set[tuple[str, ...]] = set()
 
-    def __call__(self, *path: str) -> str:
+    def __call__(self, *path: str) -> Where:
+        return Where(self._text(path), child=lambda key: self(*path, key))
+
+    def _text(self, path: tuple[str, ...]) -> str:
         key = ".".join(path)
         if path in self.overridden:
             return f"--{key.replace('_', '-')}"
@@ -269,10 +273,8 @@ def _method(value: Any, loc: str, default: str) -> str:
 
 def _number(value: Any, loc: str, *, minimum: float, integer: bool = False, what: str = "a number") -> Any:
     if isinstance(value, str):  # from ${VAR} or the command line: numbers arrive as text
-        try:
+        with contextlib.suppress(ValueError):
             value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
-        except ValueError:
-            pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{loc} must be {what}, got {value!r}.")
     if value < minimum:

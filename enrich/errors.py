@@ -13,6 +13,8 @@ Messages say where the problem is, what was found and how to fix it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class EnrichError(Exception):
     """Base of every error enrich raises on purpose."""
@@ -40,3 +42,25 @@ class RunAborted(EnrichError):
 
 class AuthError(RunAborted):
     """Logging in failed, or the login response held no token."""
+
+
+class Where(str):
+    """Where in the config something is ("demo.yaml, line 14: request.url"); knows its children's lines.
+
+    It is a plain ``str`` to everything that formats it; ``child_of(where, "amount")``
+    gives "demo.yaml, line 15: request.body.amount" when the config knows that line.
+    """
+
+    child: Callable[[str], str] | None = None
+
+    def __new__(cls, text: str, child: Callable[[str], str] | None = None) -> Where:
+        obj = super().__new__(cls, text)
+        obj.child = child
+        return obj
+
+
+def child_of(where: str, key: object) -> str:
+    """The location of ``key`` inside ``where``."""
+    if isinstance(where, Where) and where.child is not None:
+        return where.child(str(key))
+    return f"{where}.{key}"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, child_of
 
 Getter = Callable[[Any], Any]
 
@@ -126,7 +126,7 @@ def compile_fields(spec: Any, where: str = "fields") -> tuple[FieldPath, ...]:
         pairs = []
         for name, path in spec.items():
             if not isinstance(path, str):
-                raise ConfigError(f"{where}.{name}: expected a path string like `person.name`, got {path!r}.")
+                raise ConfigError(f"{child_of(where, name)}: expected a path string like `person.name`, got {path!r}.")
             pairs.append((str(name), path.strip()))
     else:
         raise ConfigError(
@@ -141,7 +141,7 @@ def compile_fields(spec: Any, where: str = "fields") -> tuple[FieldPath, ...]:
         if name in seen:
             raise ConfigError(f"{where}: the column {name!r} is named twice.")
         seen.add(name)
-        out.append(FieldPath(name, path, compile_path(path, f"{where}.{name}" if name != path else where)))
+        out.append(FieldPath(name, path, compile_path(path, child_of(where, name) if name != path else where)))
     return tuple(out)
 
 

@@ -153,7 +153,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def iter_batches(lf: pl.LazyFrame, path: Path, limit: int | None = None, rows: int = BATCH_ROWS) -> Iterator[pl.DataFrame]:
+def iter_batches(
+    lf: pl.LazyFrame, path: Path, limit: int | None = None, rows: int = BATCH_ROWS
+) -> Iterator[pl.DataFrame]:
     """Yield the table in order, ``rows`` at a time; a header-only table yields one empty frame."""
     if limit is not None:
         lf = lf.head(limit)

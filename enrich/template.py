@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import orjson
 
-from .errors import ConfigError
+from .errors import ConfigError, child_of
 
 Row = Mapping[str, Any]
 Render = Callable[[Row], Any]
@@ -168,7 +168,7 @@ def compile_template(value: Any, where: str) -> Template:
     if isinstance(value, str):
         return _compile_string(value, where)
     if isinstance(value, Mapping):
-        items = [(str(k), compile_template(v, f"{where}.{k}")) for k, v in value.items()]
+        items = [(str(k), compile_template(v, child_of(where, k))) for k, v in value.items()]
         columns = frozenset().union(*(t.columns for _, t in items))
         if not columns:
             return Template(lambda row: value, columns, value)
@@ -243,23 +243,43 @@ def _encoded(cell: Render) -> Render:
     return lambda row: quote(format_value(cell(row)), safe="")
 
 
+def _path_segment(cell: Render, column: str, where: str) -> Render:
+    def render(row: Row) -> str:
+        text = format_value(cell(row))
+        if not text:
+            # An empty path segment would call the parent resource (often a list endpoint).
+            raise TemplateValueError(f"{where}: column {column!r} is empty, and the URL path needs a value")
+        if text in (".", ".."):  # would climb the path
+            return "%2E" * len(text)
+        return quote(text, safe="")
+
+    return render
+
+
 def compile_url(text: str, where: str) -> Template:
     """Compile a URL template whose placeholders are percent-encoded when rendered.
 
     A placeholder at the very start (before any ``scheme://``) supplies the base URL
-    itself, from a column of URLs, and is inserted as it is.
+    itself, from a column of URLs, and is inserted as it is. An empty cell in the path
+    is a row error (``TemplateValueError``): the call would reach the parent path.
     """
     parts = _parse(text, where)
     columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
     pieces: list[str | Render] = []
-    seen_scheme = False
+    seen_scheme = in_query = False
     for part in parts:
         if isinstance(part, str):
             pieces.append(quote(part, safe=URL_LITERAL_SAFE))
             seen_scheme = seen_scheme or "://" in part
+            in_query = in_query or "?" in part or "#" in part
             continue
         cell = _cell(part[0], part[1], where)
-        pieces.append(_raw(cell) if not seen_scheme and not pieces else _encoded(cell))
+        if not seen_scheme and not pieces:
+            pieces.append(_raw(cell))
+        elif in_query:
+            pieces.append(_encoded(cell))
+        else:
+            pieces.append(_path_segment(cell, part[0], where))
     if not columns:
         fixed = "".join(p for p in pieces if isinstance(p, str))
         return Template(lambda row: fixed, columns, text)

@@ -307,7 +307,6 @@ URL_TEMPLATE = "https://api.example.com/v1/people/{{v}}?q={{v}}&page=2#top"
         pytest.param("x@evil.com:80", "x%40evil.com%3A80", id="at-colon"),
         pytest.param(12, "12", id="int"),
         pytest.param(True, "true", id="bool"),
-        pytest.param(None, "", id="null"),
     ],
 )
 def test_url_values_are_percent_encoded(value: Any, encoded: str) -> None:
@@ -318,6 +317,30 @@ def test_url_values_are_percent_encoded(value: Any, encoded: str) -> None:
     assert url.raw_path == f"/v1/people/{encoded}"
     assert list(url.query.items()) == [("q", format_value(value)), ("page", "2")]
     assert url.fragment == "top"
+
+
+@pytest.mark.parametrize(
+    ("value", "segment"),
+    [
+        pytest.param(None, None, id="null"),
+        pytest.param("", None, id="empty"),
+        pytest.param("..", "%2E%2E", id="dot-dot"),
+        pytest.param(".", "%2E", id="dot"),
+    ],
+)
+def test_path_segments_that_would_change_the_resource(value: Any, segment: str | None) -> None:
+    template = compile_url("https://api.example.com/v1/people/{{v}}?q={{v}}", "request.url")
+    if segment is None:  # the call would reach the parent path: a row error, no request
+        with pytest.raises(TemplateValueError, match="column 'v' is empty, and the URL path needs a value"):
+            template.render({"v": value})
+    else:
+        rendered = template.render({"v": value})
+        assert URL(rendered, encoded=True).raw_path == f"/v1/people/{segment}"
+
+
+def test_null_in_query_part_of_url_is_empty() -> None:
+    template = compile_url("https://api.example.com/v1/search?q={{v}}", "request.url")
+    assert template.render({"v": None}) == "https://api.example.com/v1/search?q="
 
 
 @pytest.mark.parametrize(
