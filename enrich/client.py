@@ -1,7 +1,7 @@
 """Turn a row into a request, and send it: auth, rate limit, timeout, retries.
 
     request = prepare(config.request, row)          # templates rendered, URL encoded
-    outcome = await client.call(request)            # Outcome(status=200, data={...}, ...)
+    outcome = await client.call(request)            # Outcome(status=200, body=b'{...}', ...)
 
 Retried: the statuses in ``retry.statuses`` (429, 500, 502, 503, 504 by default),
 timeouts and connection errors, with exponential backoff and full jitter, honouring
@@ -12,6 +12,7 @@ limiter. A 401 refreshes the token once for all workers and the call is sent aga
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -42,13 +43,31 @@ class PreparedRequest:
     headers: dict[str, str]
     body: bytes | None
 
+    def fingerprint(self) -> bytes:
+        """A 16-byte key for the journal: method, URL with query, headers, body.
+
+        The auth header is not part of a prepared request, so no token is ever hashed.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.method.encode())
+        h.update(b"\0")
+        h.update(str(self.url).encode())
+        for name, value in sorted((k.lower(), v) for k, v in self.headers.items()):
+            h.update(b"\0")
+            h.update(name.encode())
+            h.update(b":")
+            h.update(value.encode())
+        h.update(b"\0\0")
+        h.update(self.body or b"")
+        return h.digest()
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one call came to: the final status, the parsed JSON or an error."""
+    """What one call came to: the final status, the JSON body (checked, not kept parsed) or an error."""
 
     status: int | None
-    data: Any
+    body: bytes | None
     error: str | None
     attempts: int
     latency_ms: float | None
@@ -217,7 +236,8 @@ class Client:
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
             try:
-                return Outcome(status, orjson.loads(body), None, attempt, latency_ms)
+                orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
+                return Outcome(status, body, None, attempt, latency_ms)
             except orjson.JSONDecodeError:
                 kind = content_type.split(";")[0] or "no content-type"
                 message = f"response is not JSON (HTTP {status}, {kind}): {_snippet(body, self.redactor, 80)!r}"

@@ -35,6 +35,7 @@ INPUT_TYPES = ("str", "int", "float", "bool")
 RESPONSE_COLUMN = "response"
 STATUS_COLUMN = "_http_status"
 ERROR_COLUMN = "_error"
+ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge` can restore order)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|signature", re.IGNORECASE)
 _RATE = re.compile(
@@ -116,6 +117,8 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     timeout: float = 30.0
     input_types: Mapping[str, str] = field(default_factory=dict)
+    journal: Path | None = None  # None: beside the output, `<output>.journal`
+    use_journal: bool = True
     source: str = "<config>"
     redactor: Redactor = field(default_factory=Redactor, compare=False)
     # Where each template came from, for errors found once the input is known.
@@ -300,6 +303,18 @@ def parse_rate(value: Any, loc: str) -> Rate | None:
     return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)
 
 
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)\s*$", re.IGNORECASE)
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ``ValueError`` for anything else."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected an age such as 30m, 12h, 7d or 2w, got {text!r}")
+    return float(match.group("n")) * _DURATION_SECONDS[match.group("unit").lower()]
+
+
 def _string_map(value: Any, loc: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -321,6 +336,7 @@ def _body(value: Any, loc: str) -> Template | None:
 TOP_KEYS = (
     "input",
     "output",
+    "journal",
     "auth",
     "request",
     "fields",
@@ -422,10 +438,20 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         retry=retry,
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
         input_types=input_types,
+        journal=_journal_path(data.get("journal", True), where("journal")),
+        use_journal=data.get("journal", True) is not False,
         source=where.source,
         redactor=redactor,
         template_sites=tuple(sites),
     )
+
+
+def _journal_path(value: Any, loc: str) -> Path | None:
+    if value is True or value is None or value is False:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{loc} must be a file path, or false to keep no journal, got {value!r}.")
+    return Path(value)
 
 
 def _check_url(url: str, loc: str, allow_template_base: bool = False) -> None:

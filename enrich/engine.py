@@ -1,45 +1,69 @@
-"""The worker pool: rows in, outcomes out, input order kept; progress through a callback.
+"""The run: rows in, calls made once, the table out in input order.
+
+A run has two passes over the input, both streaming in batches:
+
+1. **call** (async): render each row's request, fingerprint it, and call the API for
+   the fingerprints the journal lacks, through ``concurrency`` fixed workers pulling
+   from a bounded queue. Rows that render to the same request make one call; every
+   finished call goes to the journal.
+2. **build** (sync): render again, look each row's call up in the journal, extract the
+   fields and write the output batch by batch, then settle the column types.
+
+So a killed run loses only the calls in flight, a rerun calls only what is missing,
+and ``extract`` (pass 2 alone) rebuilds the output after ``fields`` change, for free.
 
     result = enrich(df, load_config("configs/demo.yaml"))     # polars in, polars out
-    result.frame      # input columns, field columns, _http_status, _error
-    result.summary    # rows ok / failed, calls, retries, logins, elapsed
+    summary, out = run_job(config, RunOptions(retry_failed=True))
 
-``run_job`` adds the files: read the input, check it against the config, enrich,
-write the output atomically. The library never prints; pass ``on_progress`` to
-watch a run.
+The library never prints; pass ``on_progress`` to watch a run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import polars as pl
 
-from .auth import TokenManager
-from .client import Client, Counters, Outcome, prepare
-from .config import ERROR_COLUMN, RESPONSE_COLUMN, STATUS_COLUMN, Config
-from .errors import ConfigError
+from .client import Client, Counters, Outcome, PreparedRequest, prepare
+from .config import ERROR_COLUMN, RESPONSE_COLUMN, ROW_COLUMN, STATUS_COLUMN, Config
+from .errors import ConfigError, Interrupted
+from .journal import Entry, Journal
 from .ratelimit import RateLimiter
-from .tables import read_table, write_table
 from .template import TemplateValueError
+
+NOT_CALLED = "not called yet: no result in the journal; run `enrich run` to make the call"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """How a run treats the journal and which rows it takes."""
+
+    limit: int | None = None  # only the first N rows
+    fresh: bool = False  # ignore what the journal holds (call everything again)
+    retry_failed: bool = False  # call again the rows whose last result was a failure
+    refresh_older_than: float | None = None  # seconds: call again results older than this
+    shard: tuple[int, int] | None = None  # (I, N): only the rows of shard I of N
 
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A snapshot of a run, handed to ``on_progress`` after each row."""
+    """A snapshot of a run, handed to ``on_progress``."""
 
     done: int
-    total: int
+    total: int | None
     failed: int
     calls: int
+    cached: int
     retries: int
     throttled: int
     elapsed: float
@@ -53,7 +77,9 @@ class Summary:
     ok: int
     failed: int
     failures: dict[str, int] = field(default_factory=dict)  # "HTTP 404": 3, "timeout": 1
-    calls: int = 0
+    calls: int = 0  # HTTP requests sent, retries included
+    cached: int = 0  # rows answered from the journal of an earlier run
+    deduped: int = 0  # rows that shared another row's request in this run
     retries: int = 0
     throttled: int = 0
     logins: int = 0
@@ -70,112 +96,240 @@ class RunResult:
 
 
 ProgressCallback = Callable[[Progress], None]
+Batches = Callable[[], Iterator[pl.DataFrame]]
 
 
-def _failure_kind(outcome: Outcome) -> str:
-    if outcome.status is not None:
-        return f"HTTP {outcome.status}" if outcome.status >= 300 else "bad response"
-    err = outcome.error or ""
-    if err.startswith("timed out"):
-        return "timeout"
-    if err.startswith("connection error"):
-        return "connection error"
-    return "bad request data"
+# --- rows -> requests -------------------------------------------------------------------
 
 
-async def enrich_rows(
-    rows: Sequence[dict[str, Any]], config: Config, on_progress: ProgressCallback | None = None
-) -> tuple[list[tuple[Any, ...]], Summary]:
-    """Call the API for every row; return one tuple of output values per row, in order."""
-    started = time.perf_counter()
-    total = len(rows)
-    fields = config.fields
-    width = len(fields) if fields else 1
-    empty = (None,) * width
-    results: list[tuple[Any, ...]] = [()] * total
-    counters = Counters()
-    failures: Counter[str] = Counter()
-    done = 0
-    tokens: TokenManager | None = None
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One row's request and its fingerprint, or why it has none."""
 
-    def values_of(outcome: Outcome) -> tuple[Any, ...]:
-        if outcome.data is None:
-            return (*empty, outcome.status, outcome.error)
-        if fields:
-            return (*(f.get(outcome.data) for f in fields), outcome.status, outcome.error)
-        return (orjson.dumps(outcome.data).decode(), outcome.status, outcome.error)
+    request: PreparedRequest | None
+    fp: bytes | None
+    error: str | None
 
-    if total:
-        connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            if config.auth is not None:
-                tokens = TokenManager(config.auth, config.redactor, config.retry, config.timeout)
-                await tokens.login(session)
-            client = Client(
-                session,
-                retry=config.retry,
-                timeout=config.timeout,
-                limiter=RateLimiter(config.rate_limit.per_second if config.rate_limit else None),
-                tokens=tokens,
-                redactor=config.redactor,
-                counters=counters,
-            )
-            work = iter(enumerate(rows))
 
-            async def worker() -> None:
-                nonlocal done
-                for index, row in work:
-                    try:
-                        request = prepare(config.request, row)
-                    except (TemplateValueError, ValueError) as exc:
-                        outcome = Outcome(None, None, config.redactor.redact(str(exc)), 0, None)
-                    else:
-                        outcome = await client.call(request)
-                    results[index] = values_of(outcome)
-                    done += 1
-                    if outcome.error is not None:
-                        failures[_failure_kind(outcome)] += 1
-                    if on_progress is not None:
-                        on_progress(
-                            Progress(
-                                done,
-                                total,
-                                sum(failures.values()),
-                                counters.calls,
-                                counters.retries,
-                                counters.throttled,
-                                time.perf_counter() - started,
-                            )
-                        )
+def _plan(config: Config, row: dict[str, Any]) -> Planned:
+    try:
+        request = prepare(config.request, row)
+    except (TemplateValueError, ValueError) as exc:
+        return Planned(None, None, config.redactor.redact(str(exc)))
+    return Planned(request, request.fingerprint(), None)
 
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(min(config.concurrency, total)):
-                        group.create_task(worker())
-            except BaseExceptionGroup as group_error:
-                # One worker's fatal error (a failed re-login) stops them all; raise it as itself.
-                raise _first_leaf(group_error) from None
 
-    failed = sum(failures.values())
-    summary = Summary(
-        rows=total,
-        ok=total - failed,
-        failed=failed,
-        failures=dict(failures.most_common()),
-        calls=counters.calls,
-        retries=counters.retries,
-        throttled=counters.throttled,
-        logins=tokens.logins if tokens else 0,
-        # Logins after the first, not the 401s that asked: one refresh serves every waiting worker.
-        refreshes=max(0, tokens.logins - 1) if tokens else 0,
-        elapsed=time.perf_counter() - started,
+def _plan_batch(
+    batch: pl.DataFrame, config: Config, options: RunOptions, offset: int
+) -> tuple[pl.DataFrame, list[Planned], list[int]]:
+    """Render a batch; with a shard, keep only its rows. Returns the rows kept, their plans, their row numbers."""
+    used = sorted(config.columns_used)
+    rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
+    plans = [_plan(config, row) for row in rows]
+    numbers = list(range(offset, offset + batch.height))
+    if options.shard is None:
+        return batch, plans, numbers
+    index, count = options.shard
+    keep = [
+        (int.from_bytes(p.fp[:8], "big") if p.fp is not None else n) % count == index
+        for p, n in zip(plans, numbers, strict=True)
+    ]
+    kept = batch.filter(pl.Series(keep, dtype=pl.Boolean))
+    return (
+        kept,
+        [p for p, k in zip(plans, keep, strict=True) if k],
+        [n for n, k in zip(numbers, keep, strict=True) if k],
     )
-    return results, summary
+
+
+def _reusable(entry: Entry, options: RunOptions, started: float) -> bool:
+    """Whether a journal entry answers this run's row, or the call must be made (again)."""
+    if entry.at >= started:
+        return True  # made by this run
+    if options.fresh:
+        return False
+    if options.refresh_older_than is not None and entry.at < time.time() - options.refresh_older_than:
+        return False
+    return not (options.retry_failed and entry.failed)
+
+
+# --- pass 1: call ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tally:
+    rows: int = 0
+    failed: int = 0
+    cached: int = 0
+    deduped: int = 0
+    logins: int = 0
+
+
+async def call_pass(
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions = RunOptions(),
+    on_progress: ProgressCallback | None = None,
+    total: int | None = None,
+) -> tuple[Counters, _Tally]:
+    """Make every call the journal lacks; each finished call is written to the journal."""
+    import aiohttp
+
+    from .auth import TokenManager
+
+    started_wall = time.time()
+    started = time.perf_counter()
+    counters = Counters()
+    tally = _Tally()
+    in_flight: set[bytes] = set()
+    queue: asyncio.Queue[tuple[bytes, PreparedRequest] | None] = asyncio.Queue(maxsize=config.concurrency * 4)
+    last_report = 0.0
+
+    def report(force: bool = False) -> None:
+        nonlocal last_report
+        now = time.perf_counter()
+        if on_progress is None or (not force and now - last_report < 0.1):
+            return
+        last_report = now
+        on_progress(
+            Progress(
+                tally.rows, total, tally.failed, counters.calls, tally.cached,
+                counters.retries, counters.throttled, now - started,
+            )
+        )  # fmt: skip
+
+    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tokens = TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None
+        client = Client(
+            session,
+            retry=config.retry,
+            timeout=config.timeout,
+            limiter=RateLimiter(config.rate_limit.per_second if config.rate_limit else None),
+            tokens=tokens,
+            redactor=config.redactor,
+            counters=counters,
+        )
+
+        async def worker() -> None:
+            while (item := await queue.get()) is not None:
+                fp, request = item
+                outcome = await client.call(request)
+                journal.put(fp, _entry(outcome))
+                in_flight.discard(fp)
+                tally.rows += 1
+                tally.failed += outcome.error is not None
+                report()
+
+        async def produce() -> None:
+            logged_in = tokens is None
+            offset = 0
+            for batch in batches():
+                _, plans, _ = _plan_batch(batch, config, options, offset)
+                offset += batch.height
+                known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
+                queued: set[bytes] = set()
+                for plan in plans:
+                    fp = plan.fp
+                    if fp is None:
+                        tally.rows += 1
+                        tally.failed += 1
+                    elif fp in queued or fp in in_flight:
+                        tally.rows += 1
+                        tally.deduped += 1
+                    elif fp in known and _reusable(known[fp], options, started_wall):
+                        tally.rows += 1
+                        tally.cached += 1
+                        tally.failed += known[fp].error is not None
+                    else:
+                        if not logged_in:  # log in at the first call, not before: a resumed run may need none
+                            await tokens.login(session)  # type: ignore[union-attr]
+                            logged_in = True
+                        queued.add(fp)
+                        in_flight.add(fp)
+                        await queue.put((fp, plan.request))  # type: ignore[arg-type]
+                report()
+            for _ in range(config.concurrency):
+                await queue.put(None)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(produce())
+                for _ in range(config.concurrency):
+                    group.create_task(worker())
+        except BaseExceptionGroup as group_error:
+            # One task's fatal error (a failed re-login) stops them all; raise it as itself.
+            raise _first_leaf(group_error) from None
+        finally:
+            journal.flush()
+        tally.logins = tokens.logins if tokens else 0
+    report(force=True)
+    return counters, tally
+
+
+def _entry(outcome: Outcome) -> Entry:
+    return Entry(outcome.status, outcome.error, outcome.body, outcome.attempts, outcome.latency_ms, time.time())
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+# --- pass 2: build ------------------------------------------------------------------------------
+
+
+def _failure_kind(status: int | None, error: str) -> str:
+    if status is not None:
+        return f"HTTP {status}" if status >= 300 else "bad response"
+    if error.startswith("timed out"):
+        return "timeout"
+    if error.startswith("connection error"):
+        return "connection error"
+    if error.startswith("not called"):
+        return "not called"
+    return "bad row data"
+
+
+def build_pass(
+    batches: Batches, config: Config, journal: Journal, options: RunOptions = RunOptions()
+) -> tuple[Iterator[pl.DataFrame], Counter[str]]:
+    """Yield the output batch by batch, from the journal; the counter fills as batches are taken."""
+    failures: Counter[str] = Counter()
+    fields = config.fields
+    width = len(fields) if fields else 1
+    empty = (None,) * width
+
+    def values(plan: Planned, entry: Entry | None) -> tuple[Any, ...]:
+        if plan.fp is None or entry is None:
+            error = plan.error or NOT_CALLED
+            failures[_failure_kind(None, error)] += 1
+            return (*empty, None, error)
+        if entry.error is not None:
+            failures[_failure_kind(entry.status, entry.error)] += 1
+            return (*empty, entry.status, entry.error)
+        failures["ok"] += 1
+        if not entry.body:
+            return (*empty, entry.status, None)
+        doc = orjson.loads(entry.body)
+        if fields:
+            return (*(f.get(doc) for f in fields), entry.status, None)
+        return (entry.body.decode(), entry.status, None)
+
+    def generate() -> Iterator[pl.DataFrame]:
+        offset = 0
+        for batch in batches():
+            kept, plans, numbers = _plan_batch(batch, config, options, offset)
+            offset += batch.height
+            entries = journal.lookup(p.fp for p in plans if p.fp is not None)
+            results = [values(p, entries.get(p.fp) if p.fp is not None else None) for p in plans]
+            frame = assemble(kept, config, results)
+            if options.shard is not None:
+                frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
+            yield frame
+
+    return generate(), failures
 
 
 def _column(name: str, values: list[Any]) -> pl.Series:
@@ -195,13 +349,45 @@ def _column(name: str, values: list[Any]) -> pl.Series:
 
 
 def assemble(df: pl.DataFrame, config: Config, results: list[tuple[Any, ...]]) -> pl.DataFrame:
-    """Append the output columns (fields, ``_http_status``, ``_error``) to the input table."""
+    """Append the output columns (fields, ``_http_status``, ``_error``) to the input rows."""
     names = [f.name for f in config.fields] if config.fields else [RESPONSE_COLUMN]
     columns = list(zip(*results, strict=True)) if results else [() for _ in range(len(names) + 2)]
     new = [_column(name, list(col)) for name, col in zip(names, columns[:-2], strict=True)]
     new.append(pl.Series(STATUS_COLUMN, list(columns[-2]), dtype=pl.Int64))
     new.append(pl.Series(ERROR_COLUMN, list(columns[-1]), dtype=pl.String))
     return df.with_columns(new)
+
+
+def _summary(counters: Counters, tally: _Tally, failures: Counter[str], elapsed: float) -> Summary:
+    ok = failures.pop("ok", 0)
+    failed = sum(failures.values())
+    return Summary(
+        rows=ok + failed,
+        ok=ok,
+        failed=failed,
+        failures=dict(failures.most_common()),
+        calls=counters.calls,
+        cached=tally.cached,
+        deduped=tally.deduped,
+        retries=counters.retries,
+        throttled=counters.throttled,
+        logins=tally.logins,
+        refreshes=max(0, tally.logins - 1),
+        elapsed=elapsed,
+    )
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def _frame_batches(df: pl.DataFrame, rows: int) -> Batches:
+    def gen() -> Iterator[pl.DataFrame]:
+        if df.height == 0:
+            yield df
+        for start in range(0, df.height, rows):
+            yield df.slice(start, rows)
+
+    return gen
 
 
 def as_config(config: Config | str | Path | dict[str, Any]) -> Config:
@@ -216,65 +402,173 @@ def as_config(config: Config | str | Path | dict[str, Any]) -> Config:
 
 
 async def aenrich(
-    df: pl.DataFrame, config: Config | str | Path | dict[str, Any], on_progress: ProgressCallback | None = None
+    df: pl.DataFrame,
+    config: Config | str | Path | dict[str, Any],
+    on_progress: ProgressCallback | None = None,
+    journal: Path | None = None,
+    options: RunOptions = RunOptions(),
 ) -> RunResult:
-    """Enrich a DataFrame (async): every row called, output columns appended, order kept."""
+    """Enrich a DataFrame (async): every row called once, output columns appended, order kept.
+
+    ``journal`` keeps the calls in a file, so a second call with the same rows costs nothing.
+    """
+    from .tables import BATCH_ROWS, collect_frames
+
     config = as_config(config)
     config.check_columns(df.columns, "the input table")
-    results, summary = await enrich_rows(df.rows(named=True), config, on_progress)
-    return RunResult(assemble(df, config, results), summary)
+    if options.limit is not None:
+        df = df.head(options.limit)
+    batches = _frame_batches(df, BATCH_ROWS)
+    started = time.perf_counter()
+    with Journal.open(journal) as jr:
+        counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height)
+        frames, failures = build_pass(batches, config, jr, options)
+        frame = collect_frames(list(frames))
+    return RunResult(frame, _summary(counters, tally, failures, time.perf_counter() - started))
 
 
 def enrich(
-    df: pl.DataFrame, config: Config | str | Path | dict[str, Any], on_progress: ProgressCallback | None = None
+    df: pl.DataFrame,
+    config: Config | str | Path | dict[str, Any],
+    on_progress: ProgressCallback | None = None,
+    journal: Path | None = None,
+    options: RunOptions = RunOptions(),
 ) -> RunResult:
-    """Enrich a DataFrame; for notebooks and schedulers (runs its own event loop)."""
-    return asyncio.run(aenrich(df, config, on_progress))
+    """Enrich a DataFrame; for notebooks and scripts (runs its own event loop)."""
+    return asyncio.run(aenrich(df, config, on_progress, journal, options))
 
 
-def load_input(config: Config, input_path: Path | None = None, limit: int | None = None) -> tuple[pl.DataFrame, Path]:
-    """Read the input named by ``--input`` or the config, and check the templates against it."""
-    path = input_path or config.input
-    if path is None:
-        raise ConfigError(f"{config.source}: no input table. Set `input:` in the config or pass --input PATH.")
-    df = read_table(path, config.input_types, limit)
-    config.check_columns(df.columns, path.name)
-    return df, path
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Where a file-to-file run reads, writes and keeps its journal."""
+
+    input: Path
+    output: Path
+    journal: Path | None  # None: no journal kept after the run
 
 
-def output_path(config: Config, output: Path | None = None) -> Path:
-    """The output named by ``--output`` or the config; its format is checked before any call."""
-    from .tables import output_format
-
-    path = output or config.output
-    if path is None:
-        raise ConfigError(f"{config.source}: no output table. Set `output:` in the config or pass --output PATH.")
-    output_format(path)
-    return path
-
-
-async def arun_job(
+def plan_job(
     config: Config,
     input_path: Path | None = None,
     output: Path | None = None,
-    limit: int | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> tuple[RunResult, Path]:
-    """Read the input, enrich every row, write the output atomically; return the result and where it went."""
-    df, _ = load_input(config, input_path, limit)
-    out = output_path(config, output)
-    results, summary = await enrich_rows(df.rows(named=True), config, on_progress)
-    frame = assemble(df, config, results)
-    write_table(frame, out)
-    return RunResult(frame, summary), out
+    journal: Path | None = None,
+    use_journal: bool | None = None,
+    options: RunOptions = RunOptions(),
+) -> Job:
+    """Settle the files of a run, and check them against the config before any call."""
+    from .tables import output_format, scan_table
+
+    source = input_path or config.input
+    if source is None:
+        raise ConfigError(f"{config.source}: no input table. Set `input:` in the config or pass --input PATH.")
+    target = output or config.output
+    if target is None:
+        raise ConfigError(f"{config.source}: no output table. Set `output:` in the config or pass --output PATH.")
+    output_format(target)
+    if options.shard is not None and output is None:
+        index, count = options.shard
+        target = target.with_name(f"{target.stem}.shard-{index}-of-{count}{target.suffix}")
+    schema = scan_table(source, config.input_types).collect_schema()
+    config.check_columns(list(schema.names()), source.name)
+    keep = config.use_journal if use_journal is None else use_journal
+    kept = journal or config.journal or target.with_name(target.name + ".journal")
+    return Job(source, target, kept if keep else None)
 
 
 def run_job(
     config: Config,
-    input_path: Path | None = None,
-    output: Path | None = None,
-    limit: int | None = None,
+    job: Job,
+    options: RunOptions = RunOptions(),
     on_progress: ProgressCallback | None = None,
-) -> tuple[RunResult, Path]:
-    """``arun_job`` with its own event loop, for scripts and schedulers."""
-    return asyncio.run(arun_job(config, input_path, output, limit, on_progress))
+) -> Summary:
+    """Read the input, make the calls the journal lacks, write the output atomically.
+
+    Ctrl-C or SIGTERM stops it with ``Interrupted``: the finished calls stay in the
+    journal, and nothing is written under the output name.
+    """
+    from .tables import count_rows, iter_batches, scan_table
+
+    lf = scan_table(job.input, config.input_types)
+
+    def batches() -> Iterator[pl.DataFrame]:
+        return iter_batches(lf, job.input, options.limit)
+
+    total = count_rows(lf, options.limit) if options.shard is None else None
+    started = time.perf_counter()
+    with _journal(job) as journal:
+        try:
+            counters, tally = asyncio.run(call_pass(batches, config, journal, options, on_progress, total))
+        except KeyboardInterrupt:
+            journal.flush()
+            kept = (
+                f"{journal.written:,} finished calls are saved in the journal {job.journal}; run the same "
+                "command again to resume."
+                if job.journal
+                else "no journal was kept (journal: false), so a rerun starts over."
+            )
+            raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
+        failures = _write(batches, config, journal, options, job.output)
+    return _summary(counters, tally, failures, time.perf_counter() - started)
+
+
+def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) -> Summary:
+    """Rebuild the output from the journal alone (after `fields` change): no API call."""
+    from .tables import iter_batches, scan_table
+
+    if job.journal is None or not job.journal.exists():
+        raise ConfigError(
+            f"no journal at {job.journal}: there is nothing to extract from. Run `enrich run` first, "
+            "or point --journal at the journal of an earlier run."
+        )
+    lf = scan_table(job.input, config.input_types)
+
+    def batches() -> Iterator[pl.DataFrame]:
+        return iter_batches(lf, job.input, options.limit)
+
+    started = time.perf_counter()
+    with Journal.open(job.journal) as journal:
+        failures = _write(batches, config, journal, options, job.output)
+    return _summary(Counters(), _Tally(), failures, time.perf_counter() - started)
+
+
+def _write(
+    batches: Batches, config: Config, journal: Journal, options: RunOptions, output: Path
+) -> Counter[str]:
+    from .tables import OutputWriter
+
+    frames, failures = build_pass(batches, config, journal, options)
+    writer = OutputWriter(output)
+    try:
+        for frame in frames:
+            writer.write(frame)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.finish()
+    return failures
+
+
+@contextlib.contextmanager
+def _journal(job: Job) -> Iterator[Journal]:
+    """The job's journal; without one, a temporary file beside the output, removed after."""
+    if job.journal is not None:
+        existed = job.journal.exists()
+        journal = Journal.open(job.journal)
+        try:
+            yield journal
+        finally:
+            journal.close()
+            if not existed and journal.written == 0:  # e.g. the login failed: leave no empty journal behind
+                for leftover in (job.journal, Path(f"{job.journal}-wal"), Path(f"{job.journal}-shm")):
+                    leftover.unlink(missing_ok=True)
+        return
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{job.output.name}.", suffix=".journal", dir=job.output.parent)
+    os.close(fd)
+    path = Path(name)
+    try:
+        with Journal.open(path) as journal:
+            yield journal
+    finally:
+        for leftover in (path, Path(name + "-wal"), Path(name + "-shm")):
+            leftover.unlink(missing_ok=True)

@@ -3,8 +3,10 @@
     EnrichError                 base; carries the process exit code
     ├── ConfigError             the YAML config is wrong (exit 2)
     ├── InputError              the input table is missing or unreadable (exit 2)
-    └── RunAborted              the run cannot go on (exit 3)
-        └── AuthError           login failed or gave no token (exit 3)
+    ├── RunAborted              the run cannot go on (exit 3)
+    │   ├── AuthError           login failed or gave no token (exit 3)
+    │   └── JournalBusy         another run holds the journal (exit 3; in journal.py)
+    └── Interrupted             Ctrl-C or SIGTERM; finished calls are in the journal (exit 130)
 
 The CLI catches ``EnrichError`` alone, prints ``error: <message>`` and exits with
 ``exit_code``; anything else is a bug and shows a traceback only with ``--debug``.
@@ -42,6 +44,12 @@ class RunAborted(EnrichError):
 
 class AuthError(RunAborted):
     """Logging in failed, or the login response held no token."""
+
+
+class Interrupted(EnrichError):
+    """The run was stopped from outside; what it finished is kept in the journal."""
+
+    exit_code = 130
 
 
 class Where(str):

@@ -12,7 +12,8 @@ body. Writes are buffered and committed every ``FLUSH_ROWS`` entries or
         journal.flush()
 
 Only one run may write a journal at a time: ``open`` takes an exclusive lock (flock on
-``<journal>.lock``), released when the process ends, however it ends.
+the journal file; SQLite's own locks are separate), released when the process ends,
+however it ends.
 """
 
 from __future__ import annotations
@@ -85,15 +86,14 @@ class Journal:
         lock_fd = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock_path = path.with_name(path.name + ".lock")
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(lock_fd)
                 raise JournalBusy(
-                    f"the journal {path} is in use by another run (lock: {lock_path}). Wait for that run to "
-                    "finish, or give this one its own with --journal PATH."
+                    f"the journal {path} is in use by another run. Wait for that run to finish "
+                    "(or stop it), or give this one its own journal with --journal PATH."
                 ) from None
         try:
             conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
@@ -155,17 +155,20 @@ class Journal:
             marks = ",".join("?" * len(chunk))
             yield from self._conn.execute(f"SELECT fp, {columns} FROM calls WHERE fp IN ({marks})", chunk)
 
-    def lookup(self, fps: Iterable[bytes]) -> dict[bytes, Entry]:
-        """The entries for those of ``fps`` that the journal holds (pending ones included), bodies included."""
+    def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
+        """The entries for those of ``fps`` that the journal holds, pending ones included.
+
+        With ``bodies=False`` the entries carry no body (cheaper, for deciding what to call).
+        """
         wanted = list(dict.fromkeys(fps))
         found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
         rest = [fp for fp in wanted if fp not in found]
-        for fp, status, error, body, attempts, latency, at in self._select(
-            "status, error, body, attempts, latency_ms, at", rest
-        ):
+        columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at"
+        for fp, status, error, body, attempts, latency, at in self._select(columns, rest):
             found[fp] = Entry(status, error, body, attempts, latency, at)
         return found
 
     def __len__(self) -> int:
+        self.flush()
         (count,) = self._conn.execute("SELECT count(*) FROM calls").fetchone()
-        return int(count) + sum(1 for _ in self._pending)
+        return int(count)

@@ -261,3 +261,18 @@ def collect_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
         [{c for c in f.columns if f.height and f[c].null_count() == f.height} for f in frames],
     )
     return pl.concat([f.cast(final) for f in frames])  # type: ignore[arg-type]
+
+
+def merge_shards(parts: list[Path], output: Path) -> int:
+    """Join the outputs of ``--shard I/N`` runs into one table in input order; returns its rows."""
+    from .config import ROW_COLUMN
+
+    frames = []
+    for part in parts:
+        lf = scan_table(part)
+        if ROW_COLUMN not in lf.collect_schema():
+            raise InputError(f"{part} has no {ROW_COLUMN} column: it is not the output of `enrich run --shard I/N`.")
+        frames.append(lf)
+    merged = pl.concat(frames, how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN).collect(engine="streaming")
+    write_table(merged, output)
+    return merged.height

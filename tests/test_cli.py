@@ -109,7 +109,8 @@ def test_some_failed_rows_still_exit_0_and_the_summary_counts_them(
     assert captured.out == ""
     assert re.fullmatch(
         rf"enriched 40 rows in \d+\.\ds: {ok} ok, {failed} failed \([^)]*HTTP 404: \d+[^)]*\); \d+ calls, 0 retries, "
-        rf"0 throttled \(429\), 1 logins, 0 token refreshes -> {re.escape(str(out_path))}\n",
+        rf"0 throttled \(429\), 0 from the journal, 0 duplicates, 1 logins, 0 token refreshes -> "
+        rf"{re.escape(str(out_path))}\n",
         captured.err,
     ), captured.err
     assert pl.read_parquet(out_path)["_error"].null_count() == ok
@@ -505,7 +506,10 @@ def test_successful_run_replaces_the_output_and_leaves_no_temp_files(
             run_cli(["run", str(cfg), "--input", str(PEOPLE), "--output", str(out_dir / name), "-q", "--limit", "7"])
             == 0
         )
-    assert sorted(p.name for p in out_dir.iterdir()) == ["people.csv", "people.ndjson", "people.parquet"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        *("people.csv", "people.csv.journal", "people.ndjson", "people.ndjson.journal"),
+        *("people.parquet", "people.parquet.journal"),
+    ]  # each output and its journal; no temporary files
     assert pl.read_parquet(out_dir / "people.parquet").height == 7
     assert pl.read_csv(out_dir / "people.csv").height == 7
     assert pl.read_ndjson(out_dir / "people.ndjson").height == 7
