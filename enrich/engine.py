@@ -37,7 +37,7 @@ import polars as pl
 from .client import Client, Counters, Outcome, PreparedRequest, prepare
 from .config import ERROR_COLUMN, RESPONSE_COLUMN, ROW_COLUMN, STATUS_COLUMN, Config
 from .errors import ConfigError, Interrupted
-from .journal import Entry, Journal
+from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
 from .template import TemplateValueError
 
@@ -253,6 +253,12 @@ async def call_pass(
             for _ in range(config.concurrency):
                 await queue.put(None)
 
+        async def flusher() -> None:  # commit on time too, not only when calls come back
+            while True:
+                await asyncio.sleep(FLUSH_SECONDS)
+                journal.flush()
+
+        flushing = asyncio.create_task(flusher())
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(produce())
@@ -262,6 +268,7 @@ async def call_pass(
             # One task's fatal error (a failed re-login) stops them all; raise it as itself.
             raise _first_leaf(group_error) from None
         finally:
+            flushing.cancel()
             journal.flush()
         tally.logins = tokens.logins if tokens else 0
     report(force=True)

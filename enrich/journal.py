@@ -4,7 +4,7 @@ One SQLite file per output (``out/people.parquet.journal`` by default). Each ent
 keyed by the fingerprint of a rendered request (method, URL with query, non-auth
 headers, body; never a token) and holds the final status, the error and the response
 body. Writes are buffered and committed every ``FLUSH_ROWS`` entries or
-``FLUSH_SECONDS`` seconds, so a killed run loses at most its last moment of calls.
+``FLUSH_SECONDS`` seconds, so a killed run loses at most its last half second of calls.
 
     with Journal.open(Path("out/people.parquet.journal")) as journal:
         known = journal.lookup([fp1, fp2])           # {fp1: Entry(...)} for calls already made
@@ -30,7 +30,7 @@ from types import TracebackType
 from .errors import RunAborted
 
 FLUSH_ROWS = 500
-FLUSH_SECONDS = 1.0
+FLUSH_SECONDS = 0.5
 _CHUNK = 500  # fingerprints per IN (...) query; SQLite allows 32,766 parameters
 
 _SCHEMA = """
