@@ -24,13 +24,6 @@ from .errors import AuthError
 from .redact import Redactor
 
 
-def _snippet(body: bytes, redactor: Redactor, limit: int = 200) -> str:
-    # Mask secrets before cutting: a secret cut in half no longer matches, and its first half would show.
-    scanned = body[: limit + 4096]
-    text = redactor.redact(scanned.decode("utf-8", "replace"))
-    return text[:limit].strip().replace("\n", " ") + ("..." if len(text) > limit or len(body) > len(scanned) else "")
-
-
 class TokenManager:
     """Holds the current token and its generation; single-flight refresh."""
 
@@ -108,7 +101,7 @@ class TokenManager:
             raise AuthError(
                 self.redactor.redact(
                     f"login failed: {cfg.method} {cfg.url} returned HTTP {status} {reason}"
-                    f"{': ' + _snippet(body, self.redactor) if body else ''}. Check the credentials in auth.body and "
+                    f"{': ' + self.redactor.snippet(body) if body else ''}. Check the credentials in auth.body and "
                     "auth.headers, and the environment variables they use."
                 )
             )
@@ -117,7 +110,7 @@ class TokenManager:
         except orjson.JSONDecodeError:
             raise AuthError(
                 self.redactor.redact(
-                    f"login failed: the response of {cfg.url} (HTTP {status}) is not JSON: {_snippet(body, self.redactor)!r}. "
+                    f"login failed: the response of {cfg.url} (HTTP {status}) is not JSON: {self.redactor.snippet(body)!r}. "
                     "Check auth.url and auth.method."
                 )
             ) from None

@@ -131,13 +131,6 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return seconds if seconds >= 0 and seconds == seconds else None  # NaN fails the last test
 
 
-def _snippet(body: bytes, redactor: Redactor, limit: int = 200) -> str:
-    # Mask secrets before cutting: a secret cut in half no longer matches, and its first half would show.
-    scanned = body[: limit + 4096]
-    text = redactor.redact(scanned.decode("utf-8", "replace"))
-    return text[:limit].strip().replace("\n", " ") + ("..." if len(text) > limit or len(body) > len(scanned) else "")
-
-
 class Client:
     """Sends prepared requests through one session, one limiter and one token manager."""
 
@@ -217,7 +210,7 @@ class Client:
                 if status != 401:
                     self.tokens.accepted(generation)
             if status in self.retry.statuses:
-                error = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body, self.redactor)}" if body else "")
+                error = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 if attempt >= attempts:
                     break
                 wait = retry_after_seconds(retry_after)
@@ -231,7 +224,7 @@ class Client:
                     await asyncio.sleep(wait)
                 continue
             if not 200 <= status < 300:
-                message = f"HTTP {status} {reason}".rstrip() + (f": {_snippet(body, self.redactor)}" if body else "")
+                message = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
@@ -240,7 +233,7 @@ class Client:
                 return Outcome(status, body, None, attempt, latency_ms)
             except orjson.JSONDecodeError:
                 kind = content_type.split(";")[0] or "no content-type"
-                message = f"response is not JSON (HTTP {status}, {kind}): {_snippet(body, self.redactor, 80)!r}"
+                message = f"response is not JSON (HTTP {status}, {kind}): {self.redactor.snippet(body, 80)!r}"
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
         if error and attempts > 1:
             error = f"{error} (gave up after {attempt} attempts)"

@@ -64,6 +64,14 @@ class Redactor:
             return text
         return self._pattern.sub(MASK, text)
 
+    def snippet(self, body: bytes, limit: int = 200) -> str:
+        """The start of a response body for a message: secrets masked first, then cut to ``limit``."""
+        # Masking before cutting: a secret cut in half no longer matches, and its first half would show.
+        scanned = body[: limit + 4096]
+        text = self.redact(scanned.decode("utf-8", "replace"))
+        more = len(text) > limit or len(body) > len(scanned)
+        return text[:limit].strip().replace("\n", " ") + ("..." if more else "")
+
     def __contains__(self, secret: object) -> bool:
         return secret in self._secrets
 
