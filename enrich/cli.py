@@ -85,11 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="enrich a table as the config says",
         description="Log in, call the API for every row the journal lacks, write the table with the new columns.",
     )
-    run.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight; overrides `concurrency`")
+    run.add_argument(
+        "--concurrency", type=_positive_int, metavar="N", help="requests in flight; overrides `concurrency`"
+    )
     run.add_argument("--rate-limit", metavar="RATE", help="e.g. 20/s or 600/min; overrides `rate_limit`")
     run.add_argument("--fresh", action="store_true", help="ignore the journal: call every row again")
     run.add_argument("--retry-failed", action="store_true", help="call again the rows whose last call failed")
-    run.add_argument("--refresh-older-than", type=_duration, metavar="AGE", help="call again results older than AGE (7d, 12h)")
+    run.add_argument(
+        "--refresh-older-than", type=_duration, metavar="AGE", help="call again results older than AGE (7d, 12h)"
+    )
     run.add_argument("--no-journal", action="store_true", help="keep no journal (a rerun starts over)")
 
     sub.add_parser(
@@ -108,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("parts", type=Path, nargs="+", help="the shard outputs")
     merge.add_argument("--output", type=Path, required=True, help="the merged table (.csv, .parquet)")
 
-    demo = sub.add_parser("demo-server", parents=[common], help="run the bundled demo JWT API on 127.0.0.1",
-                          description="The demo API that configs/demo.yaml enriches against.")
+    demo = sub.add_parser(
+        "demo-server",
+        parents=[common],
+        help="run the bundled demo JWT API on 127.0.0.1",
+        description="The demo API that configs/demo.yaml enriches against.",
+    )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8787, help="port (default 8787)")
     demo.add_argument("--latency-ms", type=float, default=0.0, help="delay added to each call")
@@ -178,16 +186,21 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
         refresh_older_than=args.refresh_older_than if calling else None,
         shard=args.shard,
     )
-    job = plan_job(config, args.input, args.output, args.journal, False if calling and args.no_journal else None, options)
+    job = plan_job(
+        config, args.input, args.output, args.journal, False if calling and args.no_journal else None, options
+    )
     show = not args.quiet
     if not calling:
         s = extract_job(config, job, options)
         if show:
-            print(f"extracted {s.rows} rows from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
-                  f"{_failures(s)}; no calls -> {job.output}", file=sys.stderr)
+            print(
+                f"extracted {s.rows} rows from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
+                f"{_failures(s)}; no calls -> {job.output}",
+                file=sys.stderr,
+            )
     else:
         # SIGTERM (a scheduler's stop, `kill`) stops the run as Ctrl-C does: journal kept, no output.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _on_sigterm)
         progress = _ProgressBar(enabled=show and sys.stderr.isatty())
         try:
             s = run_job(config, job, options, progress.update)
@@ -203,6 +216,16 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
     if args.preview > 0:
         _print_preview(job.output, config, args.preview, redact)
     return EXIT_OK
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: during the run through asyncio's own SIGINT handler, which cancels the run
+    cleanly (a KeyboardInterrupt raised inside a task would skip that and print a traceback)."""
+    on_sigint = signal.getsignal(signal.SIGINT)
+    if callable(on_sigint) and on_sigint is not signal.default_int_handler:
+        on_sigint(signal.SIGINT, frame)
+        return
+    raise KeyboardInterrupt
 
 
 def _failures(s: Any) -> str:

@@ -240,7 +240,10 @@ async def call_pass(
                         tally.deduped += 1
                     elif fp in known and _reusable(known[fp], options, started_wall):
                         tally.rows += 1
-                        tally.cached += 1
+                        if known[fp].at >= started_wall:  # made by this run, for a row of an earlier batch
+                            tally.deduped += 1
+                        else:
+                            tally.cached += 1
                         tally.failed += known[fp].error is not None
                     else:
                         if not logged_in:  # log in at the first call, not before: a resumed run may need none
@@ -477,9 +480,10 @@ def plan_job(
         target = target.with_name(f"{target.stem}.shard-{index}-of-{count}{target.suffix}")
     schema = scan_table(source, config.input_types).collect_schema()
     config.check_columns(list(schema.names()), source.name)
-    keep = config.use_journal if use_journal is None else use_journal
+    if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
+        use_journal = config.use_journal or journal is not None
     kept = journal or config.journal or target.with_name(target.name + ".journal")
-    return Job(source, target, kept if keep else None)
+    return Job(source, target, kept if use_journal else None)
 
 
 def run_job(
@@ -500,7 +504,7 @@ def run_job(
     def batches() -> Iterator[pl.DataFrame]:
         return iter_batches(lf, job.input, options.limit)
 
-    total = count_rows(lf, options.limit) if options.shard is None else None
+    total = count_rows(lf, job.input, options.limit) if options.shard is None else None
     started = time.perf_counter()
     with _journal(job) as journal:
         try:
@@ -522,7 +526,12 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
     """Rebuild the output from the journal alone (after `fields` change): no API call."""
     from .tables import iter_batches, scan_table
 
-    if job.journal is None or not job.journal.exists():
+    if job.journal is None:
+        raise ConfigError(
+            f"{config.source}: `journal: false` keeps no journal, so there is nothing to extract from. "
+            "Point --journal at the journal of an earlier run."
+        )
+    if not job.journal.exists():
         raise ConfigError(
             f"no journal at {job.journal}: there is nothing to extract from. Run `enrich run` first, "
             "or point --journal at the journal of an earlier run."
@@ -538,9 +547,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
     return _summary(Counters(), _Tally(), failures, time.perf_counter() - started)
 
 
-def _write(
-    batches: Batches, config: Config, journal: Journal, options: RunOptions, output: Path
-) -> Counter[str]:
+def _write(batches: Batches, config: Config, journal: Journal, options: RunOptions, output: Path) -> Counter[str]:
     from .tables import OutputWriter
 
     frames, failures = build_pass(batches, config, journal, options)

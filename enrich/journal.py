@@ -144,8 +144,13 @@ class Journal:
             return
         rows = [(fp, e.status, e.error, e.body, e.attempts, e.latency_ms, e.at) for fp, e in self._pending.items()]
         self._conn.execute("BEGIN")
-        self._conn.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._conn.execute("COMMIT")
+        except BaseException:  # a second Ctrl-C/SIGTERM can land here: undo, keep the entries pending
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
         self.written += len(rows)
         self._pending.clear()
 

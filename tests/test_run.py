@@ -645,20 +645,22 @@ def test_rate_limit_holds_at_the_server(serve: Serve, demo_env: dict[str, str], 
             "run",
             str(cfg),
             *("--input", str(PEOPLE), "--output", str(tmp_path / "out.csv")),
-            *("--limit", "100", "--rate-limit", "40/s", "--concurrency", "16", "-q"),
+            *("--limit", "60", "--rate-limit", "20/s", "--concurrency", "16", "-q"),
         ]
     )
     assert rc == 0
     times = sorted(t for t, _, p in seen if p.startswith("/v1/people"))
-    head = pl.read_csv(PEOPLE).head(100).filter(pl.col("email").is_not_null())
+    head = pl.read_csv(PEOPLE).head(60).filter(pl.col("email").is_not_null())
     assert len(times) == head.select("email", "domain").unique().height  # one call per distinct request
+    assert len(times) > 40  # enough calls to fill two one-second windows
     busiest = max(sum(1 for u in times[i:] if u < t + 1.0) for i, t in enumerate(times))
-    # The limiter starts requests 1/40 s apart, so a 1-second window holds 40 starts; the
-    # server sees arrivals, not starts, and loopback delivery jitter can move one more
-    # arrival into a window. So 41, and no more.
-    assert busiest <= 41, busiest
+    # The limiter starts requests 1/20 s apart, so a 1-second window holds 20 starts (the
+    # virtual-time tests in test_ratelimit.py check that exactly). The server sees arrivals,
+    # not starts: on a loaded machine one arrival can be late by up to an interval (50 ms)
+    # and so join the next window. So 21, and no more; a burst or a pacing error gives far more.
+    assert busiest <= 21, busiest
     first_half_second = sum(1 for t in times if t < times[0] + 0.5)
-    assert first_half_second <= 21, first_half_second  # no burst at the start (a full bucket would give 40)
+    assert first_half_second <= 11, first_half_second  # no burst at the start (a full bucket would give 20)
 
 
 # --- 12. the library ------------------------------------------------------------------------
