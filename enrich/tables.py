@@ -115,6 +115,12 @@ def write_table(df: pl.DataFrame, path: Path) -> None:
 
 BATCH_ROWS = 20_000
 
+# polars' streaming CSV reader runs ahead of its consumer by about four chunks of 32 MiB:
+# with the HTTP calls as the slow consumer, a 1M-row CSV sat in memory whole (~120 MB),
+# and the read-ahead grew with the file up to ~300 MB. 1 MiB chunks bound it to a few MB
+# whatever the file size, and read no slower. An explicit setting in the environment wins.
+os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(1 << 20))
+
 
 def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFrame:
     """A lazy scan of the input: read in batches, never whole (tables larger than memory)."""
@@ -174,13 +180,22 @@ def iter_batches(
         yield pl.DataFrame(schema=lf.collect_schema())
 
 
-def count_rows(lf: pl.LazyFrame, limit: int | None = None) -> int | None:
-    """The number of rows (a streaming count), or ``None`` if counting fails."""
+def count_rows(lf: pl.LazyFrame, path: Path, limit: int | None = None) -> int | None:
+    """The number of rows (a streaming count), or ``None`` if counting fails.
+
+    Parquet counts from its metadata. A text file is counted by streaming one column in
+    batches: polars' own fast count maps the whole file into memory, so the peak RSS
+    would grow by the size of the file.
+    """
+    if limit is not None:
+        lf = lf.head(limit)
     try:
-        n = int(lf.select(pl.len()).collect(engine="streaming").item())
+        if input_format(path) == "parquet":
+            return int(lf.select(pl.len()).collect(engine="streaming").item())
+        first = lf.collect_schema().names()[:1]
+        return sum(batch.height for batch in lf.select(first).collect_batches(chunk_size=BATCH_ROWS))
     except (pl.exceptions.PolarsError, OSError):
         return None
-    return min(n, limit) if limit is not None else n
 
 
 def unify_dtypes(schemas: list[dict[str, pl.DataType]], nulls: list[set[str]]) -> dict[str, pl.DataType]:
