@@ -39,16 +39,20 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check enrich tests scripts
-	$(BIN)/ruff check enrich tests scripts
+	$(BIN)/ruff format --check enrich tests scripts bench
+	$(BIN)/ruff check enrich tests scripts bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format enrich tests scripts
-	$(BIN)/ruff check --fix enrich tests scripts
+	$(BIN)/ruff format enrich tests scripts bench
+	$(BIN)/ruff check --fix enrich tests scripts bench
 
 ## check: the one gate: format, lint, types, tests
 check: lint test
 
+## bench: peak RSS of `enrich run` at 100k and 1M rows against the local demo API (~8 min)
+bench: $(STAMP)
+	$(PY) bench/memory.py
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache bench/.data
