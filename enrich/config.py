@@ -117,6 +117,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     timeout: float = 30.0
     input_types: Mapping[str, str] = field(default_factory=dict)
+    key: tuple[str, ...] = ()  # columns that identify a row, for --shard (default: the rendered request)
     journal: Path | None = None  # None: beside the output, `<output>.journal`
     use_journal: bool = True
     source: str = "<config>"
@@ -149,6 +150,11 @@ class Config:
                 fix = f" Did you mean {{{{{hint[0]}}}}}?" if hint else ""
                 raise ConfigError(
                     f"{where} uses {{{{{col}}}}}, which is not a column of {table} (columns: {shown}).{fix}"
+                )
+        for col in self.key:
+            if col not in present:
+                raise ConfigError(
+                    f"{self.source}: `key` names {col!r}, which is not a column of {table} (columns: {shown})."
                 )
         for name in self.output_columns:
             if name in present:
@@ -345,6 +351,7 @@ TOP_KEYS = (
     "retry",
     "timeout",
     "input_types",
+    "key",
 )
 AUTH_KEYS = ("url", "method", "body", "headers", "token_path", "token_type", "header")
 REQUEST_KEYS = ("method", "url", "params", "headers", "body", "remove_nulls")
@@ -438,12 +445,23 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         retry=retry,
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
         input_types=input_types,
+        key=_key(data.get("key"), where("key")),
         journal=_journal_path(data.get("journal", True), where("journal")),
         use_journal=data.get("journal", True) is not False,
         source=where.source,
         redactor=redactor,
         template_sites=tuple(sites),
     )
+
+
+def _key(value: Any, loc: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{loc} must be a column name or a list of column names, e.g. [email], got {value!r}.")
+    return tuple(value)
 
 
 def _journal_path(value: Any, loc: str) -> Path | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -130,16 +131,22 @@ def _plan_batch(
     if options.shard is None:
         return batch, plans, numbers
     index, count = options.shard
-    keep = [
-        (int.from_bytes(p.fp[:8], "big") if p.fp is not None else n) % count == index
-        for p, n in zip(plans, numbers, strict=True)
-    ]
+    if config.key:  # shard by the key columns' values: stable even when the request changes
+        keys = [_key_hash(values) for values in batch.select(config.key).rows()]
+    else:  # shard by the request: rows with the same request land in the same shard
+        keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else n for p, n in zip(plans, numbers, strict=True)]
+    keep = [k % count == index for k in keys]
     kept = batch.filter(pl.Series(keep, dtype=pl.Boolean))
     return (
         kept,
         [p for p, k in zip(plans, keep, strict=True) if k],
         [n for n, k in zip(numbers, keep, strict=True) if k],
     )
+
+
+def _key_hash(values: tuple[Any, ...]) -> int:
+    digest = hashlib.blake2b(orjson.dumps(values, default=str), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def _reusable(entry: Entry, options: RunOptions, started: float) -> bool:

@@ -48,7 +48,7 @@ INVALID_CONFIGS = [
         # nothing close: list the keys that are allowed instead
         BASE + "zzzzzz: 1\n",
         "{src}, line 3: zzzzzz is not a known key. Allowed keys: input, output, journal, auth, request, fields, "
-        "concurrency, rate_limit, retry, timeout, input_types.",
+        "concurrency, rate_limit, retry, timeout, input_types, key.",
         id="unknown-top-level-key-allowed-list",
     ),
     pytest.param(

@@ -824,6 +824,24 @@ def test_three_shards_call_each_request_once_and_merge_in_input_order(
     assert result["_error"].is_null().to_list() == [i is not None for i in id_list]
 
 
+def test_shards_by_key_columns_split_rows_by_their_key_not_their_request(
+    serve: Serve, demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    # `key: [n]`: rows are split by the key's value, so two rows with the same request but
+    # different keys may land in different shards; every row is still in exactly one shard.
+    api = items_api(serve)
+    table = pl.DataFrame({"n": range(40), "id": [f"s{i % 10}" for i in range(40)]})
+    out = tmp_path / "out.csv"
+    job = make_job(tmp_path, items_config(api, input=str(tmp_path / "in.csv"), output=str(out), key=["n"]), table)
+    for i in range(4):
+        assert run_cli(["run", str(job.cfg), "--shard", f"{i}/4", "-q"]) == 0
+    shard_rows = [set(pl.read_csv(tmp_path / f"out.shard-{i}-of-4.csv")["n"].to_list()) for i in range(4)]
+    assert sorted(n for rows in shard_rows for n in rows) == list(range(40))  # each row in exactly one shard
+    assert all(rows for rows in shard_rows)
+    spread = [sum(1 for rows in shard_rows if f"s{k}" in {f"s{n % 10}" for n in rows}) for k in range(10)]
+    assert max(spread) > 1  # some request is in more than one shard: the key decides, not the request
+
+
 def test_a_shard_index_out_of_range_exits_2(
     serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
