@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 ## demo: start the bundled demo API, enrich sample_data/people.csv into out/, show the new columns
@@ -50,8 +50,10 @@ format: $(STAMP)
 ## check: the one gate: format, lint, types, tests
 check: lint test
 
-## bench: peak RSS of `enrich run` at 100k and 1M rows against the local demo API (~8 min)
+## bench: speed against a bare aiohttp loop, rate-limit precision, journal cost, start-up
+## (bench/throughput.py, ~5 min), then peak RSS at 100k and 1M rows (bench/memory.py, ~5 min)
 bench: $(STAMP)
+	$(PY) bench/throughput.py
 	$(PY) bench/memory.py
 
 clean:

@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         progress = _ProgressBar(enabled=show and sys.stderr.isatty())
         try:
-            s = run_job(config, job, options, progress.update)
+            s = run_job(config, job, options, progress.update if progress.enabled else None)
         finally:
             progress.close()
         if show:
@@ -277,6 +277,7 @@ class _ProgressBar:
 
 
 def _demo_server(args: argparse.Namespace) -> int:
+    from .aio import run
     from .demo_server import serve, settings_from_env
 
     settings = settings_from_env(latency=args.latency_ms / 1000, token_ttl=args.token_ttl, rate_limit=args.rate_limit)
@@ -290,7 +291,7 @@ def _demo_server(args: argparse.Namespace) -> int:
             await runner.cleanup()
 
     try:
-        asyncio.run(forever())
+        run(forever())
     except KeyboardInterrupt:
         pass
     except OSError as exc:

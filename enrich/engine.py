@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import pickle
 import tempfile
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from .aio import run
 from .client import Client, Counters, Outcome, PreparedRequest, prepare
 from .config import ERROR_COLUMN, RESPONSE_COLUMN, ROW_COLUMN, STATUS_COLUMN, Config
 from .errors import ConfigError, Interrupted
@@ -120,28 +122,45 @@ def _plan(config: Config, row: dict[str, Any]) -> Planned:
     return Planned(request, request.fingerprint(), None)
 
 
-def _plan_batch(
-    batch: pl.DataFrame, config: Config, options: RunOptions, offset: int
-) -> tuple[pl.DataFrame, list[Planned], list[int]]:
-    """Render a batch; with a shard, keep only its rows. Returns the rows kept, their plans, their row numbers."""
+def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tuple[list[Planned], list[bool] | None]:
+    """Render a batch. Returns the plans of the rows this run takes, and with a shard the mask of those rows."""
     used = sorted(config.columns_used)
     rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
     plans = [_plan(config, row) for row in rows]
-    numbers = list(range(offset, offset + batch.height))
     if options.shard is None:
-        return batch, plans, numbers
+        return plans, None
     index, count = options.shard
     if config.key:  # shard by the key columns' values: stable even when the request changes
         keys = [_key_hash(values) for values in batch.select(config.key).rows()]
-    else:  # shard by the request: rows with the same request land in the same shard
-        keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else n for p, n in zip(plans, numbers, strict=True)]
+    else:  # shard by the request: rows with the same request land in the same shard (no request: by row)
+        keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else n for n, p in enumerate(plans)]
     keep = [k % count == index for k in keys]
-    kept = batch.filter(pl.Series(keep, dtype=pl.Boolean))
-    return (
-        kept,
-        [p for p, k in zip(plans, keep, strict=True) if k],
-        [n for n, k in zip(numbers, keep, strict=True) if k],
-    )
+    return [p for p, k in zip(plans, keep, strict=True) if k], keep
+
+
+class PlanSpool:
+    """What pass 1 learnt of each batch (fingerprints, row errors, the shard mask), kept on disk
+    so pass 2 need not render every request again. Read back batch by batch, in order."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # removed by the OS when closed, however the run ends  # noqa: SIM115 (closed by close())
+
+    def write(self, plans: list[Planned], keep: list[bool] | None) -> None:
+        errors = {i: p.error for i, p in enumerate(plans) if p.fp is None}
+        pickle.dump((keep, [p.fp for p in plans], errors), self._file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def read(self) -> Iterator[tuple[list[Planned], list[bool] | None]]:
+        self._file.flush()
+        self._file.seek(0)
+        while True:
+            try:
+                keep, fps, errors = pickle.load(self._file)
+            except EOFError:
+                return
+            yield [Planned(None, fp, errors.get(i)) for i, fp in enumerate(fps)], keep
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _key_hash(values: tuple[Any, ...]) -> int:
@@ -179,6 +198,7 @@ async def call_pass(
     options: RunOptions = RunOptions(),
     on_progress: ProgressCallback | None = None,
     total: int | None = None,
+    spool: PlanSpool | None = None,
 ) -> tuple[Counters, _Tally]:
     """Make every call the journal lacks; each finished call is written to the journal."""
     import aiohttp
@@ -231,10 +251,10 @@ async def call_pass(
 
         async def produce() -> None:
             logged_in = tokens is None
-            offset = 0
             for batch in batches():
-                _, plans, _ = _plan_batch(batch, config, options, offset)
-                offset += batch.height
+                plans, keep = _plan_batch(batch, config, options)
+                if spool is not None:
+                    spool.write(plans, keep)
                 known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
                 queued: set[bytes] = set()
                 for plan in plans:
@@ -310,7 +330,11 @@ def _failure_kind(status: int | None, error: str) -> str:
 
 
 def build_pass(
-    batches: Batches, config: Config, journal: Journal, options: RunOptions = RunOptions()
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions = RunOptions(),
+    spool: PlanSpool | None = None,
 ) -> tuple[Iterator[pl.DataFrame], Counter[str]]:
     """Yield the output batch by batch, from the journal; the counter fills as batches are taken."""
     failures: Counter[str] = Counter()
@@ -336,9 +360,15 @@ def build_pass(
 
     def generate() -> Iterator[pl.DataFrame]:
         offset = 0
+        planned = spool.read() if spool is not None else None
         for batch in batches():
-            kept, plans, numbers = _plan_batch(batch, config, options, offset)
+            plans, keep = next(planned) if planned is not None else _plan_batch(batch, config, options)
+            numbers = list(range(offset, offset + batch.height))
             offset += batch.height
+            kept = batch
+            if keep is not None:
+                kept = batch.filter(pl.Series(keep, dtype=pl.Boolean))
+                numbers = [n for n, k in zip(numbers, keep, strict=True) if k]
             entries = journal.lookup(p.fp for p in plans if p.fp is not None)
             results = [values(p, entries.get(p.fp) if p.fp is not None else None) for p in plans]
             frame = assemble(kept, config, results)
@@ -437,10 +467,14 @@ async def aenrich(
         df = df.head(options.limit)
     batches = _frame_batches(df, BATCH_ROWS)
     started = time.perf_counter()
-    with Journal.open(journal) as jr:
-        counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height)
-        frames, failures = build_pass(batches, config, jr, options)
-        frame = collect_frames(list(frames))
+    spool = PlanSpool()
+    try:
+        with Journal.open(journal) as jr:
+            counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height, spool)
+            frames, failures = build_pass(batches, config, jr, options, spool)
+            frame = collect_frames(list(frames))
+    finally:
+        spool.close()
     return RunResult(frame, _summary(counters, tally, failures, time.perf_counter() - started))
 
 
@@ -452,7 +486,7 @@ def enrich(
     options: RunOptions = RunOptions(),
 ) -> RunResult:
     """Enrich a DataFrame; for notebooks and scripts (runs its own event loop)."""
-    return asyncio.run(aenrich(df, config, on_progress, journal, options))
+    return run(aenrich(df, config, on_progress, journal, options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,11 +545,12 @@ def run_job(
     def batches() -> Iterator[pl.DataFrame]:
         return iter_batches(lf, job.input, options.limit)
 
-    total = count_rows(lf, job.input, options.limit) if options.shard is None else None
+    # The total only feeds a progress bar; counting costs a read of the whole input.
+    total = count_rows(lf, job.input, options.limit) if on_progress is not None and options.shard is None else None
     started = time.perf_counter()
-    with _journal(job) as journal:
+    with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
         try:
-            counters, tally = asyncio.run(call_pass(batches, config, journal, options, on_progress, total))
+            counters, tally = run(call_pass(batches, config, journal, options, on_progress, total, spool))
         except KeyboardInterrupt:
             journal.flush()
             kept = (
@@ -525,7 +560,7 @@ def run_job(
                 else "no journal was kept (journal: false), so a rerun starts over."
             )
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
-        failures = _write(batches, config, journal, options, job.output)
+        failures = _write(batches, config, journal, options, job.output, spool)
     return _summary(counters, tally, failures, time.perf_counter() - started)
 
 
@@ -554,10 +589,17 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
     return _summary(Counters(), _Tally(), failures, time.perf_counter() - started)
 
 
-def _write(batches: Batches, config: Config, journal: Journal, options: RunOptions, output: Path) -> Counter[str]:
+def _write(
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions,
+    output: Path,
+    spool: PlanSpool | None = None,
+) -> Counter[str]:
     from .tables import OutputWriter
 
-    frames, failures = build_pass(batches, config, journal, options)
+    frames, failures = build_pass(batches, config, journal, options, spool)
     writer = OutputWriter(output)
     try:
         for frame in frames:

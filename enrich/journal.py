@@ -42,8 +42,10 @@ CREATE TABLE IF NOT EXISTS calls (
     attempts INTEGER NOT NULL,
     latency_ms REAL,
     at REAL NOT NULL
-) WITHOUT ROWID;
+);
 """
+# A rowid table, not WITHOUT ROWID: the bodies are large rows, and storing them inside the
+# key's B-tree cost three times the CPU per insert (0.6 s against 0.18 s per 20,000 rows).
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,10 @@ class Journal:
             conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
             if path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # a committed entry survives power loss
+                # WAL + NORMAL: a commit survives the process being killed; a power cut may undo the
+                # last commits (the last moments of calls), never corrupt the file. FULL would fsync
+                # every half second, in the event loop.
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             if lock_fd is not None:
