@@ -143,7 +143,8 @@ class PlanSpool:
     so pass 2 need not render every request again. Read back batch by batch, in order."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()  # removed by the OS when closed, however the run ends  # noqa: SIM115 (closed by close())
+        # Removed by the OS when closed, however the run ends.
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
 
     def write(self, plans: list[Planned], keep: list[bool] | None) -> None:
         errors = {i: p.error for i, p in enumerate(plans) if p.fp is None}

@@ -9,6 +9,11 @@ lets a full bucket through at once, doubling the first second.)
     await limiter.acquire()              # waits for this worker's slot
     limiter.pause(2.5)                   # a 429 said Retry-After: 2.5; everyone waits
 
+Slots are booked 0.6% under the rate (``HEADROOM``): the API counts arrivals, not our
+starts, and arrivals bunch up by a few milliseconds of network and scheduling jitter.
+At 1,000/s exact pacing let the server see 1,013 calls in its busiest second; with the
+headroom a run still gets more than 99% of its allowance.
+
 Time is passed in (``clock``, ``sleep``) so tests need not sleep.
 """
 
@@ -20,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+HEADROOM = 0.994
 
 
 class RateLimiter:
@@ -27,9 +33,16 @@ class RateLimiter:
 
     __slots__ = ("_clock", "_interval", "_next", "_paused_until", "_sleep", "rate")
 
-    def __init__(self, rate: float | None, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        headroom: float = HEADROOM,
+    ) -> None:
         self.rate = rate
-        self._interval = 1.0 / rate if rate else 0.0
+        self._interval = 1.0 / (rate * headroom) if rate else 0.0
         self._clock = clock
         self._sleep = sleep
         self._next = float("-inf")
