@@ -64,13 +64,14 @@ class PreparedRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one call came to: the final status, the JSON body (checked, not kept parsed) or an error."""
+    """What one call came to: the final status, the JSON body (and its parsed form) or an error."""
 
     status: int | None
     body: bytes | None
     error: str | None
     attempts: int
     latency_ms: float | None
+    doc: Any = None  # the parsed body, for extracting fields without parsing it again
 
 
 @dataclass(slots=True)
@@ -229,8 +230,8 @@ class Client:
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
             try:
-                orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
-                return Outcome(status, body, None, attempt, latency_ms)
+                doc = orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
+                return Outcome(status, body, None, attempt, latency_ms, doc)
             except orjson.JSONDecodeError:
                 kind = content_type.split(";")[0] or "no content-type"
                 message = f"response is not JSON (HTTP {status}, {kind}): {self.redactor.snippet(body, 80)!r}"

@@ -227,6 +227,7 @@ async def call_pass(
             )
         )  # fmt: skip
 
+    key = fields_key(config)
     connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
     async with aiohttp.ClientSession(connector=connector) as session:
         tokens = TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None
@@ -244,7 +245,7 @@ async def call_pass(
             while (item := await queue.get()) is not None:
                 fp, request = item
                 outcome = await client.call(request)
-                journal.put(fp, _entry(outcome))
+                journal.put(fp, _entry(outcome, config, key))
                 in_flight.discard(fp)
                 tally.rows += 1
                 tally.failed += outcome.error is not None
@@ -306,8 +307,23 @@ async def call_pass(
     return counters, tally
 
 
-def _entry(outcome: Outcome) -> Entry:
-    return Entry(outcome.status, outcome.error, outcome.body, outcome.attempts, outcome.latency_ms, time.time())
+def fields_key(config: Config) -> str | None:
+    """Names the `fields` that extracted values were made for (None: the whole response is kept)."""
+    if not config.fields:
+        return None
+    return orjson.dumps([[f.name, f.path] for f in config.fields]).decode()
+
+
+def _entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
+    extracted = None
+    if key is not None and outcome.doc is not None and config.fields:
+        try:
+            extracted = orjson.dumps([f.get(outcome.doc) for f in config.fields])
+        except orjson.JSONEncodeError:  # leave it to pass 2, which reads the body
+            extracted = None
+    return Entry(
+        outcome.status, outcome.error, outcome.body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted
+    )
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
@@ -340,6 +356,7 @@ def build_pass(
     """Yield the output batch by batch, from the journal; the counter fills as batches are taken."""
     failures: Counter[str] = Counter()
     fields = config.fields
+    key = fields_key(config)
     width = len(fields) if fields else 1
     empty = (None,) * width
 
@@ -352,6 +369,8 @@ def build_pass(
             failures[_failure_kind(entry.status, entry.error)] += 1
             return (*empty, entry.status, entry.error)
         failures["ok"] += 1
+        if entry.extracted is not None and entry.fields_key == key:  # extracted when the call was made
+            return (*orjson.loads(entry.extracted), entry.status, None)
         if not entry.body:
             return (*empty, entry.status, None)
         doc = orjson.loads(entry.body)
@@ -370,7 +389,13 @@ def build_pass(
             if keep is not None:
                 kept = batch.filter(pl.Series(keep, dtype=pl.Boolean))
                 numbers = [n for n, k in zip(numbers, keep, strict=True) if k]
-            entries = journal.lookup(p.fp for p in plans if p.fp is not None)
+            entries = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
+            # Bodies only where the values extracted at call time do not fit today's `fields`.
+            stale = [
+                fp for fp, e in entries.items() if e.error is None and (e.extracted is None or e.fields_key != key)
+            ]
+            if stale:
+                entries.update(journal.lookup(stale))
             results = [values(p, entries.get(p.fp) if p.fp is not None else None) for p in plans]
             frame = assemble(kept, config, results)
             if options.shard is not None:

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS calls (
     body BLOB,
     attempts INTEGER NOT NULL,
     latency_ms REAL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    fields_key TEXT,
+    extracted BLOB
 );
 """
 # A rowid table, not WITHOUT ROWID: the bodies are large rows, and storing them inside the
@@ -58,6 +60,10 @@ class Entry:
     attempts: int
     latency_ms: float | None
     at: float
+    # The field values extracted when the call was made (JSON array), and which `fields`
+    # they were extracted for: the output is then built without parsing the body again.
+    fields_key: str | None = None
+    extracted: bytes | None = None
 
     @property
     def failed(self) -> bool:
@@ -106,6 +112,10 @@ class Journal:
                 # every half second, in the event loop.
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+            if "extracted" not in columns:  # a journal from before extracted values were kept
+                conn.execute("ALTER TABLE calls ADD COLUMN fields_key TEXT")
+                conn.execute("ALTER TABLE calls ADD COLUMN extracted BLOB")
         except sqlite3.DatabaseError as exc:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -147,10 +157,17 @@ class Journal:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        rows = [(fp, e.status, e.error, e.body, e.attempts, e.latency_ms, e.at) for fp, e in self._pending.items()]
+        rows = [
+            (fp, e.status, e.error, e.body, e.attempts, e.latency_ms, e.at, e.fields_key, e.extracted)
+            for fp, e in self._pending.items()
+        ]
         self._conn.execute("BEGIN")
         try:
-            self._conn.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
             self._conn.execute("COMMIT")
         except BaseException:  # a second Ctrl-C/SIGTERM can land here: undo, keep the entries pending
             if self._conn.in_transaction:
@@ -173,9 +190,9 @@ class Journal:
         wanted = list(dict.fromkeys(fps))
         found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
         rest = [fp for fp in wanted if fp not in found]
-        columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at"
-        for fp, status, error, body, attempts, latency, at in self._select(columns, rest):
-            found[fp] = Entry(status, error, body, attempts, latency, at)
+        columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted"
+        for fp, *values in self._select(columns, rest):
+            found[fp] = Entry(*values)
         return found
 
     def __len__(self) -> int:

@@ -573,6 +573,24 @@ def test_extract_rebuilds_new_fields_from_the_journal_with_no_call(
     assert err.rstrip().endswith(f"4 ok, 0 failed; no calls -> {job.out}")
 
 
+def test_a_journal_from_before_extracted_values_still_resumes_and_extracts(
+    serve: Serve, demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Journals written before the `fields_key` and `extracted` columns existed hold only bodies:
+    # opening one adds the columns, its calls are not made again, and fields come from the bodies.
+    api = items_api(serve)
+    job = make_job(tmp_path, items_config(api), ids(5))
+    assert run_cli(job.argv()) == 0
+    assert api.n() == 5
+    with sqlite3.connect(job.journal) as conn:  # make it an old journal: drop the two columns
+        conn.execute("ALTER TABLE calls DROP COLUMN extracted")
+        conn.execute("ALTER TABLE calls DROP COLUMN fields_key")
+    job.out.unlink()
+    assert run_cli(job.argv()) == 0
+    assert api.n() == 5  # every call came from the old journal
+    assert pl.read_parquet(job.out)["got"].to_list() == [f"r{i:04d}" for i in range(5)]
+
+
 @pytest.mark.parametrize("how", ["no journal file", "journal: false"])
 def test_extract_without_a_journal_exits_2(
     serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
