@@ -75,9 +75,8 @@ def measure(cmd: list[str]) -> Run:
 
 def run_a(server: DemoServer, table: Path, concurrency: int, tag: str, *extra: str) -> Run:
     out = WORK / f"a-{tag}.parquet"
-    journal = Path(f"{out}.journal")
-    for leftover in (out, journal):
-        leftover.unlink(missing_ok=True)
+    for leftover in (out, *(Path(f"{out}.journal{s}") for s in ("", "-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)  # every run makes all its calls
     cfg = write_config(WORK / f"a-{tag}.yaml", server.port, table, out, concurrency=concurrency)
     return measure([*enrich_command(), "run", str(cfg), "-q", *extra])
 
