@@ -172,7 +172,8 @@ class Client:
             if self.tokens is not None:
                 generation, name, value = self.tokens.header()
                 headers = {**req.headers, name: value}
-            await self.limiter.acquire()
+            if self.limiter.pacing:
+                await self.limiter.acquire()
             self.counters.calls += 1
             if attempt > 1:
                 self.counters.retries += 1
@@ -183,8 +184,7 @@ class Client:
                 ) as resp:
                     body = await resp.read()
                     status, reason = resp.status, resp.reason or ""
-                    retry_after = resp.headers.get("Retry-After")
-                    content_type = resp.headers.get("Content-Type", "")
+                    response_headers = resp.headers  # read below only when needed
             except aiohttp.InvalidURL as exc:
                 return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
             except TimeoutError:
@@ -214,7 +214,7 @@ class Client:
                 error = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 if attempt >= attempts:
                     break
-                wait = retry_after_seconds(retry_after)
+                wait = retry_after_seconds(response_headers.get("Retry-After"))
                 if wait is None:
                     wait = self._backoff(attempt)
                 wait = min(wait, self.retry.max_retry_after)
@@ -233,7 +233,7 @@ class Client:
                 doc = orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
                 return Outcome(status, body, None, attempt, latency_ms, doc)
             except orjson.JSONDecodeError:
-                kind = content_type.split(";")[0] or "no content-type"
+                kind = response_headers.get("Content-Type", "").split(";")[0] or "no content-type"
                 message = f"response is not JSON (HTTP {status}, {kind}): {self.redactor.snippet(body, 80)!r}"
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
         if error and attempts > 1:

@@ -71,6 +71,11 @@ class RateLimiter:
             self._next = max(self._next, until)
 
     @property
+    def pacing(self) -> bool:
+        """Whether ``acquire`` can make a caller wait (a rate is set, or a pause was ever asked for)."""
+        return self._interval > 0 or self._paused_until > float("-inf")
+
+    @property
     def paused_for(self) -> float:
         """Seconds left in the current pause (0 when not paused)."""
         return max(0.0, self._paused_until - self._clock())
