@@ -194,8 +194,10 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
         s = extract_job(config, job, options)
         if show:
             print(
-                f"extracted {s.rows} rows from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
-                f"{_failures(s)}; no calls -> {job.output}",
+                redact(
+                    f"extracted {s.rows} rows from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
+                    f"{_failures(s)}; no calls -> {job.output}"
+                ),
                 file=sys.stderr,
             )
     else:
@@ -208,9 +210,11 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
             progress.close()
         if show:
             print(
-                f"enriched {s.rows} rows in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed{_failures(s)}; "
-                f"{s.calls} calls, {s.retries} retries, {s.throttled} throttled (429), {s.cached} from the journal, "
-                f"{s.deduped} duplicates, {s.logins} logins, {s.refreshes} token refreshes -> {job.output}",
+                redact(
+                    f"enriched {s.rows} rows in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed{_failures(s)}; "
+                    f"{s.calls} calls, {s.retries} retries, {s.throttled} throttled (429), {s.cached} from the "
+                    f"journal, {s.deduped} duplicates, {s.logins} logins, {s.refreshes} token refreshes -> {job.output}"
+                ),
                 file=sys.stderr,
             )
     if args.preview > 0:
