@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -31,7 +33,11 @@ from .template import Row, drop_nulls, format_value
 
 # How many times one call may ask for a new token before its 401 is final.
 MAX_REFRESHES_PER_CALL = 2
+# Redirects are followed by hand, and only within the API's origin (scheme, host, port).
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _JSON = "application/json"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +49,23 @@ class PreparedRequest:
     headers: dict[str, str]
     body: bytes | None
 
-    def fingerprint(self) -> bytes:
+    def fingerprint(self, redact: Callable[[str], str] = str) -> bytes:
         """A 16-byte key for the journal: method, URL with query, headers, body.
 
-        The auth header is not part of a prepared request, so no token is ever hashed.
+        The auth header is not part of a prepared request, and ``redact`` masks the other
+        secrets first, so rotating an API key does not make every journal entry a miss.
         """
         h = hashlib.blake2b(digest_size=16)
         h.update(self.method.encode())
         h.update(b"\0")
-        h.update(str(self.url).encode())
+        h.update(redact(str(self.url)).encode())
         for name, value in sorted((k.lower(), v) for k, v in self.headers.items()):
             h.update(b"\0")
             h.update(name.encode())
             h.update(b":")
-            h.update(value.encode())
+            h.update(redact(value).encode())
         h.update(b"\0\0")
-        h.update(self.body or b"")
+        h.update(redact(self.body.decode("utf-8", "replace")).encode() if self.body else b"")
         return h.digest()
 
 
@@ -102,6 +109,9 @@ def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
     headers: dict[str, str] = {}
     if config.headers is not None:
         headers = {k: format_value(v) for k, v in config.headers.render(row).items() if v is not None}
+        for name, value in headers.items():
+            if _CONTROL.search(value):
+                raise ValueError(f"request.headers.{name}: the value holds a line break or control character")
     body = None
     if config.body is not None:
         doc = config.body.render(row)
@@ -161,7 +171,7 @@ class Client:
     async def call(self, req: PreparedRequest) -> Outcome:
         """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
         attempts = self.retry.attempts
-        attempt = refreshes = 0
+        attempt = refreshes = redirects = 0
         error: str | None = None
         status: int | None = None
         latency_ms: float | None = None
@@ -180,13 +190,15 @@ class Client:
             started = time.perf_counter()
             try:
                 async with self.session.request(
-                    req.method, req.url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=True
+                    req.method, req.url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
                 ) as resp:
                     body = await resp.read()
                     status, reason = resp.status, resp.reason or ""
                     response_headers = resp.headers  # read below only when needed
             except aiohttp.InvalidURL as exc:
                 return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
+            except ValueError as exc:  # aiohttp refuses a header or URL it cannot send: this row fails
+                return Outcome(None, None, self.redactor.redact(f"cannot send the request: {exc}"), attempt, None)
             except TimeoutError:
                 status, error = None, f"timed out after {self.timeout_s:g}s"
                 latency_ms = (time.perf_counter() - started) * 1000
@@ -223,6 +235,21 @@ class Client:
                     self.limiter.pause(wait)  # every worker waits; acquire() honours it
                 else:
                     await asyncio.sleep(wait)
+                continue
+            if status in _REDIRECTS and (location := response_headers.get("Location")):
+                target = req.url.join(URL(location))
+                if target.origin() != req.url.origin():
+                    # Followed, it would carry the auth header and secret headers to another server.
+                    message = f"HTTP {status}: redirected to another origin ({target.origin()}), not followed"
+                    return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    return Outcome(status, None, f"more than {MAX_REDIRECTS} redirects", attempt, latency_ms)
+                see_other = status == 303 or (status in (301, 302) and req.method == "POST")
+                req = replace(
+                    req, url=target, method="GET" if see_other else req.method, body=None if see_other else req.body
+                )
+                attempt -= 1  # following a redirect is not a new attempt
                 continue
             if not 200 <= status < 300:
                 message = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")

@@ -119,7 +119,7 @@ def _plan(config: Config, row: dict[str, Any]) -> Planned:
         request = prepare(config.request, row)
     except (TemplateValueError, ValueError) as exc:
         return Planned(None, None, config.redactor.redact(str(exc)))
-    return Planned(request, request.fingerprint(), None)
+    return Planned(request, request.fingerprint(config.redactor.redact), None)
 
 
 def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tuple[list[Planned], list[bool] | None]:
@@ -211,6 +211,7 @@ async def call_pass(
     counters = Counters()
     tally = _Tally()
     in_flight: set[bytes] = set()
+    finished: set[bytes] = set()  # calls finished since the current batch's journal look-up
     queue: asyncio.Queue[tuple[bytes, PreparedRequest] | None] = asyncio.Queue(maxsize=config.concurrency * 4)
     last_report = 0.0
 
@@ -247,6 +248,7 @@ async def call_pass(
                 outcome = await client.call(request)
                 journal.put(fp, _entry(outcome, config, key))
                 in_flight.discard(fp)
+                finished.add(fp)  # until the next batch's look-up, which will see it
                 tally.rows += 1
                 tally.failed += outcome.error is not None
                 report()
@@ -258,13 +260,14 @@ async def call_pass(
                 if spool is not None:
                     spool.write(plans, keep)
                 known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
+                finished.clear()  # the look-up above saw every call finished until now
                 queued: set[bytes] = set()
                 for plan in plans:
                     fp = plan.fp
                     if fp is None:
                         tally.rows += 1
                         tally.failed += 1
-                    elif fp in queued or fp in in_flight:
+                    elif fp in queued or fp in in_flight or fp in finished:
                         tally.rows += 1
                         tally.deduped += 1
                     elif fp in known and _reusable(known[fp], options, started_wall):

@@ -18,6 +18,7 @@ however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -117,11 +118,13 @@ class Journal:
                 conn.execute("ALTER TABLE calls ADD COLUMN fields_key TEXT")
                 conn.execute("ALTER TABLE calls ADD COLUMN extracted BLOB")
         except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(NameError, sqlite3.Error):
+                conn.close()
             if lock_fd is not None:
                 os.close(lock_fd)
             raise RunAborted(
                 f"cannot open the journal {path}: {exc}. If the file is not an enrich journal, "
-                "point --journal elsewhere; to start over, delete it or pass --fresh."
+                "point --journal elsewhere; to start over, move or delete it."
             ) from None
         return cls(conn, path, lock_fd)
 

@@ -694,3 +694,61 @@ def test_library_rejects_a_template_column_the_frame_lacks(serve: Serve, demo_en
     with pytest.raises(enrich.ConfigError, match=re.escape("uses {{email}}, which is not a column of the input table")):
         enrich.enrich(pl.DataFrame({"mail": ["a@x.io"]}), demo_config(server.url))
     assert seen == []
+
+
+# --- redirects and bad header values ----------------------------------------------------------
+
+
+def test_redirects_are_followed_within_the_origin_and_never_carry_secrets_elsewhere(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "tok-SECRET-123456")
+    elsewhere: list[dict[str, str]] = []
+
+    async def other(request: web.Request) -> web.Response:
+        elsewhere.append(dict(request.headers))
+        return web.json_response({"id": "stolen"})
+
+    other_app = web.Application()
+    other_app.router.add_get("/{tail:.*}", other)
+    other_server = serve(other_app)  # another port on 127.0.0.1: another origin
+
+    async def item(request: web.Request) -> web.Response:
+        item_id = request.match_info["id"]
+        if item_id == "moved":
+            raise web.HTTPFound("/v1/items/final")
+        if item_id == "away":
+            raise web.HTTPFound(other_server.url + "/v1/items/away")
+        return web.json_response({"id": item_id, "token": request.headers.get("X-Api-Token") is not None})
+
+    app = web.Application()
+    app.router.add_get("/v1/items/{id}", item)
+    server = serve(app)
+    config = simple_config(
+        {"url": server.url + "/v1/items/{{id}}", "headers": {"X-Api-Token": "${API_TOKEN}"}},
+        fields={"got": "id", "had_token": "token"},
+    )
+    out = pl.read_csv(run_enrich(tmp_path, config, pl.DataFrame({"id": ["moved", "away", "plain"]})))
+    assert out["got"].to_list() == ["final", None, "plain"]  # same origin: followed, with the header
+    assert out["had_token"].to_list() == [True, None, True]
+    assert out["_http_status"].to_list() == [200, 302, 200]
+    assert out["_error"][1].startswith("HTTP 302: redirected to another origin (http://127.0.0.1:")
+    assert elsewhere == []  # the other origin got no request at all, so no secret
+
+
+def test_a_line_break_in_a_header_value_fails_the_row_not_the_run(serve: Serve, tmp_path: Path) -> None:
+    app = web.Application()
+
+    async def item(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"]})
+
+    app.router.add_get("/v1/items/{id}", item)
+    server = serve(app)
+    config = simple_config(
+        {"url": server.url + "/v1/items/{{id}}", "headers": {"X-Note": "{{note}}"}},
+        fields={"got": "id"},
+    )
+    table = pl.DataFrame({"id": ["a", "b"], "note": ["fine", "evil\r\nX-Injected: 1"]})
+    out = pl.read_csv(run_enrich(tmp_path, config, table))
+    assert out["got"].to_list() == ["a", None]
+    assert out["_error"][1] == "request.headers.X-Note: the value holds a line break or control character"
