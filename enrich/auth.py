@@ -14,7 +14,6 @@ a stale 401 for a token that was already replaced triggers nothing.
 from __future__ import annotations
 
 import asyncio
-import random
 
 import aiohttp
 import orjson
@@ -67,9 +66,11 @@ class TokenManager:
                 return
             if self.generation > 1 and self._accepted < self.generation:
                 raise AuthError(
-                    f"the API rejected a freshly issued token (HTTP 401 right after logging in again at "
-                    f"{self.config.url}). Check auth.header and auth.token_type (the API may want another "
-                    'header, or the bare token with `token_type: ""`) and that this account may call request.url.'
+                    self.redactor.redact(
+                        f"the API rejected a freshly issued token (HTTP 401 right after logging in again at "
+                        f"{self.config.url}). Check auth.header and auth.token_type (the API may want another "
+                        'header, or the bare token with `token_type: ""`) and that this account may call request.url.'
+                    )
                 )
             await self._fetch(session)
 
@@ -85,15 +86,17 @@ class TokenManager:
                     status, reason = resp.status, resp.reason or ""
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if attempt < attempts:
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self.retry.backoff_for(attempt))
                     continue
                 what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
                 raise AuthError(
-                    f"login failed: cannot reach auth.url {cfg.url} ({what}). "
-                    "Check that the API is running and that the URL is right."
+                    self.redactor.redact(
+                        f"login failed: cannot reach auth.url {cfg.url} ({what}). "
+                        "Check that the API is running and that the URL is right."
+                    )
                 ) from None
             if status in self.retry.statuses and attempt < attempts:
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self.retry.backoff_for(attempt))
                 continue
             break
         self.logins += 1
@@ -128,6 +131,3 @@ class TokenManager:
         self.redactor.add(token)
         self._token = token
         self.generation += 1
-
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))

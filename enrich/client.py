@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 import re
 import time
 from collections.abc import Callable
@@ -88,7 +87,6 @@ class Counters:
     calls: int = 0
     retries: int = 0
     throttled: int = 0
-    refreshes: int = 0
 
 
 def _query_value(value: Any) -> str | list[str]:
@@ -165,9 +163,6 @@ class Client:
         self.redactor = redactor
         self.counters = counters or Counters()
 
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.retry.max_backoff, self.retry.backoff * 2 ** (attempt - 1)))
-
     async def call(self, req: PreparedRequest) -> Outcome:
         """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
         attempts = self.retry.attempts
@@ -203,13 +198,13 @@ class Client:
                 status, error = None, f"timed out after {self.timeout_s:g}s"
                 latency_ms = (time.perf_counter() - started) * 1000
                 if attempt < attempts:
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self.retry.backoff_for(attempt))
                 continue
             except aiohttp.ClientError as exc:
                 status, error = None, f"connection error: {exc or type(exc).__name__}"
                 latency_ms = (time.perf_counter() - started) * 1000
                 if attempt < attempts:
-                    await asyncio.sleep(self._backoff(attempt))
+                    await asyncio.sleep(self.retry.backoff_for(attempt))
                 continue
             latency_ms = (time.perf_counter() - started) * 1000
 
@@ -217,7 +212,6 @@ class Client:
                 if status == 401 and refreshes < MAX_REFRESHES_PER_CALL:
                     refreshes += 1
                     attempt -= 1  # a rejected token is not the call's fault
-                    self.counters.refreshes += 1
                     await self.tokens.refresh(self.session, generation)
                     continue
                 if status != 401:
@@ -228,7 +222,7 @@ class Client:
                     break
                 wait = retry_after_seconds(response_headers.get("Retry-After"))
                 if wait is None:
-                    wait = self._backoff(attempt)
+                    wait = self.retry.backoff_for(attempt)
                 wait = min(wait, self.retry.max_retry_after)
                 if status == 429:
                     self.counters.throttled += 1

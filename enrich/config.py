@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -101,6 +102,10 @@ class RetryConfig:
     max_backoff: float = 30.0
     statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
     max_retry_after: float = 300.0
+
+    def backoff_for(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, full jitter."""
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True, slots=True)

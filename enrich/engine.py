@@ -649,10 +649,7 @@ def _journal(job: Job) -> Iterator[Journal]:
         try:
             yield journal
         finally:
-            journal.close()
-            if not existed and journal.written == 0:  # e.g. the login failed: leave no empty journal behind
-                for leftover in (job.journal, Path(f"{job.journal}-wal"), Path(f"{job.journal}-shm")):
-                    leftover.unlink(missing_ok=True)
+            journal.close(remove_if_empty=not existed)  # e.g. the login failed: no empty journal left
         return
     job.output.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{job.output.name}.", suffix=".journal", dir=job.output.parent)

@@ -136,8 +136,12 @@ class Journal:
     ) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Commit what is pending, close the database and release the lock."""
+    def close(self, remove_if_empty: bool = False) -> None:
+        """Commit what is pending, close the database and release the lock.
+
+        ``remove_if_empty`` deletes the files when this run wrote nothing (a run whose login
+        failed leaves no empty journal behind), while the lock is still held.
+        """
         if self._conn is None:
             return
         try:
@@ -145,6 +149,9 @@ class Journal:
         finally:
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
+            if remove_if_empty and self.written == 0 and self.path is not None:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
