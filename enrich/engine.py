@@ -39,7 +39,7 @@ import polars as pl
 from .aio import run
 from .client import Client, Counters, Outcome, PreparedRequest, prepare
 from .config import ERROR_COLUMN, RESPONSE_COLUMN, ROW_COLUMN, STATUS_COLUMN, Config
-from .errors import ConfigError, Interrupted
+from .errors import ConfigError, InputError, Interrupted
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
 from .template import TemplateValueError
@@ -146,19 +146,20 @@ class PlanSpool:
         # Removed by the OS when closed, however the run ends.
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
 
-    def write(self, plans: list[Planned], keep: list[bool] | None) -> None:
+    def write(self, height: int, plans: list[Planned], keep: list[bool] | None) -> None:
         errors = {i: p.error for i, p in enumerate(plans) if p.fp is None}
-        pickle.dump((keep, [p.fp for p in plans], errors), self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        record = (height, keep, [p.fp for p in plans], errors)
+        pickle.dump(record, self._file, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def read(self) -> Iterator[tuple[list[Planned], list[bool] | None]]:
+    def read(self) -> Iterator[tuple[int, list[Planned], list[bool] | None]]:
         self._file.flush()
         self._file.seek(0)
         while True:
             try:
-                keep, fps, errors = pickle.load(self._file)
+                height, keep, fps, errors = pickle.load(self._file)
             except EOFError:
                 return
-            yield [Planned(None, fp, errors.get(i)) for i, fp in enumerate(fps)], keep
+            yield height, [Planned(None, fp, errors.get(i)) for i, fp in enumerate(fps)], keep
 
     def close(self) -> None:
         self._file.close()
@@ -258,7 +259,7 @@ async def call_pass(
             for batch in batches():
                 plans, keep = _plan_batch(batch, config, options)
                 if spool is not None:
-                    spool.write(plans, keep)
+                    spool.write(batch.height, plans, keep)
                 known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
                 finished.clear()  # the look-up above saw every call finished until now
                 queued: set[bytes] = set()
@@ -385,7 +386,16 @@ def build_pass(
         offset = 0
         planned = spool.read() if spool is not None else None
         for batch in batches():
-            plans, keep = next(planned) if planned is not None else _plan_batch(batch, config, options)
+            if planned is not None:
+                height, plans, keep = next(planned, (-1, [], None))
+                if height != batch.height:  # the rows are not those pass 1 saw
+                    raise InputError(
+                        "the input changed while the run was writing its output (a batch of "
+                        f"{batch.height} rows where the calls were made for {height}). Run the same "
+                        "command again: the calls made are in the journal."
+                    )
+            else:
+                plans, keep = _plan_batch(batch, config, options)
             numbers = list(range(offset, offset + batch.height))
             offset += batch.height
             kept = batch

@@ -965,3 +965,22 @@ def test_library_with_a_journal_makes_no_call_the_second_time(
     assert_frame_equal(second.frame, first.frame)
     assert second.frame["got"].to_list() == ["x1", "x2", "x3", "x1", "x4"]
     assert len(api.logins) == 1  # nothing to call: no login either
+
+
+def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
+    # Pass 2 reuses pass 1's fingerprints batch by batch; if the input changed in between, the
+    # rows would silently get other rows' results, so it stops and says to run again.
+    from enrich.config import config_from_dict
+    from enrich.engine import PlanSpool, Planned, RunOptions, build_pass
+    from enrich.errors import InputError
+    from enrich.journal import Journal
+
+    config = config_from_dict({"request": {"url": "http://127.0.0.1:9/v1/items/{{id}}"}})
+    spool = PlanSpool()
+    spool.write(3, [Planned(None, None, "no request")] * 3, None)
+    table = pl.DataFrame({"id": ["a", "b"]})
+    with Journal.open(None) as journal:
+        frames, _ = build_pass(lambda: iter([table]), config, journal, RunOptions(), spool)
+        with pytest.raises(InputError, match="the input changed while the run was writing its output"):
+            list(frames)
+    spool.close()
