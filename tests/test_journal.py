@@ -971,7 +971,7 @@ def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
     # Pass 2 reuses pass 1's fingerprints batch by batch; if the input changed in between, the
     # rows would silently get other rows' results, so it stops and says to run again.
     from enrich.config import config_from_dict
-    from enrich.engine import PlanSpool, Planned, RunOptions, build_pass
+    from enrich.engine import Planned, PlanSpool, RunOptions, build_pass
     from enrich.errors import InputError
     from enrich.journal import Journal
 
