@@ -577,7 +577,7 @@ def run_job(
     Ctrl-C or SIGTERM stops it with ``Interrupted``: the finished calls stay in the
     journal, and nothing is written under the output name.
     """
-    from .tables import count_rows, iter_batches, scan_table
+    from .tables import OutputWriter, count_rows, iter_batches, scan_table
 
     lf = scan_table(job.input, config.input_types)
 
@@ -588,6 +588,8 @@ def run_job(
     total = count_rows(lf, job.input, options.limit) if on_progress is not None and options.shard is None else None
     started = time.perf_counter()
     with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
+        if job.journal is not None:  # the lock is held: what a killed run left is no one's
+            OutputWriter.sweep(job.output)
         try:
             counters, tally = run(call_pass(batches, config, journal, options, on_progress, total, spool))
         except KeyboardInterrupt:

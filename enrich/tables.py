@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -260,6 +261,16 @@ class OutputWriter:
                 tmp.unlink(missing_ok=True)
         finally:
             self.discard()
+
+    @staticmethod
+    def sweep(path: Path) -> None:
+        """Remove what a killed run left beside ``path`` (parts, temporary files); call it only
+        while holding the journal's lock, so no live run is writing them."""
+        for leftover in path.parent.glob(f".{path.name}.*"):
+            if leftover.is_dir() and leftover.name.endswith(".parts"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.name.endswith(".tmp"):
+                leftover.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Remove the parts (an interrupted run leaves nothing under the output name)."""

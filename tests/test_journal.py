@@ -984,3 +984,18 @@ def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
         with pytest.raises(InputError, match="the input changed while the run was writing its output"):
             list(frames)
     spool.close()
+
+
+def test_a_run_sweeps_what_a_killed_run_left_beside_the_output(
+    serve: Serve, demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    api = items_api(serve)
+    job = make_job(tmp_path, items_config(api), ids(3))
+    parts = tmp_path / f".{job.out.name}.4242.parts"  # as SIGKILL leaves them mid-write
+    parts.mkdir()
+    (parts / "000000.arrow").write_bytes(b"half")
+    tmp = tmp_path / f".{job.out.name}.4242.tmp"
+    tmp.write_bytes(b"half")
+    assert run_cli(job.argv()) == 0
+    assert not parts.exists() and not tmp.exists()
+    assert pl.read_parquet(job.out).height == 3
