@@ -51,48 +51,12 @@ def output_format(path: Path) -> str:
 
 
 def read_table(path: Path, types: Mapping[str, str] | None = None, limit: int | None = None) -> pl.DataFrame:
-    """Read the whole input table; ``types`` overrides inferred column types (e.g. zip codes as str)."""
-    fmt = input_format(path)
-    if not path.exists():
-        raise InputError(f"input file not found: {path}. Check `input` in the config, or pass --input PATH.")
-    overrides = {col: _POLARS_TYPES[t] for col, t in (types or {}).items()}
+    """Read a table whole (a preview, a small input); the same checks and errors as ``scan_table``."""
+    lf = scan_table(path, types)
     try:
-        if fmt in ("csv", "tsv"):
-            if path.stat().st_size == 0:
-                raise InputError(f"input file {path} is empty: it needs a header row with the column names.")
-            df = pl.read_csv(
-                path,
-                separator="\t" if fmt == "tsv" else ",",
-                infer_schema_length=None,
-                schema_overrides=overrides or None,
-                n_rows=limit,
-                raise_if_empty=True,
-            )
-        elif fmt == "parquet":
-            df = pl.read_parquet(path, n_rows=limit)
-        else:
-            if path.stat().st_size == 0:
-                raise InputError(f"input file {path} is empty: it needs one JSON object per line.")
-            df = pl.read_ndjson(path, n_rows=limit, infer_schema_length=None)
-    except InputError:
-        raise
-    except pl.exceptions.NoDataError:
-        raise InputError(f"input file {path} is empty: it needs a header row with the column names.") from None
+        return (lf.head(limit) if limit is not None else lf).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot read the input {path} as {fmt}: {first}") from None
-    if fmt == "parquet" or fmt == "ndjson":
-        df = _cast(df, overrides, path)
-    return df
-
-
-def _cast(df: pl.DataFrame, overrides: Mapping[str, type[pl.DataType]], path: Path) -> pl.DataFrame:
-    if not overrides:
-        return df
-    try:
-        return df.with_columns(pl.col(c).cast(t) for c, t in overrides.items() if c in df.columns)
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"input {path}: input_types cannot be applied: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot read the input {path}: {_first_line(exc)}") from None
 
 
 def write_table(df: pl.DataFrame, path: Path) -> None:

@@ -66,6 +66,16 @@ class ServerThread:
         self.thread.join(10)
 
 
+def run_cli(argv: list[str]) -> int:
+    """``enrich ...`` in-process, as a user runs it; argparse exits are turned into their code."""
+    from enrich import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[[web.Application], RunningServer]]:
     """Start any aiohttp app for the test: ``server = serve(app)``; stopped at teardown."""

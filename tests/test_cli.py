@@ -20,9 +20,9 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, write_config
+from conftest import RunningServer, demo_config, run_cli, write_config
 
-from enrich import __version__, cli
+from enrich import __version__
 from enrich.demo_server import DemoSettings, create_app, person_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +30,6 @@ ENRICH = ROOT / ".venv" / "bin" / "enrich"
 PEOPLE = ROOT / "sample_data" / "people.csv"
 
 Serve = Callable[[web.Application], RunningServer]
-
-
-def run_cli(argv: list[str]) -> int:
-    """``enrich ...`` in-process; argparse exits are turned into their code."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def record_requests(app: web.Application) -> list[str]:

@@ -25,11 +25,10 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, write_config
+from conftest import RunningServer, run_cli, write_config
 from polars.testing import assert_frame_equal
 
 import enrich
-from enrich import cli
 from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from enrich.journal import FLUSH_SECONDS
 
@@ -43,14 +42,6 @@ Answer = Callable[[web.Request, str], Awaitable[web.StreamResponse | None]]
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str]) -> int:
-    """``enrich ...`` in-process; argparse exits are turned into their code."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 @dataclass

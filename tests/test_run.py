@@ -20,11 +20,10 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, write_config
+from conftest import RunningServer, demo_config, run_cli, write_config
 from polars.testing import assert_frame_equal
 
 import enrich
-from enrich import cli
 from enrich.demo_server import DemoSettings, create_app, person_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,14 +35,6 @@ Serve = Callable[[web.Application], RunningServer]
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def run_cli(argv: list[str]) -> int:
-    """``enrich ...`` in-process; argparse exits are turned into their code."""
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def record_requests(app: web.Application) -> list[tuple[float, str, str]]:
