@@ -2,7 +2,7 @@
 
 What a user would write in an afternoon instead of using enrich: one session, N fixed
 workers, orjson, polars in and out, the same requests (log in, GET
-/v1/people/{email}?domain=..., Bearer token) and the same three fields. No journal, no
+/v1/people/{email}?domain=..., Accept and Bearer headers) and the same three fields. No journal, no
 retries, no rate limit, no progress: the floor for the engine's own cost per row.
 
     python bench/baseline.py --base http://127.0.0.1:8787 --input people.csv --output out.parquet -c 64
@@ -25,7 +25,7 @@ async def main(base: str, rows: list[tuple[str, str]], concurrency: int) -> list
         login = {"client_id": "demo-client", "client_secret": "demo-secret-2f8a"}
         async with session.post(f"{base}/auth/token", json=login) as resp:
             token = (await resp.json())["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Accept": "application/json", "Authorization": f"Bearer {token}"}
         results: list[tuple] = [()] * len(rows)
         work = iter(enumerate(rows))
 

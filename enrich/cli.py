@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 import traceback
@@ -171,6 +172,15 @@ class _Redact:
         return self.redactor.redact(text) if self.redactor is not None else text
 
 
+def _tune_gc() -> None:
+    """A run allocates millions of short-lived objects and almost no cycles. The default
+    collector thresholds cost about a fifth of the CPU of rendering requests; collect less
+    often, and leave what start-up loaded (modules, the config) out of every collection.
+    Process-wide state, so the CLI sets it, never the library."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def _run(args: argparse.Namespace, redact: _Redact) -> int:
     from .config import load_config
     from .engine import RunOptions, extract_job, plan_job, run_job
@@ -190,6 +200,7 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
         config, args.input, args.output, args.journal, False if calling and args.no_journal else None, options
     )
     show = not args.quiet
+    _tune_gc()
     if not calling:
         s = extract_job(config, job, options)
         if show:

@@ -16,9 +16,9 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -28,7 +28,7 @@ from .auth import TokenManager
 from .config import RequestConfig, RetryConfig
 from .ratelimit import RateLimiter
 from .redact import Redactor
-from .template import Row, drop_nulls, format_value
+from .template import Row, drop_nulls, format_value, quote_query
 
 # How many times one call may ask for a new token before its 401 is final.
 MAX_REFRESHES_PER_CALL = 2
@@ -39,8 +39,7 @@ _JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
+class PreparedRequest(NamedTuple):
     """One rendered request, ready to send (no auth header yet)."""
 
     method: str
@@ -55,21 +54,16 @@ class PreparedRequest:
         secrets first, so rotating an API key does not make every journal entry a miss.
         """
         h = hashlib.blake2b(digest_size=16)
-        h.update(self.method.encode())
-        h.update(b"\0")
-        h.update(redact(str(self.url)).encode())
+        h.update(f"{self.method}\0{redact(str(self.url))}".encode())
         for name, value in sorted((k.lower(), v) for k, v in self.headers.items()):
-            h.update(b"\0")
-            h.update(name.encode())
-            h.update(b":")
-            h.update(redact(value).encode())
+            h.update(f"\0{name}:{redact(value)}".encode())
         h.update(b"\0\0")
-        h.update(redact(self.body.decode("utf-8", "replace")).encode() if self.body else b"")
+        if self.body:
+            h.update(redact(self.body.decode("utf-8", "replace")).encode())
         return h.digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What one call came to: the final status, the JSON body (and its parsed form) or an error."""
 
     status: int | None
@@ -89,21 +83,30 @@ class Counters:
     throttled: int = 0
 
 
-def _query_value(value: Any) -> str | list[str]:
-    if isinstance(value, list):
-        return [format_value(v) for v in value]
-    return format_value(value)
+def _query_string(params: dict[str, Any]) -> str:
+    """``k=v&k2=v2`` from rendered params: null values left out, a list repeats its key."""
+    parts = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        name = quote_query(key)
+        if isinstance(value, list):
+            parts.extend(f"{name}={quote_query(format_value(v))}" for v in value)
+        else:
+            parts.append(f"{name}={quote_query(format_value(value))}")
+    return "&".join(parts)
 
 
 def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
     """Render one row's request. Raises ``TemplateValueError`` or ``ValueError`` for a bad cell."""
-    url = URL(config.url.render(row), encoded=True)
+    text = config.url.render(row)
+    if config.params is not None and (query := _query_string(config.params.render(row))):
+        base, hash_, fragment = text.partition("#")
+        joint = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
+        text = f"{base}{joint}{query}{hash_}{fragment}"
+    url = URL(text, encoded=True)
     if not url.absolute or url.scheme not in ("http", "https"):
         raise ValueError(f"request.url rendered to {str(url)!r}, which is not an http(s) URL")
-    if config.params is not None:
-        params = {k: _query_value(v) for k, v in config.params.render(row).items() if v is not None}
-        if params:
-            url = url.extend_query(params)
     headers: dict[str, str] = {}
     if config.headers is not None:
         headers = {k: format_value(v) for k, v in config.headers.render(row).items() if v is not None}
@@ -240,8 +243,8 @@ class Client:
                 if redirects > MAX_REDIRECTS:
                     return Outcome(status, None, f"more than {MAX_REDIRECTS} redirects", attempt, latency_ms)
                 see_other = status == 303 or (status in (301, 302) and req.method == "POST")
-                req = replace(
-                    req, url=target, method="GET" if see_other else req.method, body=None if see_other else req.body
+                req = req._replace(
+                    url=target, method="GET" if see_other else req.method, body=None if see_other else req.body
                 )
                 attempt -= 1  # following a redirect is not a new attempt
                 continue

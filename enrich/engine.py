@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import polars as pl
@@ -105,8 +105,7 @@ Batches = Callable[[], Iterator[pl.DataFrame]]
 # --- rows -> requests -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(NamedTuple):
     """One row's request and its fingerprint, or why it has none."""
 
     request: PreparedRequest | None
@@ -114,19 +113,28 @@ class Planned:
     error: str | None
 
 
-def _plan(config: Config, row: dict[str, Any]) -> Planned:
+def _plan(config: Config, row: dict[str, Any], masked: Callable[[str], str]) -> Planned:
     try:
         request = prepare(config.request, row)
     except (TemplateValueError, ValueError) as exc:
         return Planned(None, None, config.redactor.redact(str(exc)))
-    return Planned(request, request.fingerprint(config.redactor.redact), None)
+    return Planned(request, request.fingerprint(masked), None)
+
+
+def _request_secrets(config: Config) -> Callable[[str], str]:
+    """Masks the secrets the request templates hold (an API key in the URL): fingerprints stay the
+    same when such a key is rotated. Tokens never reach a prepared request."""
+    parts = (config.request.url, config.request.params, config.request.headers, config.request.body)
+    sources = [orjson.dumps(t.source, default=str).decode() for t in parts if t is not None]
+    return config.redactor.only_in(sources).redact
 
 
 def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tuple[list[Planned], list[bool] | None]:
     """Render a batch. Returns the plans of the rows this run takes, and with a shard the mask of those rows."""
     used = sorted(config.columns_used)
     rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
-    plans = [_plan(config, row) for row in rows]
+    masked = _request_secrets(config)
+    plans = [_plan(config, row, masked) for row in rows]
     if options.shard is None:
         return plans, None
     index, count = options.shard

@@ -24,9 +24,9 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from .errors import RunAborted
 
@@ -51,9 +51,11 @@ CREATE TABLE IF NOT EXISTS calls (
 # key's B-tree cost three times the CPU per insert (0.6 s against 0.18 s per 20,000 rows).
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One finished call: final status (None when no response came), error, raw body."""
+class Entry(NamedTuple):
+    """One finished call: final status (None when no response came), error, raw body.
+
+    A named tuple: a lookup builds one per row, and a tuple costs a fifth of a frozen dataclass.
+    """
 
     status: int | None
     error: str | None
@@ -167,10 +169,7 @@ class Journal:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        rows = [
-            (fp, e.status, e.error, e.body, e.attempts, e.latency_ms, e.at, e.fields_key, e.extracted)
-            for fp, e in self._pending.items()
-        ]
+        rows = [(fp, *e) for fp, e in self._pending.items()]
         self._conn.execute("BEGIN")
         try:
             self._conn.executemany(
@@ -190,7 +189,7 @@ class Journal:
         for start in range(0, len(fps), _CHUNK):
             chunk = fps[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            yield from self._conn.execute(f"SELECT fp, {columns} FROM calls WHERE fp IN ({marks})", chunk)
+            yield from self._conn.execute(f"SELECT fp, {columns} FROM calls WHERE fp IN ({marks})", chunk).fetchall()
 
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """The entries for those of ``fps`` that the journal holds, pending ones included.
@@ -201,8 +200,8 @@ class Journal:
         found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
         rest = [fp for fp in wanted if fp not in found]
         columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted"
-        for fp, *values in self._select(columns, rest):
-            found[fp] = Entry(*values)
+        make = Entry._make
+        found.update((row[0], make(row[1:])) for row in self._select(columns, rest))
         return found
 
     def __len__(self) -> int:

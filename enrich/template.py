@@ -36,6 +36,32 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^{}|]*?)\s*(?:\|\s*([A-Za-z_]\w*)\s*)?\}\}")
 URL_LITERAL_SAFE = "/:?#[]@!$&'()*+,;=%~"
 
 
+# Percent-encoding, as urllib's ``quote(text, safe="")`` and yarl's query encoding do it, at a
+# quarter of the cost (one regex pass; most cells need no change or one escape).
+_ESCAPES = {chr(c): f"%{c:02X}" for c in range(128)}
+_SEGMENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.~-]")
+_QUERY_UNSAFE = re.compile(r"[^A-Za-z0-9_.~/?:@,'()*!$-]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    return _ESCAPES.get(ch) or "".join(f"%{b:02X}" for b in ch.encode())
+
+
+def _escape_query(match: re.Match[str]) -> str:
+    return "+" if match.group() == " " else _escape(match)
+
+
+def quote_segment(text: str) -> str:
+    """Percent-encode every character but ``A-Z a-z 0-9 _ . ~ -`` (a path segment, or a value anywhere)."""
+    return _SEGMENT_UNSAFE.sub(_escape, text)
+
+
+def quote_query(text: str) -> str:
+    """Percent-encode a query key or value the way yarl does: space as ``+``; ``/ ? : @`` and the like kept."""
+    return _QUERY_UNSAFE.sub(_escape_query, text)
+
+
 class TemplateValueError(ValueError):
     """A cell's value cannot take the conversion its placeholder asks for (a row error)."""
 
@@ -158,7 +184,7 @@ def _compile_string(text: str, where: str) -> Template:
     pieces = [p if isinstance(p, str) else _cell(p[0], p[1], where) for p in parts]
 
     def render(row: Row) -> str:
-        return "".join(p if isinstance(p, str) else format_value(p(row)) for p in pieces)
+        return "".join([p if isinstance(p, str) else format_value(p(row)) for p in pieces])
 
     return Template(render, columns, text)
 
@@ -240,7 +266,7 @@ def _raw(cell: Render) -> Render:
 
 
 def _encoded(cell: Render) -> Render:
-    return lambda row: quote(format_value(cell(row)), safe="")
+    return lambda row: quote_segment(format_value(cell(row)))
 
 
 def _path_segment(cell: Render, column: str, where: str) -> Render:
@@ -251,7 +277,7 @@ def _path_segment(cell: Render, column: str, where: str) -> Render:
             raise TemplateValueError(f"{where}: column {column!r} is empty, and the URL path needs a value")
         if text in (".", ".."):  # would climb the path
             return "%2E" * len(text)
-        return quote(text, safe="")
+        return quote_segment(text)
 
     return render
 
@@ -269,7 +295,7 @@ def compile_url(text: str, where: str) -> Template:
     seen_scheme = in_query = False
     for part in parts:
         if isinstance(part, str):
-            pieces.append(quote(part, safe=URL_LITERAL_SAFE))
+            pieces.append(quote(part, safe=URL_LITERAL_SAFE))  # once, at compile time
             seen_scheme = seen_scheme or "://" in part
             in_query = in_query or "?" in part or "#" in part
             continue
@@ -284,7 +310,11 @@ def compile_url(text: str, where: str) -> Template:
         fixed = "".join(p for p in pieces if isinstance(p, str))
         return Template(lambda row: fixed, columns, text)
 
+    if len(pieces) == 2 and isinstance(pieces[0], str):  # the common `https://host/path/{{id}}`
+        prefix, last = pieces
+        return Template(lambda row: prefix + last(row), columns, text)  # type: ignore[operator]
+
     def render(row: Row) -> str:
-        return "".join(p if isinstance(p, str) else p(row) for p in pieces)
+        return "".join([p if isinstance(p, str) else p(row) for p in pieces])
 
     return Template(render, columns, text)
