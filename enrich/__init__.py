@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .config import Config, config_from_dict, load_config
-    from .engine import RunResult, Summary, aenrich, enrich, run_job
+    from .engine import RunOptions, RunResult, Summary, aenrich, enrich, plan_job, run_job
     from .errors import AuthError, ConfigError, EnrichError, InputError, RunAborted
 
 _EXPORTS = {
@@ -27,6 +27,8 @@ _EXPORTS = {
     "enrich": "engine",
     "aenrich": "engine",
     "run_job": "engine",
+    "plan_job": "engine",
+    "RunOptions": "engine",
     "RunResult": "engine",
     "Summary": "engine",
     "EnrichError": "errors",
@@ -43,6 +45,7 @@ __all__ = [
     "EnrichError",
     "InputError",
     "RunAborted",
+    "RunOptions",
     "RunResult",
     "Summary",
     "__version__",
@@ -50,6 +53,7 @@ __all__ = [
     "config_from_dict",
     "enrich",
     "load_config",
+    "plan_job",
     "run_job",
 ]
 

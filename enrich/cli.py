@@ -1,14 +1,19 @@
 """The command line: the only module that prints, parses argv or imports tqdm.
 
-Exit codes: 0 the run completed (rows that failed are in ``_error``); 1 an
-unexpected internal error; 2 the config or input is wrong (nothing was sent);
-3 the run was aborted (e.g. login failed; nothing was written); 130 interrupted.
+Exit codes: 0 the run completed (rows that failed are in ``_error``); 1 the run completed
+but more rows failed than ``--max-error-rate`` allows; 2 the config or input is wrong
+(nothing was sent); 3 the run was aborted (e.g. login failed; nothing was written);
+70 an internal error (a bug); 130 interrupted.
+
+Everything said on stderr goes through ``_Log``: plain lines, or one JSON event per line
+with ``--log-format json``; both pass the run's redactor first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import gc
 import signal
 import sys
@@ -19,7 +24,9 @@ from typing import Any, NoReturn
 from . import __version__
 from .errors import EnrichError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_CONFIG, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED_ROWS, EXIT_CONFIG, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_INTERNAL, EXIT_INTERRUPTED = 70, 130
+PROGRESS_EVERY = 2.0  # seconds between JSON progress events
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,13 +65,24 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _dry_run_rows(text: str) -> int:
+    return _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="stderr as plain lines (default) or one JSON event per line, for log shippers",
+    )
     parser = _Parser(
         prog="enrich",
         description="Call an HTTP API for every row of a table and add the answers as columns.",
-        epilog="exit codes: 0 done, 1 internal error, 2 bad config or input, 3 run aborted, 130 interrupted",
+        epilog="exit codes: 0 done, 1 too many rows failed (--max-error-rate), 2 bad config or input, "
+        "3 run aborted, 70 internal error, 130 interrupted",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"enrich {__version__}")
@@ -79,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based), for parallel jobs")
     files.add_argument("--preview", type=int, default=0, metavar="N", help="print the first N rows of the new columns")
     files.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    files.add_argument(
+        "--errors-out", type=Path, metavar="PATH", help="also write the failed rows, with their requests, to PATH"
+    )
 
     run = sub.add_parser(
         "run",
@@ -96,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh-older-than", type=_duration, metavar="AGE", help="call again results older than AGE (7d, 12h)"
     )
     run.add_argument("--no-journal", action="store_true", help="keep no journal (a rerun starts over)")
+    run.add_argument(
+        "--dry-run",
+        type=_dry_run_rows,
+        nargs="?",
+        const=5,
+        metavar="N",
+        help="show the first N requests (default 5) as curl commands and what the run would call; send nothing",
+    )
+    run.add_argument(
+        "--max-error-rate",
+        metavar="SHARE",
+        help="exit 1 when more than this share of rows failed (0.05 or 5%%); overrides `max_error_rate`",
+    )
 
     sub.add_parser(
         "extract",
@@ -103,6 +137,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild the output from the journal, with no API call",
         description="Rebuild the output from the journal of an earlier run (after changing `fields`): no call is made.",
     )
+
+    validate = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check a config and its input, with no network call",
+        description="Check the config and the input's columns without any network call, and say what the run would use.",
+    )
+    validate.add_argument("config", type=Path, help="the YAML config file")
+    validate.add_argument("--input", type=Path, help="the input table to check the columns of; overrides `input`")
+
+    preview = sub.add_parser(
+        "preview",
+        parents=[common],
+        help="call the API for a few rows and show every field path of the answers",
+        description="Make the real calls for the first rows and print each response as a tree of the paths "
+        "`fields` can ask for, with the columns the current `fields` give. Nothing is written.",
+    )
+    preview.add_argument("config", type=Path, help="the YAML config file")
+    preview.add_argument("--rows", type=_positive_int, default=3, metavar="N", help="how many rows to call (default 3)")
+    preview.add_argument("--input", type=Path, help="input table; overrides `input`")
+
+    sub.add_parser(
+        "schema",
+        parents=[common],
+        help="print the JSON Schema of the config file (for editor completion)",
+        description="Print the JSON Schema of the config file, for editors (VS Code's YAML extension) to "
+        "complete and check configs.",
+    )
+
+    init = sub.add_parser(
+        "init",
+        parents=[common],
+        help="write a commented starter config for an input table",
+        description="Write a commented starter config for an input table, using its columns.",
+    )
+    init.add_argument("input", type=Path, help="the table to enrich (.csv, .parquet, .ndjson)")
+    init.add_argument("--config", type=Path, metavar="PATH", help="where to write it (default: <input stem>.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     merge = sub.add_parser(
         "merge",
@@ -127,68 +199,102 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Log:
+    """Everything the CLI says on stderr: plain lines, or JSON events (``--log-format json``).
+    Text passes the run's redactor, once there is one."""
+
+    def __init__(self, json: bool = False) -> None:
+        self.json = json
+        self.redactor: Any = None
+
+    def redact(self, text: str) -> str:
+        return self.redactor.redact(text) if self.redactor is not None else text
+
+    def __call__(self, event: str, text: str, **data: Any) -> None:
+        """Say ``text`` (text mode) or emit ``{"event": event, "message": text, **data}`` (JSON mode)."""
+        if self.json:
+            import orjson
+
+            record = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"), "event": event}
+            record.update(message=text, **data) if text else record.update(data)
+            line = orjson.dumps(record, default=str).decode()
+        else:
+            line = text
+        if line:
+            print(self.redact(line), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.tune_gc = tune_gc
+    log = _Log(json=getattr(args, "log_format", "text") == "json")
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
-    redact = _Redact()
+    debug = getattr(args, "debug", False)
     try:
         if args.command in ("run", "extract"):
-            return _run(args, redact)
+            return _run(args, log)
+        if args.command == "validate":
+            return _validate(args, log)
+        if args.command == "preview":
+            return _preview(args, log)
+        if args.command == "schema":
+            return _schema()
+        if args.command == "init":
+            return _init(args, log)
         if args.command == "merge":
-            return _merge(args)
+            return _merge(args, log)
         if args.command == "demo-server":
-            return _demo_server(args)
+            return _demo_server(args, log)
     except EnrichError as exc:
-        if getattr(args, "debug", False):
+        if debug:
             traceback.print_exc()
-        prefix = "" if exc.exit_code == EXIT_INTERRUPTED else "error: "
-        print(f"{prefix}{redact(str(exc))}", file=sys.stderr)
+        prefix = "" if exc.exit_code == EXIT_INTERRUPTED or log.json else "error: "
+        log("error", f"{prefix}{exc}", exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:  # before the run began, or after it ended
-        print("interrupted: nothing was written.", file=sys.stderr)
+        log("interrupted", "interrupted: nothing was written.", exit_code=EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so, and how to get the details
-        if getattr(args, "debug", False):
+        if debug:
             traceback.print_exc()
-        print(
-            f"error: internal error ({type(exc).__name__}: {redact(str(exc))}). "
+        log(
+            "error",
+            f"error: internal error ({type(exc).__name__}: {exc}). "
             "Run again with --debug for the traceback, and please report it.",
-            file=sys.stderr,
+            exit_code=EXIT_INTERNAL,
         )
         return EXIT_INTERNAL
     return EXIT_OK
-
-
-class _Redact:
-    """Everything the CLI prints goes through the run's redactor, once there is one."""
-
-    def __init__(self) -> None:
-        self.redactor: Any = None
-
-    def __call__(self, text: str) -> str:
-        return self.redactor.redact(text) if self.redactor is not None else text
 
 
 def _tune_gc() -> None:
     """A run allocates millions of short-lived objects and almost no cycles. The default
     collector thresholds cost about a fifth of the CPU of rendering requests; collect less
     often, and leave what start-up loaded (modules, the config) out of every collection.
-    Process-wide state, so the CLI sets it, never the library."""
+    Process-wide state, so the command line sets it (in ``entry``), never the library."""
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
 
 
-def _run(args: argparse.Namespace, redact: _Redact) -> int:
+def _load(args: argparse.Namespace, log: _Log, overrides: dict[str, Any] | None = None) -> Any:
     from .config import load_config
-    from .engine import RunOptions, extract_job, plan_job, run_job
+
+    config = load_config(args.config, overrides)
+    log.redactor = config.redactor
+    return config
+
+
+def _run(args: argparse.Namespace, log: _Log) -> int:
+    from .engine import RunOptions, extract_job, plan_job, run_job, summary_path
 
     calling = args.command == "run"
-    overrides = {"concurrency": args.concurrency, "rate_limit": args.rate_limit} if calling else {}
-    config = load_config(args.config, overrides)
-    redact.redactor = config.redactor
+    overrides: dict[str, Any] = {"errors_out": str(args.errors_out) if args.errors_out else None}
+    if calling:
+        overrides.update(concurrency=args.concurrency, rate_limit=args.rate_limit, max_error_rate=args.max_error_rate)
+    config = _load(args, log, overrides)
     options = RunOptions(
         limit=args.limit,
         fresh=calling and args.fresh,
@@ -199,37 +305,225 @@ def _run(args: argparse.Namespace, redact: _Redact) -> int:
     job = plan_job(
         config, args.input, args.output, args.journal, False if calling and args.no_journal else None, options
     )
+    if calling and args.dry_run is not None:
+        return _dry_run(config, job, options, args.dry_run)
+    if args.tune_gc:
+        _tune_gc()
     show = not args.quiet
-    _tune_gc()
     if not calling:
         s = extract_job(config, job, options)
         if show:
-            print(
-                redact(
-                    f"extracted {s.rows} rows from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
-                    f"{_failures(s)}; no calls -> {job.output}"
-                ),
-                file=sys.stderr,
+            log(
+                "summary",
+                f"extracted {_n(s.rows, 'row')} from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
+                f"{_failures(s)}, {s.skipped} skipped; no calls -> {job.output}",
+                **s.to_dict(),
             )
     else:
         # SIGTERM (a scheduler's stop, `kill`) stops the run as Ctrl-C does: journal kept, no output.
         signal.signal(signal.SIGTERM, _on_sigterm)
-        progress = _ProgressBar(enabled=show and sys.stderr.isatty())
+        progress = _Progress(log, config, bar=show and not log.json and sys.stderr.isatty(), events=log.json)
+        log("start", "", config=str(args.config), input=str(job.input), output=str(job.output)) if log.json else None
         try:
             s = run_job(config, job, options, progress.update if progress.enabled else None)
         finally:
             progress.close()
-        if show:
-            print(
-                redact(
-                    f"enriched {s.rows} rows in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed{_failures(s)}; "
-                    f"{s.calls} calls, {s.retries} retries, {s.throttled} throttled (429), {s.cached} from the "
-                    f"journal, {s.deduped} duplicates, {s.logins} logins, {s.refreshes} token refreshes -> {job.output}"
-                ),
-                file=sys.stderr,
+        if show or log.json:
+            log("summary", _summary_table(s, job.output, summary_path(job.output)), **s.to_dict())
+        if s.over_budget:
+            log(
+                "error_budget",
+                f"error: {s.failed} of {s.ok + s.failed} rows failed ({s.error_rate:.1%}), more than the "
+                f"{config.max_error_rate:.1%} that max_error_rate allows. The output is written; fix the cause, "
+                "then rerun with --retry-failed to call only the failed rows.",
+                exit_code=EXIT_FAILED_ROWS,
             )
     if args.preview > 0:
-        _print_preview(job.output, config, args.preview, redact)
+        _print_preview(job.output, config, args.preview, log)
+    return EXIT_FAILED_ROWS if calling and s.over_budget else EXIT_OK
+
+
+def _summary_table(s: Any, output: Path, summary: Path) -> str:
+    limit = f"limit {s.rate_limit:g}/s" if s.rate_limit else "no rate limit"
+    latency = (
+        f"p50 {s.latency_p50_ms:g} ms, p95 {s.latency_p95_ms:g} ms" if s.latency_p50_ms is not None else "no calls made"
+    )
+    lines = [
+        f"enriched {_n(s.rows, 'row')} in {s.elapsed:.1f}s -> {output}",
+        f"  rows     {s.ok} ok, {s.failed} failed{_failures(s)}, {s.skipped} skipped",
+        f"  calls    {s.calls} made, {_n(s.retries, 'retry', 'retries')}, {s.throttled} throttled (429); "
+        f"{_n(s.cached, 'row')} from the journal, {_n(s.deduped, 'duplicate')}",
+        f"  latency  {latency}; {s.calls_per_second:.1f} calls/s ({limit})",
+        f"  auth     {_n(s.logins, 'login')}, {_n(s.refreshes, 'token refresh', 'token refreshes')}",
+        f"  summary  {summary}",
+    ]
+    return "\n".join(lines)
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    """``1 login``, ``2 logins``."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
+    from .client import to_curl
+    from .engine import preflight
+
+    redact = config.redactor.redact
+    pf = preflight(config, job, options, rows)
+    auth = (config.auth.header, config.auth.header_value("***")) if config.auth else None
+    out: list[str] = []
+    for sample in pf.samples:
+        if sample.request is None:
+            out.append(f"# row {sample.row}: fails without a call: {sample.error}")
+            continue
+        note = ": answered by the journal, no call" if sample.in_journal else ""
+        out.append(f"# row {sample.row}{note}")
+        out.append(to_curl(sample.request, auth, redact))
+    if not pf.samples:
+        out.append("# no row would be called")
+    if pf.seconds is not None:
+        timing = f"{_duration_text(pf.seconds)} at {pf.rate:g}/s (concurrency {pf.concurrency})"
+    else:
+        timing = f"no rate limit set: as fast as the API answers {pf.concurrency} requests at a time"
+    matching = f"{pf.matching}" if config.when else f"{pf.matching} (no `when`)"
+    out += [
+        "",
+        "dry run: nothing was sent and nothing was written.",
+        f"  rows                 {pf.rows}",
+        f"  matching `when`      {matching}",
+        f"  skipped, filled      {pf.filled}" + ("" if config.skip_if_filled else " (no `skip_if_filled`)"),
+        f"  row errors           {pf.row_errors} (fail without a call)",
+        f"  distinct requests    {pf.distinct}",
+        f"  in the journal       {pf.in_journal}",
+        f"  calls to make        {pf.to_call}",
+        f"  time                 {timing}",
+    ]
+    print(redact("\n".join(out)))
+    return EXIT_OK
+
+
+def _duration_text(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _validate(args: argparse.Namespace, log: _Log) -> int:
+    from .tables import scan_table
+
+    config = _load(args, log)
+    source = args.input or config.input
+    lines = [f"{args.config}: the config is valid."]
+    if source is None:
+        lines.append("  input      not set (give --input PATH to check its columns)")
+    else:
+        schema = scan_table(source, config.input_types).collect_schema()
+        config.check_schema(schema, source.name)
+        lines.append(f"  input      {source} ({len(schema)} columns; the ones used are there)")
+    used = sorted(config.columns_used)
+    lines.append(f"  columns    {', '.join(used) if used else 'none'} (used by the request)")
+    if config.when:
+        lines.append(f"  when       {config.when}")
+    if config.skip_if_filled:
+        lines.append(f"  skip       rows whose {', '.join(config.skip_if_filled)} already hold values")
+    req = config.request
+    lines.append(f"  request    {req.method} {req.url.source}")
+    if config.auth:
+        a = config.auth
+        lines.append(
+            f"  auth       log in at {a.url}; token at {a.token_path}; sent as {a.header}: {a.header_value('<token>')}"
+        )
+    else:
+        lines.append("  auth       none")
+    if config.fields:
+        lines.append("  fields     " + ", ".join(f"{f.name} <- {f.path}" for f in config.fields))
+    else:
+        lines.append("  fields     none: the whole response goes in the `response` column")
+    rate = str(config.rate_limit) if config.rate_limit else "no rate limit"
+    lines.append(
+        f"  pace       {rate}, concurrency {config.concurrency}, {config.retry.attempts} attempts, "
+        f"timeout {config.timeout:g}s"
+    )
+    lines.append(
+        f"  output     {config.output or 'not set (give --output PATH)'} (+ {', '.join(config.output_columns)})"
+    )
+    if config.max_error_rate is not None:
+        lines.append(f"  budget     exit 1 when more than {config.max_error_rate:.1%} of rows fail")
+    print(config.redactor.redact("\n".join(lines)))
+    return EXIT_OK
+
+
+def _preview(args: argparse.Namespace, log: _Log) -> int:
+    from .aio import run
+    from .engine import apreview
+    from .errors import ConfigError
+    from .extract import response_tree
+    from .tables import scan_table
+
+    config = _load(args, log)
+    source = args.input or config.input
+    if source is None:
+        raise ConfigError(f"{args.config}: no input table. Set `input:` in the config or pass --input PATH.")
+    config.check_schema(scan_table(source, config.input_types).collect_schema(), source.name)
+    previews = run(apreview(config, source, args.rows))
+    out: list[str] = []
+    for p in previews:
+        if p.request is None:
+            out += [f"row {p.row}: no call: {p.error}", ""]
+            continue
+        out.append(f"row {p.row}: {p.request.method} {p.request.url}")
+        if p.outcome is not None and p.outcome.status is not None:
+            out.append(f"  HTTP {p.outcome.status} in {p.outcome.latency_ms or 0:.1f} ms")
+        if p.error is not None:
+            out += [f"  error: {p.error}", ""]
+            continue
+        if p.outcome is not None and p.outcome.doc is not None:
+            out.append("  response (each path can go in `fields`):")
+            out += [f"    {line}" for line in response_tree(p.outcome.doc)]
+        else:
+            out.append("  response: empty")
+        out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
+        import orjson
+
+        for name, value in p.columns.items():
+            shown = orjson.dumps(value, default=str).decode()
+            out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
+        out.append("")
+    if not previews:
+        out.append("no row would be called (check `when` and `skip_if_filled`).")
+    print(config.redactor.redact("\n".join(out).rstrip()))
+    return EXIT_OK
+
+
+def _schema() -> int:
+    from .schema import schema_json
+
+    print(schema_json())
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace, log: _Log) -> int:
+    from .errors import ConfigError
+    from .starter import starter_config
+    from .tables import scan_table
+
+    target = args.config or Path(f"{args.input.stem}.yaml")
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} already exists. Pick another name with --config PATH, or pass --force.")
+    schema = scan_table(args.input).collect_schema()
+    target.write_text(starter_config(args.input, dict(schema)), encoding="utf-8")
+    log(
+        "init",
+        f"wrote {target} for {args.input} ({len(schema)} columns). Edit the URL and the fields, then "
+        f"`enrich validate {target}` and `enrich run {target} --dry-run`.",
+        path=str(target),
+    )
     return EXIT_OK
 
 
@@ -247,43 +541,67 @@ def _failures(s: Any) -> str:
     return f" ({', '.join(f'{kind}: {n}' for kind, n in s.failures.items())})" if s.failures else ""
 
 
-def _print_preview(path: Path, config: Any, rows: int, redact: _Redact) -> None:
+def _print_preview(path: Path, config: Any, rows: int, log: _Log) -> None:
+    from .config import ATTEMPTS_COLUMN, LATENCY_COLUMN
     from .tables import read_table
 
     frame = read_table(path, limit=rows)
-    keep = [c for c in frame.columns if c not in config.output_columns][:1] + list(config.output_columns)
+    shown = [c for c in config.output_columns if c not in (ATTEMPTS_COLUMN, LATENCY_COLUMN)]  # narrower
+    keep = [c for c in frame.columns if c not in config.output_columns][:1] + shown
     import polars as pl
 
     with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
-        print(redact(str(frame.select(keep))))
+        print(log.redact(str(frame.select(keep))))
 
 
-def _merge(args: argparse.Namespace) -> int:
+def _merge(args: argparse.Namespace, log: _Log) -> int:
     from .tables import merge_shards
 
     rows = merge_shards(args.parts, args.output)
-    print(f"merged {len(args.parts)} shard outputs, {rows} rows -> {args.output}", file=sys.stderr)
+    log("merge", f"merged {len(args.parts)} shard outputs, {rows} rows -> {args.output}", rows=rows)
     return EXIT_OK
 
 
-class _ProgressBar:
-    """A tqdm bar on stderr fed by the engine's progress callback."""
+class _Progress:
+    """Progress from the engine's callback: a tqdm bar on a terminal, JSON events for log shippers."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, log: _Log, config: Any, bar: bool, events: bool) -> None:
+        self.log = log
+        self.limit = config.rate_limit.per_second if config.rate_limit else None
         self.bar: Any = None
-        self.enabled = enabled
-        self.shown: tuple[int, int] = (-1, -1)
+        self.want_bar = bar
+        self.events = events
+        self.enabled = bar or events
+        self.last_event = 0.0
+        self.window: list[tuple[float, int]] = []  # (elapsed, calls), the last few seconds
+
+    def rate(self, p: Any) -> float:
+        """Calls per second over the last ~3 seconds."""
+        self.window.append((p.elapsed, p.calls))
+        while len(self.window) > 2 and p.elapsed - self.window[1][0] >= 3.0:
+            self.window.pop(0)
+        (t0, c0), (t1, c1) = self.window[0], self.window[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
     def update(self, p: Any) -> None:
-        if not self.enabled:
+        rate = self.rate(p)
+        if self.events and (p.elapsed - self.last_event >= PROGRESS_EVERY or (p.total and p.done >= p.total)):
+            self.last_event = p.elapsed
+            per_row = p.elapsed / p.done if p.done else None
+            eta = round(per_row * (p.total - p.done), 1) if per_row and p.total else None
+            self.log(
+                "progress", "", done=p.done, total=p.total, calls=p.calls, cached=p.cached, failed=p.failed,
+                skipped=p.skipped, retries=p.retries, throttled=p.throttled, calls_per_second=round(rate, 1),
+                rate_limit=self.limit, elapsed=round(p.elapsed, 1), eta_seconds=eta,
+            )  # fmt: skip
+        if not self.want_bar:
             return
         if self.bar is None:
             from tqdm import tqdm
 
             self.bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, mininterval=0.2)
-        if (p.failed, p.cached) != self.shown:
-            self.shown = (p.failed, p.cached)
-            self.bar.set_postfix_str(f"errors={p.failed}, from journal={p.cached}", refresh=False)
+        pace = f"{rate:.1f}/s of {self.limit:g}/s" if self.limit else f"{rate:.1f} calls/s"
+        self.bar.set_postfix_str(f"calls={p.calls}, from journal={p.cached}, errors={p.failed}, {pace}", refresh=False)
         self.bar.update(p.done - self.bar.n)
 
     def close(self) -> None:
@@ -291,7 +609,7 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _demo_server(args: argparse.Namespace) -> int:
+def _demo_server(args: argparse.Namespace, log: _Log) -> int:
     from .aio import run
     from .demo_server import serve, settings_from_env
 
@@ -299,7 +617,7 @@ def _demo_server(args: argparse.Namespace) -> int:
 
     async def forever() -> None:
         runner = await serve(settings, args.host, args.port)
-        print(f"demo API listening on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        log("listening", f"demo API listening on http://{args.host}:{args.port} (Ctrl-C to stop)", port=args.port)
         try:
             await asyncio.Event().wait()
         finally:
@@ -310,16 +628,17 @@ def _demo_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(
+        log(
+            "error",
             f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}. Pick another --port.",
-            file=sys.stderr,
+            exit_code=EXIT_ABORTED,
         )
         return EXIT_ABORTED
     return EXIT_OK
 
 
 def entry() -> None:
-    sys.exit(main())
+    sys.exit(main(tune_gc=True))
 
 
 if __name__ == "__main__":

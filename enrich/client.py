@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class Counters:
 
 def _query_string(params: dict[str, Any]) -> str:
     """``k=v&k2=v2`` from rendered params: null values left out, a list repeats its key."""
-    parts = []
+    parts: list[str] = []
     for key, value in params.items():
         if value is None:
             continue
@@ -122,6 +123,44 @@ def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
         if not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = _JSON
     return PreparedRequest(config.method, url, headers, body)
+
+
+def to_curl(
+    req: PreparedRequest,
+    auth: tuple[str, str] | None = None,
+    redact: Callable[[str], str] = str,
+    *,
+    multiline: bool = False,
+) -> str:
+    """A curl command line that sends ``req`` (a dry run shows it; a user can paste it into a shell).
+
+    ``auth`` is the auth header as (name, value), already masked by the caller or by ``redact``,
+    which every piece of text goes through (URL, headers, body). Each argument is shell-quoted.
+
+    >>> req = PreparedRequest("POST", URL("https://api.example.com/v1/people"), {"Content-Type": "application/json"}, b'{"a":1}')
+    >>> print(to_curl(req, ("Authorization", "Bearer ***")))
+    curl -X POST https://api.example.com/v1/people -H 'Content-Type: application/json' -H 'Authorization: Bearer ***' --data-raw '{"a":1}'
+
+    ``multiline=True`` puts each header and the body on a line of its own (`` \\`` continuations).
+    """
+    url = redact(str(req.url))
+    first = ["curl"]
+    if any(c in url for c in "[]{}"):
+        first.append("--globoff")  # curl would read brackets and braces as a URL pattern
+    if req.method == "HEAD" and req.body is None:
+        first.append("--head")  # `-X HEAD` makes curl wait for a body that never comes
+    elif req.method != "GET" or req.body is not None:
+        first += ["-X", req.method]  # plain curl sends GET, or POST once it has --data-raw
+    first.append(url)
+    groups = [first]
+    headers = {**req.headers, auth[0]: auth[1]} if auth is not None else req.headers
+    for name, value in headers.items():
+        # `-H 'Name:'` would remove the header; `Name;` sends it empty.
+        groups.append(["-H", redact(f"{name}: {value}" if value else f"{name};")])
+    if req.body is not None:
+        groups.append(["--data-raw", redact(req.body.decode("utf-8", "replace"))])
+    lines = [" ".join(shlex.quote(arg) for arg in group) for group in groups]
+    return " \\\n  ".join(lines) if multiline else " ".join(lines)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

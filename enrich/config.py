@@ -36,6 +36,8 @@ INPUT_TYPES = ("str", "int", "float", "bool")
 RESPONSE_COLUMN = "response"
 STATUS_COLUMN = "_http_status"
 ERROR_COLUMN = "_error"
+ATTEMPTS_COLUMN = "_attempts"  # diagnostics: HTTP attempts the row's call took
+LATENCY_COLUMN = "_latency_ms"  # diagnostics: the last attempt's time to the full response
 ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge` can restore order)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|signature", re.IGNORECASE)
@@ -125,6 +127,12 @@ class Config:
     key: tuple[str, ...] = ()  # columns that identify a row, for --shard (default: the rendered request)
     journal: Path | None = None  # None: beside the output, `<output>.journal`
     use_journal: bool = True
+    when: str | None = None  # a polars SQL predicate: rows that do not match get no call
+    skip_if_filled: tuple[str, ...] = ()  # rows whose listed columns all hold values get no call
+    diagnostics: bool = True  # the `_attempts` and `_latency_ms` columns
+    max_error_rate: float | None = None  # a larger share of failed rows makes the run exit 1
+    errors_out: Path | None = None  # failed rows, with their request, go to this table
+    escape_formulas: bool = True  # CSV output: API values that Excel would run as formulas get a '
     source: str = "<config>"
     redactor: Redactor = field(default_factory=Redactor, compare=False)
     # Where each template came from, for errors found once the input is known.
@@ -135,15 +143,47 @@ class Config:
         return self.redactor.redact(f"Config({parts})")
 
     @property
+    def field_columns(self) -> tuple[str, ...]:
+        """The columns of extracted values, in order."""
+        return tuple(f.name for f in self.fields) if self.fields else (RESPONSE_COLUMN,)
+
+    @property
     def output_columns(self) -> tuple[str, ...]:
         """The columns the run adds to the table, in order."""
-        names = tuple(f.name for f in self.fields) if self.fields else (RESPONSE_COLUMN,)
-        return (*names, STATUS_COLUMN, ERROR_COLUMN)
+        diagnostics = (ATTEMPTS_COLUMN, LATENCY_COLUMN) if self.diagnostics else ()
+        return (*self.field_columns, STATUS_COLUMN, ERROR_COLUMN, *diagnostics)
 
     @property
     def columns_used(self) -> frozenset[str]:
         """Every input column some template reads."""
         return frozenset().union(*(t.columns for _, t in self.template_sites))
+
+    @property
+    def selects_rows(self) -> bool:
+        """Whether `when` or `skip_if_filled` may leave rows without a call."""
+        return self.when is not None or bool(self.skip_if_filled)
+
+    def when_expr(self) -> Any:
+        """The `when` predicate as a polars expression (null counts as false), or None."""
+        if self.when is None:
+            return None
+        import polars as pl
+
+        return pl.sql_expr(self.when).fill_null(False)
+
+    def call_mask(self) -> Any:
+        """A polars expression: True for the rows that get a call (`when` and `skip_if_filled`)."""
+        import polars as pl
+
+        mask = pl.lit(True)
+        if self.when is not None:
+            mask = self.when_expr()
+        if self.skip_if_filled:
+            filled = pl.all_horizontal(
+                [pl.col(c).is_not_null() & (pl.col(c).cast(pl.String) != "") for c in self.skip_if_filled]
+            )
+            mask = mask & ~filled
+        return mask
 
     def check_columns(self, columns: list[str], table: str) -> None:
         """Fail if a template reads a column the table lacks, or a new column would overwrite one."""
@@ -161,12 +201,46 @@ class Config:
                 raise ConfigError(
                     f"{self.source}: `key` names {col!r}, which is not a column of {table} (columns: {shown})."
                 )
+        for col in self.skip_if_filled:
+            if col not in present:
+                hint = difflib.get_close_matches(col, columns, n=1)
+                fix = f" Did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(
+                    f"{self.source}: `skip_if_filled` names {col!r}, which is not a column of {table} "
+                    f"(columns: {shown}).{fix}"
+                )
+        if self.when is not None:
+            for col in self.when_expr().meta.root_names():
+                if col not in present:
+                    hint = difflib.get_close_matches(col, columns, n=1)
+                    fix = f" Did you mean {hint[0]!r}?" if hint else ""
+                    raise ConfigError(
+                        f"{self.source}: `when` uses {col!r}, which is not a column of {table} (columns: {shown}).{fix}"
+                    )
         for name in self.output_columns:
-            if name in present:
+            if name in present and not self.skip_if_filled:
                 raise ConfigError(
                     f"{self.source}: the output column {name!r} is already a column of {table}. "
-                    "Name the fields differently with the mapping form (`fields: {new_name: path}`)."
+                    "Name the fields differently with the mapping form (`fields: {new_name: path}`), or list "
+                    "the columns in `skip_if_filled` to fill only the rows that lack them."
                 )
+
+    def check_schema(self, schema: Mapping[str, Any], table: str) -> None:
+        """``check_columns``, then the `when` predicate against the column types (``email > 3`` fails here,
+        before any call, not halfway through the run)."""
+        self.check_columns(list(schema), table)
+        if self.when is None:
+            return
+        import polars as pl
+
+        try:
+            pl.DataFrame(schema=dict(schema)).select(self.when_expr())
+        except pl.exceptions.PolarsError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"{self.source}: `when: {self.when}` cannot be evaluated on {table}: {first}. "
+                "Compare columns with values of their type (text in single quotes)."
+            ) from None
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -357,6 +431,12 @@ TOP_KEYS = (
     "timeout",
     "input_types",
     "key",
+    "when",
+    "skip_if_filled",
+    "diagnostics",
+    "max_error_rate",
+    "errors_out",
+    "escape_formulas",
 )
 AUTH_KEYS = ("url", "method", "body", "headers", "token_path", "token_type", "header")
 REQUEST_KEYS = ("method", "url", "params", "headers", "body", "remove_nulls")
@@ -453,6 +533,12 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         key=_key(data.get("key"), where("key")),
         journal=_journal_path(data.get("journal", True), where("journal")),
         use_journal=data.get("journal", True) is not False,
+        when=_when(data.get("when"), where("when")),
+        skip_if_filled=_columns(data.get("skip_if_filled"), where("skip_if_filled")),
+        diagnostics=_bool(data.get("diagnostics", True), where("diagnostics")),
+        max_error_rate=_error_rate(data.get("max_error_rate"), where("max_error_rate")),
+        errors_out=Path(str(data["errors_out"])) if data.get("errors_out") else None,
+        escape_formulas=_bool(data.get("escape_formulas", True), where("escape_formulas")),
         source=where.source,
         redactor=redactor,
         template_sites=tuple(sites),
@@ -460,6 +546,10 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
 
 
 def _key(value: Any, loc: str) -> tuple[str, ...]:
+    return _columns(value, loc)
+
+
+def _columns(value: Any, loc: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -467,6 +557,50 @@ def _key(value: Any, loc: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{loc} must be a column name or a list of column names, e.g. [email], got {value!r}.")
     return tuple(value)
+
+
+def _bool(value: Any, loc: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{loc} must be true or false, got {value!r}.")
+    return value
+
+
+def _error_rate(value: Any, loc: str) -> float | None:
+    """A share of rows, 0.05, or a percentage, "5%"."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        rate = -1.0
+    if isinstance(value, bool) or not 0 <= rate <= 1:
+        raise ConfigError(f"{loc} must be a share of rows between 0 and 1 (0.05) or a percentage (5%), got {value!r}.")
+    return rate
+
+
+def parse_error_rate(value: Any, loc: str = "--max-error-rate") -> float | None:
+    """The error budget from a config value or a command-line flag; ``ConfigError`` when it is not one."""
+    return _error_rate(value, loc)
+
+
+def _when(value: Any, loc: str) -> str | None:
+    """Check the `when` predicate parses as polars SQL; its columns are checked against the input later."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{loc} must be a SQL condition in quotes, e.g. \"email IS NOT NULL AND country = 'US'\".")
+    import polars as pl
+
+    try:
+        pl.sql_expr(value)
+    except pl.exceptions.PolarsError as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"{loc}: {value!r} is not a SQL condition polars understands ({detail}). Write it as a WHERE "
+            "clause without WHERE, e.g. \"email IS NOT NULL AND country = 'US'\"."
+        ) from None
+    return value
 
 
 def _journal_path(value: Any, loc: str) -> Path | None:

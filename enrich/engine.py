@@ -27,8 +27,9 @@ import os
 import pickle
 import tempfile
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +39,14 @@ import polars as pl
 
 from .aio import run
 from .client import Client, Counters, Outcome, PreparedRequest, prepare
-from .config import ERROR_COLUMN, RESPONSE_COLUMN, ROW_COLUMN, STATUS_COLUMN, Config
+from .config import (
+    ATTEMPTS_COLUMN,
+    ERROR_COLUMN,
+    LATENCY_COLUMN,
+    ROW_COLUMN,
+    STATUS_COLUMN,
+    Config,
+)
 from .errors import ConfigError, InputError, Interrupted
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
@@ -70,24 +78,59 @@ class Progress:
     retries: int
     throttled: int
     elapsed: float
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """What a run did, for the closing report and for schedulers."""
+    """What a run did, for the closing report and for schedulers (``<output>.summary.json``)."""
 
     rows: int
     ok: int
     failed: int
     failures: dict[str, int] = field(default_factory=dict)  # "HTTP 404": 3, "timeout": 1
+    skipped: int = 0  # rows left out by `when` or `skip_if_filled`
     calls: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # rows answered from the journal of an earlier run
     deduped: int = 0  # rows that shared another row's request in this run
     retries: int = 0
-    throttled: int = 0
+    throttled: int = 0  # 429 answers
     logins: int = 0
     refreshes: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds, the whole run
+    call_seconds: float = 0.0  # seconds of the calling pass
+    latency_p50_ms: float | None = None  # of the calls made by this run
+    latency_p95_ms: float | None = None
+    rate_limit: float | None = None  # calls per second allowed by the config
+    max_error_rate: float | None = None
+
+    @property
+    def error_rate(self) -> float:
+        """The share of the rows that were meant to get an answer and have none."""
+        considered = self.ok + self.failed
+        return self.failed / considered if considered else 0.0
+
+    @property
+    def calls_per_second(self) -> float:
+        """The achieved rate of the calling pass."""
+        return self.calls / self.call_seconds if self.call_seconds > 0 else 0.0
+
+    @property
+    def over_budget(self) -> bool:
+        """More rows failed than ``max_error_rate`` allows."""
+        return self.max_error_rate is not None and self.error_rate > self.max_error_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (what ``<output>.summary.json`` holds)."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        data.update(
+            error_rate=round(self.error_rate, 6),
+            calls_per_second=round(self.calls_per_second, 2),
+            over_budget=self.over_budget,
+            elapsed=round(self.elapsed, 3),
+            call_seconds=round(self.call_seconds, 3),
+        )
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +149,8 @@ Batches = Callable[[], Iterator[pl.DataFrame]]
 
 
 class Planned(NamedTuple):
-    """One row's request and its fingerprint, or why it has none."""
+    """One row's request and its fingerprint, or why it has none (no error either: the row was
+    left out by `when` or `skip_if_filled`)."""
 
     request: PreparedRequest | None
     fp: bytes | None
@@ -119,6 +163,9 @@ def _plan(config: Config, row: dict[str, Any], masked: Callable[[str], str]) -> 
     except (TemplateValueError, ValueError) as exc:
         return Planned(None, None, config.redactor.redact(str(exc)))
     return Planned(request, request.fingerprint(masked), None)
+
+
+SKIPPED = Planned(None, None, None)  # left out by `when` or `skip_if_filled`: no call, no error
 
 
 def _request_secrets(config: Config) -> Callable[[str], str]:
@@ -134,7 +181,11 @@ def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tup
     used = sorted(config.columns_used)
     rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
     masked = _request_secrets(config)
-    plans = [_plan(config, row, masked) for row in rows]
+    if config.selects_rows:
+        calls = batch.select(config.call_mask().alias("call")).to_series().to_list()
+        plans = [_plan(config, row, masked) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
+    else:
+        plans = [_plan(config, row, masked) for row in rows]
     if options.shard is None:
         return plans, None
     index, count = options.shard
@@ -196,9 +247,11 @@ def _reusable(entry: Entry, options: RunOptions, started: float) -> bool:
 class _Tally:
     rows: int = 0
     failed: int = 0
+    skipped: int = 0
     cached: int = 0
     deduped: int = 0
     logins: int = 0
+    latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
 
 
 async def call_pass(
@@ -211,10 +264,6 @@ async def call_pass(
     spool: PlanSpool | None = None,
 ) -> tuple[Counters, _Tally]:
     """Make every call the journal lacks; each finished call is written to the journal."""
-    import aiohttp
-
-    from .auth import TokenManager
-
     started_wall = time.time()
     started = time.perf_counter()
     counters = Counters()
@@ -235,23 +284,14 @@ async def call_pass(
         on_progress(
             Progress(
                 tally.rows, total, tally.failed, counters.calls, tally.cached,
-                counters.retries, counters.throttled, now - started,
+                counters.retries, counters.throttled, now - started, tally.skipped,
             )
         )  # fmt: skip
 
     key = fields_key(config)
-    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tokens = TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None
-        client = Client(
-            session,
-            retry=config.retry,
-            timeout=config.timeout,
-            limiter=RateLimiter(config.rate_limit.per_second if config.rate_limit else None),
-            tokens=tokens,
-            redactor=config.redactor,
-            counters=counters,
-        )
+    latencies = tally.latencies
+    async with _client(config, counters) as client:
+        session, tokens = client.session, client.tokens
 
         async def worker() -> None:
             while (item := await queue.get()) is not None:
@@ -262,6 +302,8 @@ async def call_pass(
                 finished.add(fp)  # until the next batch's look-up, which will see it
                 tally.rows += 1
                 tally.failed += outcome.error is not None
+                if outcome.latency_ms is not None:
+                    latencies.append(outcome.latency_ms)
                 report()
 
         async def produce() -> None:
@@ -277,7 +319,10 @@ async def call_pass(
                     fp = plan.fp
                     if fp is None:
                         tally.rows += 1
-                        tally.failed += 1
+                        if plan.error is None:
+                            tally.skipped += 1
+                        else:
+                            tally.failed += 1
                     elif fp in queued or fp in in_flight or fp in finished:
                         tally.rows += 1
                         tally.deduped += 1
@@ -321,6 +366,26 @@ async def call_pass(
     return counters, tally
 
 
+@contextlib.asynccontextmanager
+async def _client(config: Config, counters: Counters | None = None) -> AsyncIterator[Client]:
+    """One session (``concurrency`` connections), the token manager and the limiter of a run."""
+    import aiohttp
+
+    from .auth import TokenManager
+
+    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield Client(
+            session,
+            retry=config.retry,
+            timeout=config.timeout,
+            limiter=RateLimiter(config.rate_limit.per_second if config.rate_limit else None),
+            tokens=TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None,
+            redactor=config.redactor,
+            counters=counters,
+        )
+
+
 def fields_key(config: Config) -> str | None:
     """Names the `fields` that extracted values were made for (None: the whole response is kept)."""
     if not config.fields:
@@ -360,39 +425,53 @@ def _failure_kind(status: int | None, error: str) -> str:
     return "bad row data"
 
 
+class Built(NamedTuple):
+    """One batch of output, and (when asked for) its failed rows with their requests."""
+
+    frame: pl.DataFrame
+    failed: pl.DataFrame | None
+
+
 def build_pass(
     batches: Batches,
     config: Config,
     journal: Journal,
     options: RunOptions = RunOptions(),
     spool: PlanSpool | None = None,
-) -> tuple[Iterator[pl.DataFrame], Counter[str]]:
+    with_failed: bool = False,
+) -> tuple[Iterator[Built], Counter[str]]:
     """Yield the output batch by batch, from the journal; the counter fills as batches are taken."""
     failures: Counter[str] = Counter()
     fields = config.fields
     key = fields_key(config)
     width = len(fields) if fields else 1
     empty = (None,) * width
+    skipped_row = (*empty, None, None, None, None)
 
     def values(plan: Planned, entry: Entry | None) -> tuple[Any, ...]:
+        """(*fields, status, error, attempts, latency_ms)"""
+        if plan.fp is None and plan.error is None:
+            failures["skipped"] += 1
+            return skipped_row
         if plan.fp is None or entry is None:
             error = plan.error or NOT_CALLED
             failures[_failure_kind(None, error)] += 1
-            return (*empty, None, error)
+            return (*empty, None, error, 0 if plan.error else None, None)
+        diagnostics = (entry.attempts, None if entry.latency_ms is None else round(entry.latency_ms, 1))
         if entry.error is not None:
             failures[_failure_kind(entry.status, entry.error)] += 1
-            return (*empty, entry.status, entry.error)
+            return (*empty, entry.status, entry.error, *diagnostics)
         failures["ok"] += 1
         if entry.extracted is not None and entry.fields_key == key:  # extracted when the call was made
-            return (*orjson.loads(entry.extracted), entry.status, None)
+            return (*orjson.loads(entry.extracted), entry.status, None, *diagnostics)
         if not entry.body:
-            return (*empty, entry.status, None)
+            return (*empty, entry.status, None, *diagnostics)
         doc = orjson.loads(entry.body)
         if fields:
-            return (*(f.get(doc) for f in fields), entry.status, None)
-        return (entry.body.decode(), entry.status, None)
+            return (*(f.get(doc) for f in fields), entry.status, None, *diagnostics)
+        return (entry.body.decode(), entry.status, None, *diagnostics)
 
-    def generate() -> Iterator[pl.DataFrame]:
+    def generate() -> Iterator[Built]:
         offset = 0
         planned = spool.read() if spool is not None else None
         for batch in batches():
@@ -420,12 +499,50 @@ def build_pass(
             if stale:
                 entries.update(journal.lookup(stale))
             results = [values(p, entries.get(p.fp) if p.fp is not None else None) for p in plans]
-            frame = assemble(kept, config, results)
+            skipped = [p.fp is None and p.error is None for p in plans] if config.selects_rows else None
+            frame = assemble(kept, config, results, skipped)
+            failed = _failed_rows(kept, config, results, numbers) if with_failed else None
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
-            yield frame
+            yield Built(frame, failed)
 
     return generate(), failures
+
+
+def _failed_rows(
+    batch: pl.DataFrame, config: Config, results: list[tuple[Any, ...]], numbers: list[int]
+) -> pl.DataFrame:
+    """The failed rows of a batch, for ``--errors-out``: row number, the columns the request reads,
+    the request as sent (secrets and the token masked), status, error and attempts."""
+    failed = [i for i, r in enumerate(results) if r[-3] is not None]
+    used = sorted(config.columns_used)
+    rows = batch[failed].select(used).rows(named=True) if failed else []
+    auth = {config.auth.header: config.auth.header_value("***")} if config.auth else {}
+    redact = config.redactor.redact
+    requests: list[tuple[str | None, str | None, str | None, str | None]] = []
+    for row in rows:
+        try:
+            req = prepare(config.request, row)
+        except (TemplateValueError, ValueError):
+            requests.append((None, None, None, None))
+            continue
+        sent = orjson.dumps({**req.headers, **auth}).decode()
+        text = req.body.decode("utf-8", "replace") if req.body else None
+        requests.append((req.method, redact(str(req.url)), redact(sent), redact(text) if text else None))
+    method, url, headers, body = ([r[i] for r in requests] for i in range(4))
+    return pl.DataFrame(
+        [
+            pl.Series(ROW_COLUMN, [numbers[i] for i in failed], dtype=pl.Int64),
+            *(pl.Series(c, [r[c] for r in rows], dtype=batch.schema[c]) for c in used),
+            pl.Series("method", method, dtype=pl.String),
+            pl.Series("url", url, dtype=pl.String),
+            pl.Series("request_headers", headers, dtype=pl.String),
+            pl.Series("request_body", body, dtype=pl.String),
+            pl.Series(STATUS_COLUMN, [results[i][-4] for i in failed], dtype=pl.Int64),
+            pl.Series(ERROR_COLUMN, [results[i][-3] for i in failed], dtype=pl.String),
+            pl.Series(ATTEMPTS_COLUMN, [results[i][-2] for i in failed], dtype=pl.Int64),
+        ]
+    )
 
 
 def _column(name: str, values: list[Any]) -> pl.Series:
@@ -444,24 +561,60 @@ def _column(name: str, values: list[Any]) -> pl.Series:
     )
 
 
-def assemble(df: pl.DataFrame, config: Config, results: list[tuple[Any, ...]]) -> pl.DataFrame:
-    """Append the output columns (fields, ``_http_status``, ``_error``) to the input rows."""
-    names = [f.name for f in config.fields] if config.fields else [RESPONSE_COLUMN]
-    columns = list(zip(*results, strict=True)) if results else [() for _ in range(len(names) + 2)]
-    new = [_column(name, list(col)) for name, col in zip(names, columns[:-2], strict=True)]
-    new.append(pl.Series(STATUS_COLUMN, list(columns[-2]), dtype=pl.Int64))
-    new.append(pl.Series(ERROR_COLUMN, list(columns[-1]), dtype=pl.String))
+def assemble(
+    df: pl.DataFrame, config: Config, results: list[tuple[Any, ...]], skipped: list[bool] | None = None
+) -> pl.DataFrame:
+    """Append the output columns (fields, ``_http_status``, ``_error``, diagnostics) to the input rows.
+
+    ``results`` holds ``(*fields, status, error, attempts, latency_ms)`` per row. A column the
+    input already has (allowed with `skip_if_filled`) keeps the input's value in the rows that
+    got no call (``skipped``).
+    """
+    names = list(config.field_columns)
+    columns = list(zip(*results, strict=True)) if results else [() for _ in range(len(names) + 4)]
+    new = [_column(name, list(col)) for name, col in zip(names, columns[:-4], strict=True)]
+    new.append(pl.Series(STATUS_COLUMN, list(columns[-4]), dtype=pl.Int64))
+    new.append(pl.Series(ERROR_COLUMN, list(columns[-3]), dtype=pl.String))
+    if config.diagnostics:
+        new.append(pl.Series(ATTEMPTS_COLUMN, list(columns[-2]), dtype=pl.Int64))
+        new.append(pl.Series(LATENCY_COLUMN, list(columns[-1]), dtype=pl.Float64))
+    kept = set(df.columns)
+    if skipped is not None and kept.intersection(s.name for s in new):
+        mask = pl.Series("skipped", skipped, dtype=pl.Boolean)
+        new = [_keep_where(df, s, mask) if s.name in kept else s for s in new]
     return df.with_columns(new)
 
 
-def _summary(counters: Counters, tally: _Tally, failures: Counter[str], elapsed: float) -> Summary:
+def _keep_where(df: pl.DataFrame, new: pl.Series, skipped: pl.Series) -> pl.Series:
+    """``new``, with the input column's own values in the skipped rows (types joined as text if they differ)."""
+    old = df[new.name]
+    if old.dtype != new.dtype:
+        try:
+            new = new.cast(old.dtype, strict=True)
+        except pl.exceptions.PolarsError:
+            old, new = old.cast(pl.String), new.cast(pl.String)
+    return pl.select(pl.when(skipped).then(old).otherwise(new).alias(new.name)).to_series()
+
+
+def _percentile(values: array[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1)
+
+
+def _summary(
+    config: Config, counters: Counters, tally: _Tally, failures: Counter[str], elapsed: float, call_seconds: float = 0.0
+) -> Summary:
     ok = failures.pop("ok", 0)
+    skipped = failures.pop("skipped", 0)
     failed = sum(failures.values())
     return Summary(
-        rows=ok + failed,
+        rows=ok + failed + skipped,
         ok=ok,
         failed=failed,
         failures=dict(failures.most_common()),
+        skipped=skipped,
         calls=counters.calls,
         cached=tally.cached,
         deduped=tally.deduped,
@@ -470,6 +623,11 @@ def _summary(counters: Counters, tally: _Tally, failures: Counter[str], elapsed:
         logins=tally.logins,
         refreshes=max(0, tally.logins - 1),
         elapsed=elapsed,
+        call_seconds=call_seconds,
+        latency_p50_ms=_percentile(tally.latencies, 0.5),
+        latency_p95_ms=_percentile(tally.latencies, 0.95),
+        rate_limit=config.rate_limit.per_second if config.rate_limit else None,
+        max_error_rate=config.max_error_rate,
     )
 
 
@@ -520,11 +678,13 @@ async def aenrich(
     try:
         with Journal.open(journal) as jr:
             counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height, spool)
-            frames, failures = build_pass(batches, config, jr, options, spool)
-            frame = collect_frames(list(frames))
+            call_seconds = time.perf_counter() - started
+            built, failures = build_pass(batches, config, jr, options, spool)
+            frame = collect_frames([b.frame for b in built])
     finally:
         spool.close()
-    return RunResult(frame, _summary(counters, tally, failures, time.perf_counter() - started))
+    summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
+    return RunResult(frame, summary)
 
 
 def enrich(
@@ -600,6 +760,8 @@ def run_job(
     with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
         if job.journal is not None:  # the lock is held: what a killed run left is no one's
             OutputWriter.sweep(job.output)
+            if config.errors_out is not None:
+                OutputWriter.sweep(config.errors_out)
         try:
             counters, tally = run(call_pass(batches, config, journal, options, on_progress, total, spool))
         except KeyboardInterrupt:
@@ -611,8 +773,169 @@ def run_job(
                 else "no journal was kept (journal: false), so a rerun starts over."
             )
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
+        call_seconds = time.perf_counter() - started
         failures = _write(batches, config, journal, options, job.output, spool)
-    return _summary(counters, tally, failures, time.perf_counter() - started)
+    summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
+    write_summary(summary, job)
+    return summary
+
+
+# --- before the run: --dry-run and preview ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One of the first rows a run would call: its input row number and request, or its row error."""
+
+    row: int
+    request: PreparedRequest | None
+    error: str | None
+    in_journal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What a run would do, found without a call (``enrich run --dry-run``)."""
+
+    samples: list[Sample]
+    rows: int  # rows this run takes (after --limit and --shard)
+    matching: int  # of those, rows `when` keeps (all of them without `when`)
+    filled: int  # rows left out by `skip_if_filled`
+    row_errors: int  # rows whose request cannot be rendered (they fail without a call)
+    distinct: int  # distinct requests among the rows to call
+    in_journal: int  # of those, answered by the journal
+    rate: float | None  # calls per second allowed
+    concurrency: int
+
+    @property
+    def to_call(self) -> int:
+        return self.distinct - self.in_journal
+
+    @property
+    def seconds(self) -> float | None:
+        """The time the calls take at the configured rate (None without a rate limit)."""
+        return self.to_call / self.rate if self.rate else None
+
+
+def preflight(config: Config, job: Job, options: RunOptions = RunOptions(), show: int = 5) -> Preflight:
+    """Render every row, count what a run would call, look the journal up read-only; send nothing,
+    write nothing."""
+    from .tables import iter_batches, scan_table
+
+    lf = scan_table(job.input, config.input_types)
+    samples: list[Sample] = []
+    seen: set[bytes] = set()
+    rows = matching = skipped = row_errors = distinct = in_journal = 0
+    offset = 0
+    now = time.time()
+    with contextlib.closing(Journal.open_readonly(job.journal)) as journal:
+        for batch in iter_batches(lf, job.input, options.limit):
+            plans, keep = _plan_batch(batch, config, options)
+            numbers = range(offset, offset + batch.height)
+            offset += batch.height
+            kept = batch if keep is None else batch.filter(pl.Series(keep, dtype=pl.Boolean))
+            if keep is not None:
+                numbers = [n for n, k in zip(numbers, keep, strict=True) if k]  # type: ignore[assignment]
+            rows += kept.height
+            matching += int(kept.select(config.when_expr()).to_series().sum()) if config.when else kept.height
+            fresh = [p.fp for p in plans if p.fp is not None and p.fp not in seen]
+            known = journal.lookup(fresh, bodies=False)
+            for number, plan in zip(numbers, plans, strict=True):
+                if plan.fp is None:
+                    if plan.error is None:
+                        skipped += 1
+                        continue
+                    row_errors += 1
+                elif plan.fp not in seen:
+                    seen.add(plan.fp)
+                    distinct += 1
+                    entry = known.get(plan.fp)
+                    in_journal += entry is not None and _reusable(entry, options, now)
+                if len(samples) < show:
+                    entry = known.get(plan.fp) if plan.fp is not None else None
+                    reused = entry is not None and _reusable(entry, options, now)
+                    samples.append(Sample(number, plan.request, plan.error, reused))
+    return Preflight(
+        samples=samples,
+        rows=rows,
+        matching=matching,
+        filled=skipped - (rows - matching),
+        row_errors=row_errors,
+        distinct=distinct,
+        in_journal=in_journal,
+        rate=config.rate_limit.per_second if config.rate_limit else None,
+        concurrency=config.concurrency,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Previewed:
+    """One row called by ``enrich preview``: the request, what came back and the columns it gives."""
+
+    row: int
+    request: PreparedRequest | None
+    outcome: Outcome | None
+    error: str | None  # the row's own error (no call made) or the call's
+    columns: dict[str, Any]
+
+
+async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Previewed]:
+    """Call the API for the first ``rows`` rows a run would call, one at a time; no journal, no output."""
+    from .tables import iter_batches, scan_table
+
+    lf = scan_table(input_path, config.input_types)
+    picked: list[tuple[int, Planned, dict[str, Any]]] = []
+    offset = 0
+    for batch in iter_batches(lf, input_path, None):
+        plans, _ = _plan_batch(batch, config, RunOptions())
+        for i, plan in enumerate(plans):
+            if plan != SKIPPED and len(picked) < rows:
+                picked.append((offset + i, plan, batch.row(i, named=True)))
+        offset += batch.height
+        if len(picked) >= rows:
+            break
+    out: list[Previewed] = []
+    names = config.field_columns
+    async with _client(config) as client:
+        if client.tokens is not None and picked:
+            await client.tokens.login(client.session)
+        for number, plan, _row in picked:
+            if plan.request is None:
+                out.append(Previewed(number, None, None, plan.error, {}))
+                continue
+            outcome = await client.call(plan.request)
+            if outcome.error is not None or outcome.doc is None:
+                out.append(Previewed(number, plan.request, outcome, outcome.error, {}))
+                continue
+            if config.fields:
+                values = {f.name: f.get(outcome.doc) for f in config.fields}
+            else:
+                values = {names[0]: (outcome.body or b"").decode()}
+            out.append(Previewed(number, plan.request, outcome, None, values))
+    return out
+
+
+def summary_path(output: Path) -> Path:
+    """Where a run's summary goes: ``<output>.summary.json``."""
+    return output.with_name(output.name + ".summary.json")
+
+
+def write_summary(summary: Summary, job: Job) -> Path:
+    """Write ``<output>.summary.json`` (atomically) for schedulers and dashboards."""
+    import datetime
+
+    data = {
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "input": str(job.input),
+        "output": str(job.output),
+        "journal": str(job.journal) if job.journal else None,
+        **summary.to_dict(),
+    }
+    path = summary_path(job.output)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    os.replace(tmp, path)
+    return path
 
 
 def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) -> Summary:
@@ -637,7 +960,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
     started = time.perf_counter()
     with Journal.open(job.journal) as journal:
         failures = _write(batches, config, journal, options, job.output)
-    return _summary(Counters(), _Tally(), failures, time.perf_counter() - started)
+    return _summary(config, Counters(), _Tally(), failures, time.perf_counter() - started)
 
 
 def _write(
@@ -650,15 +973,23 @@ def _write(
 ) -> Counter[str]:
     from .tables import OutputWriter
 
-    frames, failures = build_pass(batches, config, journal, options, spool)
-    writer = OutputWriter(output)
+    escape = config.field_columns if config.escape_formulas else ()
+    built, failures = build_pass(batches, config, journal, options, spool, with_failed=config.errors_out is not None)
+    writer = OutputWriter(output, escape_formulas=escape)
+    errors = OutputWriter(config.errors_out) if config.errors_out is not None else None
     try:
-        for frame in frames:
-            writer.write(frame)
+        for batch in built:
+            writer.write(batch.frame)
+            if errors is not None and batch.failed is not None:
+                errors.write(batch.failed)
     except BaseException:
         writer.discard()
+        if errors is not None:
+            errors.discard()
         raise
     writer.finish()
+    if errors is not None:
+        errors.finish()
     return failures
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .errors import ConfigError, child_of
 
 Getter = Callable[[Any], Any]
@@ -65,7 +67,7 @@ def _dot_steps(path: str, where: str) -> list[str | int]:
             expect_key = False
         else:
             name = match.group("name").strip()
-            steps.append(int(name) if name.lstrip("-").isdigit() else name)
+            steps.append(int(name) if name.lstrip("-").isascii() and name.lstrip("-").isdecimal() else name)
             expect_key = False
         pos = match.end()
     if not steps or expect_key:
@@ -162,3 +164,142 @@ def _split_commas(spec: str) -> list[str]:
             start = i + 1
     parts.append(spec[start:])
     return [p for p in parts if p.strip()]
+
+
+# --- the response preview --------------------------------------------------------------------
+
+# A key written bare in a dot path: a letter or `_` first, then letters, digits, `_` and `-`. Other
+# keys are bracket-quoted, so a digit key is never read as a list index and `$id` never as JSONPath.
+_PLAIN_KEY = re.compile(r"[^\W\d][\w-]*")
+# A value keeps at least this many characters, however long its path.
+_MIN_VALUE = 10
+
+
+def _key_step(key: Any, first: bool) -> str | None:
+    """How a dot path names ``key``: ``name``, ``.name`` or ``["odd key"]``; ``None`` if it cannot.
+
+    A quoted key ends at the first closing quote followed by ``]``, and holds no line break, so a
+    key with a line break, or with both ``"]`` and ``']``, has no dot path.
+    """
+    if not isinstance(key, str):
+        return None
+    if _PLAIN_KEY.fullmatch(key) and not key.isdigit():  # "²" is a digit to the path parser
+        return key if first else f".{key}"
+    candidates = [f"[{q}{key}{q}]" for q in sorted("\"'", key=key.count)]
+    readable = [c for c in candidates if (m := _TOKEN.match(c)) and m.end() == len(c) and m.group("quoted") == key]
+    # Prefer a form that also survives in a comma-separated `fields` string.
+    for step in readable:
+        if _split_commas(f"{step},x") == [step, "x"]:
+            return step
+    return readable[0] if readable else None
+
+
+def _children(node: Any, path: str) -> tuple[list[tuple[str, Any]], int]:
+    """The paths and values one step below a dict or list, and how many keys no path can name."""
+    if isinstance(node, list):
+        return [(f"{path}[{i}]", value) for i, value in enumerate(node)], 0
+    kids, unnamed = [], 0
+    for key, value in node.items():
+        step = _key_step(key, first=not path)
+        if step is None:
+            unnamed += 1
+        else:
+            kids.append((path + step, value))
+    return kids, unnamed
+
+
+def leaf_paths(doc: Any) -> list[tuple[str, Any]]:
+    """Every leaf of a JSON document as (path, value), in document order, each path a valid field.
+
+    A leaf is a scalar, a null, or an empty object or list. Compiling a path returned here and
+    calling its getter on ``doc`` gives the value back. A scalar document has no paths, and keys no
+    dot path can name (a line break, or both ``"]`` and ``']`` in the key) are left out.
+
+    >>> leaf_paths({"person": {"name": "Ada", "emails": ["a@x.io"]}, "odd key": None, "0": 1})
+    [('person.name', 'Ada'), ('person.emails[0]', 'a@x.io'), ('["odd key"]', None), ('["0"]', 1)]
+    """
+    if not isinstance(doc, dict | list):
+        return []
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[str, Any]] = [("", doc)]  # a stack, not recursion: JSON may nest 1,000 deep
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict | list) and (node or not path):
+            kids, _ = _children(node, path)
+            stack.extend(reversed(kids))
+        else:
+            out.append((path, node))
+    return out
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _show(value: Any) -> str:
+    """A container's size (``{3 keys}``, ``[5 items]``, ``{}``) or a leaf's JSON."""
+    if isinstance(value, dict):
+        return "{" + _plural(len(value), "key") + "}" if value else "{}"
+    if isinstance(value, list):
+        return "[" + _plural(len(value), "item") + "]" if value else "[]"
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # an integer wider than 64 bits
+        return str(value)
+
+
+def _cut(text: str, room: int) -> str:
+    room = max(room, _MIN_VALUE)
+    return text if len(text) <= room else text[: room - 1] + "…"
+
+
+def response_tree(doc: Any, width: int = 100, max_items: int = 3) -> list[str]:
+    """A response as an indented tree, one line per node: the node's field path, then its value.
+
+    Containers show their size, leaves their JSON, cut with ``…`` to fit ``width`` (paths are never
+    cut: each can be copied into ``fields``). A list shows its first ``max_items`` elements, then a
+    line counting the rest. Sibling values are aligned when their paths are not too long.
+
+    >>> for line in response_tree({"person": {"name": "Ada", "tags": ["a", "b", "c"]}, "ok": True}, max_items=2):
+    ...     print(line)
+    person  {2 keys}
+      person.name  "Ada"
+      person.tags  [3 items]
+        person.tags[0]  "a"
+        person.tags[1]  "b"
+        … 1 more item
+    ok      true
+    """
+    if not isinstance(doc, dict | list) or not doc:
+        return [_cut(_show(doc), width)]
+    max_items = max(max_items, 0)
+    lines: list[str] = []
+    # (depth, path, value, column to pad the path to); a note line has no value and column -1.
+    stack: list[tuple[int, str, Any, int]] = []
+
+    def push_children(node: Any, path: str, depth: int) -> None:
+        kids, unnamed = _children(node, path)
+        notes = []
+        if isinstance(node, list) and len(kids) > max_items:
+            notes.append(f"… {_plural(len(kids) - max_items, 'more item')}")
+            kids = kids[:max_items]
+        if unnamed:
+            notes.append(f"… {_plural(unnamed, 'key')} no field path can name")
+        column = max((len(p) for p, _ in kids), default=0)
+        if 2 * depth + column > width // 2:
+            column = 0  # one long path would push every sibling's value off to the right
+        stack.extend((depth, note, None, -1) for note in reversed(notes))
+        stack.extend((depth, p, v, column) for p, v in reversed(kids))
+
+    push_children(doc, "", 0)
+    while stack:
+        depth, path, value, column = stack.pop()
+        indent = "  " * depth
+        if column < 0:
+            lines.append(indent + path)
+            continue
+        head = f"{indent}{path.ljust(column)}  "
+        lines.append(head + _cut(_show(value), width - len(head)))
+        if isinstance(value, dict | list) and value:
+            push_children(value, path, depth + 1)
+    return lines

@@ -92,6 +92,26 @@ class Journal:
         self.written = 0
 
     @classmethod
+    def open_readonly(cls, path: Path | None) -> Journal:
+        """Open the journal at ``path`` only to look things up (``--dry-run``): no lock, no file
+        created or changed. A missing file gives an empty, in-memory journal."""
+        if path is None or not path.exists():
+            return cls.open(None)
+        # Closed cleanly (no -wal file), the file holds everything and nobody writes it: read it as
+        # immutable, which creates no -shm/-wal beside it. Otherwise a run is live (or was killed):
+        # a read-only connection sees its committed calls.
+        mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None)
+            conn.execute("SELECT fp, status, error, attempts, latency_ms, at, fields_key, extracted FROM calls LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            raise RunAborted(
+                f"cannot read the journal {path}: {exc}. If the file is not an enrich journal, "
+                "point --journal elsewhere."
+            ) from None
+        return cls(conn, path, None)
+
+    @classmethod
     def open(cls, path: Path | None) -> Journal:
         """Open (creating if needed) the journal at ``path``; ``None`` keeps it in memory."""
         lock_fd = None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
@@ -187,9 +188,11 @@ class OutputWriter:
     is null in the first batch and an integer later still comes out as Int64.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, escape_formulas: Sequence[str] = ()) -> None:
         self.path = path
         self.format = output_format(path)
+        # CSV only: these columns (values from the API) are guarded against formula injection.
+        self.escape_formulas = tuple(escape_formulas) if self.format == "csv" else ()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._dir = path.with_name(f".{path.name}.{os.getpid()}.parts")
         self._dir.mkdir(exist_ok=True)
@@ -212,6 +215,8 @@ class OutputWriter:
             final = unify_dtypes(self._schemas, self._nulls)
             frames = [pl.scan_ipc(p).cast(final) for p in self._parts]  # type: ignore[arg-type]
             lf = pl.concat(frames) if frames else pl.LazyFrame(schema=final)
+            if self.escape_formulas:
+                lf = neutralise_formulas(lf, self.escape_formulas)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
                 if self.format == "csv":
@@ -266,3 +271,43 @@ def merge_shards(parts: list[Path], output: Path) -> int:
     merged = pl.concat(frames, how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN).collect(engine="streaming")
     write_table(merged, output)
     return merged.height
+
+
+# --- CSV injection guard -------------------------------------------------------------------
+
+# OWASP's list: a spreadsheet evaluates a cell that starts with one of these as a formula.
+_FORMULA_START = r"^[=+\-@\t\r]"
+# A plain decimal number (sign, digits, optional point and exponent): spreadsheets read it as a
+# number, so "-12.5" keeps its value. ASCII digits only: the regex engine's \d also matches other
+# scripts' digits, which no spreadsheet reads as a number. "-inf" and "-nan" are not numbers to a
+# spreadsheet either (Excel evaluates `-inf` as a formula naming `inf`), so they get the quote.
+# In polars' (Rust) regex `$` is the very end of the text, so "-12\n" is not a number.
+_PLAIN_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def neutralise_formulas(frame: Frame, columns: Iterable[str]) -> Frame:
+    """Prefix ``'`` to text cells a spreadsheet would run as a formula (OWASP CSV injection).
+
+    A cell of a String column in ``columns`` that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return gets a leading single quote, so Excel, LibreOffice and Sheets show it as text.
+    A plain number (``-12.5``, ``+3``, ``-1e5``) is left as it is; so are nulls, columns not named,
+    names the frame does not have, and columns of other types. A LazyFrame gets a lazy plan.
+
+    >>> df = pl.DataFrame({"note": ["=1+2", "-12.5", "@SUM(A1)", None], "n": [1, 2, 3, 4]})
+    >>> neutralise_formulas(df, ["note", "n"])["note"].to_list()
+    ["'=1+2", '-12.5', "'@SUM(A1)", None]
+    """
+    schema = frame.collect_schema()
+    names = [c for c in dict.fromkeys(columns) if schema.get(c) == pl.String]
+    if not names:
+        return frame
+    return frame.with_columns(
+        pl.when(pl.col(c).str.contains(_FORMULA_START) & ~pl.col(c).str.contains(_PLAIN_NUMBER))
+        .then(pl.concat_str(pl.lit("'"), pl.col(c)))
+        .otherwise(pl.col(c))
+        .alias(c)
+        for c in names
+    )

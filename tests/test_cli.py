@@ -96,15 +96,28 @@ def test_some_failed_rows_still_exit_0_and_the_summary_counts_them(
     rows = pl.read_csv(PEOPLE).head(40).iter_rows(named=True)
     ok = sum(1 for r in rows if r["email"] and person_for(r["email"], r["domain"]))
     failed = 40 - ok
+    blanks = pl.read_csv(PEOPLE).head(40)["email"].null_count()  # rows that fail without a call
     assert failed >= 2  # the sample's first 40 rows have an unknown person and a blank email
     captured = capsys.readouterr()
     assert captured.out == ""
+    summary = out_path.with_name("out.parquet.summary.json")
+    lines = captured.err.splitlines()
+    assert captured.err.endswith("\n") and len(lines) == 6, captured.err
+    assert re.fullmatch(rf"enriched 40 rows in \d+\.\ds -> {re.escape(str(out_path))}", lines[0]), lines[0]
+    rows_line = re.fullmatch(rf"  rows     {ok} ok, {failed} failed \(([^)]*)\), 0 skipped", lines[1])
+    assert rows_line, lines[1]
+    kinds = dict(part.rsplit(": ", 1) for part in rows_line.group(1).split(", "))
+    assert kinds == {"HTTP 404": str(failed - blanks), "bad row data": str(blanks)}
+    assert (
+        lines[2]
+        == f"  calls    {40 - blanks} made, 0 retries, 0 throttled (429); 0 rows from the journal, 0 duplicates"
+    )
     assert re.fullmatch(
-        rf"enriched 40 rows in \d+\.\ds: {ok} ok, {failed} failed \([^)]*HTTP 404: \d+[^)]*\); \d+ calls, 0 retries, "
-        rf"0 throttled \(429\), 0 from the journal, 0 duplicates, 1 logins, 0 token refreshes -> "
-        rf"{re.escape(str(out_path))}\n",
-        captured.err,
-    ), captured.err
+        r"  latency  p50 \d+(\.\d)? ms, p95 \d+(\.\d)? ms; \d+\.\d calls/s \(no rate limit\)", lines[3]
+    ), lines[3]
+    assert lines[4] == "  auth     1 login, 0 token refreshes"
+    assert lines[5] == f"  summary  {summary}"
+    assert json.loads(summary.read_text(encoding="utf-8"))["ok"] == ok
     assert pl.read_parquet(out_path)["_error"].null_count() == ok
 
 
@@ -499,9 +512,10 @@ def test_successful_run_replaces_the_output_and_leaves_no_temp_files(
             == 0
         )
     assert sorted(p.name for p in out_dir.iterdir()) == [
-        *("people.csv", "people.csv.journal", "people.ndjson", "people.ndjson.journal"),
-        *("people.parquet", "people.parquet.journal"),
-    ]  # each output and its journal; no temporary files
+        *("people.csv", "people.csv.journal", "people.csv.summary.json"),
+        *("people.ndjson", "people.ndjson.journal", "people.ndjson.summary.json"),
+        *("people.parquet", "people.parquet.journal", "people.parquet.summary.json"),
+    ]  # each output, its journal and its summary; no temporary files
     assert pl.read_parquet(out_dir / "people.parquet").height == 7
     assert pl.read_csv(out_dir / "people.csv").height == 7
     assert pl.read_ndjson(out_dir / "people.ndjson").height == 7
@@ -539,7 +553,8 @@ def test_entry_point_runs_the_demo_config(serve: Serve, tmp_path: Path) -> None:
     assert time.monotonic() - started < 30
     out = pl.read_parquet(out_path)
     assert out.height == 30
-    assert out.columns[-2:] == ["_http_status", "_error"]
+    assert out.columns[-4:] == ["_http_status", "_error", "_attempts", "_latency_ms"]
+    assert (out.schema["_attempts"], out.schema["_latency_ms"]) == (pl.Int64, pl.Float64)
     assert out.schema["company_size"] == pl.Int64
     assert seen.count("/auth/token") == 1
     # a blank email is a row error without a call (it would reach /v1/people/, the parent path)
@@ -547,6 +562,8 @@ def test_entry_point_runs_the_demo_config(serve: Serve, tmp_path: Path) -> None:
     assert blanks >= 1
     assert len([p for p in seen if p.startswith("/v1/people")]) == 30 - blanks
     assert out.filter(pl.col("email").is_null())["_error"].str.contains("is empty").all()
+    assert out.filter(pl.col("email").is_null())["_attempts"].to_list() == [0] * blanks  # no call
+    assert out.filter(pl.col("email").is_null())["_latency_ms"].null_count() == blanks
 
 
 def test_entry_point_login_failure(serve: Serve, tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ INVALID_CONFIGS = [
         # nothing close: list the keys that are allowed instead
         BASE + "zzzzzz: 1\n",
         "{src}, line 3: zzzzzz is not a known key. Allowed keys: input, output, journal, auth, request, fields, "
-        "concurrency, rate_limit, retry, timeout, input_types, key.",
+        "concurrency, rate_limit, retry, timeout, input_types, key, when, skip_if_filled, diagnostics, "
+        "max_error_rate, errors_out, escape_formulas.",
         id="unknown-top-level-key-allowed-list",
     ),
     pytest.param(
@@ -594,7 +595,7 @@ def test_defaults() -> None:
     assert config.retry == RetryConfig()
     assert config.fields is None
     assert config.auth is None
-    assert config.output_columns == ("response", "_http_status", "_error")
+    assert config.output_columns == ("response", "_http_status", "_error", "_attempts", "_latency_ms")
     assert config.source == "<config>"
 
 
@@ -644,7 +645,14 @@ def test_full_config_from_file(tmp_path: Path) -> None:
     assert config.timeout == 2.5
     assert config.input_types == {"zip": "str"}
     assert config.columns_used == {"id", "domain", "email"}
-    assert config.output_columns == ("person.name", "$.tags[*]", "_http_status", "_error")
+    assert config.output_columns == (
+        "person.name",
+        "$.tags[*]",
+        "_http_status",
+        "_error",
+        "_attempts",
+        "_latency_ms",
+    )
     assert config.source == str(path)
 
 
@@ -905,7 +913,10 @@ def test_check_columns_located_in_file(tmp_path: Path) -> None:
     )
 
 
-COLLIDE = "Name the fields differently with the mapping form (`fields: {new_name: path}`)."
+COLLIDE = (
+    "Name the fields differently with the mapping form (`fields: {new_name: path}`), or list the columns in "
+    "`skip_if_filled` to fill only the rows that lack them."
+)
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def test_every_cli_option_is_documented() -> None:
 
 def test_exit_codes_are_documented() -> None:
     table = README.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
-    for code in ("0", "1", "2", "3", "130"):
+    for code in ("0", "1", "2", "3", "70", "130"):
         assert f"| {code} |" in table
 
 
@@ -96,6 +96,6 @@ def test_make_demo_runs_as_the_readme_says(tmp_path: Path) -> None:
     assert "_http_status" in proc.stdout
     frame = pl.read_parquet(out)
     assert frame.height == 300
-    assert frame.columns[-2:] == ["_http_status", "_error"]
+    assert frame.columns[-4:] == ["_http_status", "_error", "_attempts", "_latency_ms"]
     assert frame["_http_status"].drop_nulls().to_list().count(200) > 250
     assert _port_free(8787), "make demo left the demo API running"

@@ -239,12 +239,12 @@ def test_assemble_with_fields() -> None:
     )
     df = pl.DataFrame({"id": [1, 2, 3]})
     results = [
-        (10, {"x": 1}, ["a"], 200, None),
-        (None, None, [], 404, "HTTP 404 Not Found"),
-        (2**63, "text", [], None, "timed out after 30s"),
+        (10, {"x": 1}, ["a"], 200, None, 1, 12.3),
+        (None, None, [], 404, "HTTP 404 Not Found", 1, 4.5),
+        (2**63, "text", [], None, "timed out after 30s", 3, None),
     ]
     out = assemble(df, config, results)
-    assert out.columns == ["id", "size", "info", "tags", "_http_status", "_error"]
+    assert out.columns == ["id", "size", "info", "tags", "_http_status", "_error", "_attempts", "_latency_ms"]
     assert out.schema == pl.Schema(
         {
             "id": pl.Int64,
@@ -253,27 +253,32 @@ def test_assemble_with_fields() -> None:
             "tags": pl.String,
             "_http_status": pl.Int64,
             "_error": pl.String,
+            "_attempts": pl.Int64,
+            "_latency_ms": pl.Float64,
         }
     )
     assert out.rows() == [
-        (1, "10", '{"x":1}', '["a"]', 200, None),
-        (2, None, None, "[]", 404, "HTTP 404 Not Found"),
-        (3, str(2**63), "text", "[]", None, "timed out after 30s"),
+        (1, "10", '{"x":1}', '["a"]', 200, None, 1, 12.3),
+        (2, None, None, "[]", 404, "HTTP 404 Not Found", 1, 4.5),
+        (3, str(2**63), "text", "[]", None, "timed out after 30s", 3, None),
     ]
 
 
 def test_assemble_whole_response() -> None:
     config = config_from_dict({"request": {"url": "https://api.example.com/v1/{{id}}"}})
-    out = assemble(pl.DataFrame({"id": [1, 2]}), config, [('{"a":1}', 200, None), (None, None, "boom")])
-    assert out.columns == ["id", "response", "_http_status", "_error"]
+    results = [('{"a":1}', 200, None, 1, 2.5), (None, None, "boom", 0, None)]
+    out = assemble(pl.DataFrame({"id": [1, 2]}), config, results)
+    assert out.columns == ["id", "response", "_http_status", "_error", "_attempts", "_latency_ms"]
     assert out.schema["response"] == pl.String
-    assert out.rows() == [(1, '{"a":1}', 200, None), (2, None, None, "boom")]
+    assert out.rows() == [(1, '{"a":1}', 200, None, 1, 2.5), (2, None, None, "boom", 0, None)]
 
 
 def test_assemble_no_rows() -> None:
     config = config_from_dict({"request": {"url": "https://api.example.com/v1/{{id}}"}, "fields": "a, b"})
     out = assemble(pl.DataFrame({"id": []}, schema={"id": pl.Int64}), config, [])
-    assert out.columns == ["id", "a", "b", "_http_status", "_error"]
+    assert out.columns == ["id", "a", "b", "_http_status", "_error", "_attempts", "_latency_ms"]
     assert out.height == 0
     assert out.schema["_http_status"] == pl.Int64
+    assert out.schema["_attempts"] == pl.Int64
+    assert out.schema["_latency_ms"] == pl.Float64
     assert out.schema["a"] == pl.String

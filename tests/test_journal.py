@@ -34,7 +34,7 @@ from enrich.journal import FLUSH_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = ROOT / ".venv" / "bin" / "enrich"
-NEW = ["_http_status", "_error"]
+NEW = ["_http_status", "_error", "_attempts", "_latency_ms"]
 FAST_RETRY = {"attempts": 2, "backoff": 0.01, "max_backoff": 0.02}
 
 Serve = Callable[[web.Application], RunningServer]
@@ -205,6 +205,23 @@ def check_items_output(out: pl.DataFrame, table: pl.DataFrame) -> None:
     assert out["got"].to_list() == table["id"].to_list()
     assert out["_http_status"].to_list() == [200] * table.height
     assert out["_error"].null_count() == table.height
+    assert out["_attempts"].to_list() == [1] * table.height  # the API answers at once
+    assert out.schema["_latency_ms"] == pl.Float64
+    assert out["_latency_ms"].null_count() == 0 and out["_latency_ms"].min() >= 0  # type: ignore[operator]
+
+
+def summary_table(err: str, output: Path) -> dict[str, str]:
+    """The closing table of ``enrich run`` on stderr, by row label (rows, calls, auth): the first
+    line, the latency line (timings) and the summary line are checked here, by their form."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and len(lines) == 6, err
+    assert re.fullmatch(rf"enriched \d+ rows? in \d+\.\ds -> {re.escape(str(output))}", lines[0]), lines[0]
+    labels = [line[:11] for line in lines[1:]]
+    assert labels == ["  rows     ", "  calls    ", "  latency  ", "  auth     ", "  summary  "], lines
+    latency = r"(p50 \d+(\.\d)? ms, p95 \d+(\.\d)? ms|no calls made); \d+\.\d calls/s \((limit \S+/s|no rate limit)\)"
+    assert re.fullmatch(latency, lines[3][11:]), lines[3]
+    assert lines[5][11:] == f"{output}.summary.json"
+    return {label.strip(): line[11:] for label, line in zip(labels, lines[1:], strict=True)}
 
 
 def leftovers(directory: Path, output: Path) -> list[str]:
@@ -266,7 +283,13 @@ def test_resume_after_sigkill_repeats_only_the_calls_not_yet_committed(
     )
     assert len(repeated) <= bound, (len(repeated), bound)
     # and the rerun took the rest from the journal
-    cached = int(re.search(r"(\d+) from the journal", err).group(1))  # type: ignore[union-attr]
+    found = re.fullmatch(
+        r"(\d+) made, 0 retries, 0 throttled \(429\); (\d+) rows? from the journal, 0 duplicates",
+        summary_table(err, job.out)["calls"],
+    )
+    assert found, err
+    assert int(found.group(1)) == rows - int(found.group(2))  # a call for every row the journal lacked
+    cached = int(found.group(2))
     assert cached == len({p for _, p in before}) - len(repeated)
     assert cached >= len(before) - bound > 0
 
@@ -396,9 +419,11 @@ def test_rows_with_the_same_request_make_one_call_and_all_get_the_answer(
     assert out["got"].to_list() == table["email"].to_list()
     assert out["dom"].to_list() == table["domain"].to_list()
     assert out["_error"].null_count() == 9
-    assert "9 ok, 0 failed; 4 calls, 0 retries, 0 throttled (429), 0 from the journal, 5 duplicates" in (
-        capsys.readouterr().err
-    )
+    assert out["_attempts"].to_list() == [1] * 9  # a duplicate gets the attempts of the call it shared
+    table_ = summary_table(capsys.readouterr().err, job.out)
+    assert table_["rows"] == "9 ok, 0 failed, 0 skipped"
+    assert table_["calls"] == "4 made, 0 retries, 0 throttled (429); 0 rows from the journal, 5 duplicates"
+    assert table_["auth"] == "1 login, 0 token refreshes"
 
 
 # --- 4. incremental runs ------------------------------------------------------------------------
@@ -443,7 +468,10 @@ def test_incremental_run_calls_only_new_and_changed_rows(
     assert out["got"].to_list() == second["id"].to_list()
     assert out["dom"].to_list() == second["domain"].to_list()
     assert out["_error"].null_count() == 25
-    assert "6 calls, 0 retries, 0 throttled (429), 19 from the journal" in capsys.readouterr().err
+    table_ = summary_table(capsys.readouterr().err, job.out)
+    assert table_["rows"] == "25 ok, 0 failed, 0 skipped"
+    assert table_["calls"] == "6 made, 0 retries, 0 throttled (429); 19 rows from the journal, 0 duplicates"
+    assert table_["auth"] == "1 login, 0 token refreshes"
 
 
 # --- 5. --fresh, --retry-failed, --refresh-older-than -------------------------------------------
@@ -487,6 +515,12 @@ def test_fresh_and_retry_failed(serve: Serve, demo_env: dict[str, str], tmp_path
     assert out["slow0"]["_error"].startswith("timed out after 0.2s")
     assert out["drop0"]["_error"].startswith("connection error")
     assert out["ok0"]["got"] == "ok0"
+    # two attempts (FAST_RETRY) for what a retry may fix: the 5xx, the timeout, the dropped connection
+    assert {i: r["_attempts"] for i, r in out.items()} == {
+        **dict.fromkeys(("ok0", "ok1", "ok2", "gone0", "gone1"), 1),
+        **dict.fromkeys(("flaky0", "flaky1", "slow0", "drop0"), 2),
+    }
+    assert all(r["_latency_ms"] is not None and r["_latency_ms"] >= 0 for r in out.values())
 
     api.state["phase"] = 2
     seen = api.n()
@@ -498,6 +532,7 @@ def test_fresh_and_retry_failed(serve: Serve, demo_env: dict[str, str], tmp_path
     by_id = {r["id"]: r for r in out_df.iter_rows(named=True)}
     for i in ("ok0", "ok1", "ok2", "flaky0", "flaky1", "slow0", "drop0"):
         assert (by_id[i]["got"], by_id[i]["_http_status"], by_id[i]["_error"]) == (i, 200, None)
+    assert out_df["_attempts"].to_list() == [1] * 9  # the retried rows' new calls took one attempt each
     for i in ("gone0", "gone1"):
         assert by_id[i]["_http_status"] == 404
 
@@ -509,7 +544,9 @@ def test_fresh_and_retry_failed(serve: Serve, demo_env: dict[str, str], tmp_path
 
     assert run_cli(job.argv("--fresh")) == 0
     assert api.counts(since=seen) == {f"/v1/items/{i}": 1 for i in table["id"]}  # every row, once
-    assert pl.read_parquet(job.out).equals(out_df)
+    fresh = pl.read_parquet(job.out)
+    assert fresh.drop("_latency_ms").equals(out_df.drop("_latency_ms"))  # new calls: new latencies
+    assert fresh["_latency_ms"].null_count() == 0 and fresh["_latency_ms"].min() >= 0  # type: ignore[operator]
 
 
 def test_refresh_older_than(serve: Serve, demo_env: dict[str, str], tmp_path: Path) -> None:
@@ -548,7 +585,8 @@ def test_extract_rebuilds_new_fields_from_the_journal_with_no_call(
     job = make_job(tmp_path, items_config(api, request=request), table)
     assert run_cli(job.argv()) == 0
     assert (api.n(), len(api.logins)) == (3, 1)
-    assert pl.read_parquet(job.out).columns == ["id", "domain", "got", *NEW]
+    ran = pl.read_parquet(job.out)
+    assert ran.columns == ["id", "domain", "got", *NEW]
     capsys.readouterr()
 
     write_config(job.cfg, items_config(api, request=request, fields={"got": "id", "dom": "q.domain", "q": "q"}))
@@ -559,9 +597,14 @@ def test_extract_rebuilds_new_fields_from_the_journal_with_no_call(
     assert out["got"].to_list() == ["a1", "b2", "c3", "a1"]
     assert out["dom"].to_list() == ["x.io", "y.io", None, "x.io"]
     assert out["q"].to_list() == ['{"domain":"x.io"}', '{"domain":"y.io"}', "{}", '{"domain":"x.io"}']
+    assert out["_attempts"].to_list() == [1] * 4
+    assert out.select(NEW).equals(ran.select(NEW))  # status, error, attempts and latency from the journal
     err = capsys.readouterr().err
-    assert err.startswith(f"extracted 4 rows from {job.journal} in ")
-    assert err.rstrip().endswith(f"4 ok, 0 failed; no calls -> {job.out}")
+    assert re.fullmatch(
+        rf"extracted 4 rows from {re.escape(str(job.journal))} in \d+\.\ds: 4 ok, 0 failed, 0 skipped; "
+        rf"no calls -> {re.escape(str(job.out))}\n",
+        err,
+    ), err
 
 
 def test_a_journal_from_before_extracted_values_still_resumes_and_extracts(
@@ -758,7 +801,11 @@ def test_a_table_larger_than_one_batch_keeps_order_and_settles_types_across_batc
     assert out["v"].tail(5_000).to_list() == [x * 100 for x in k[BATCH_ROWS:]]
     assert out.schema["w"] == pl.Float64  # int in the first batch, float in the second
     assert out["w"].to_list() == [x if x < 10 else x + 0.5 for x in k]
-    assert f"{rows} ok, 0 failed; 20 calls" in capsys.readouterr().err
+    table_ = summary_table(capsys.readouterr().err, job.out)
+    assert table_["rows"] == f"{rows} ok, 0 failed, 0 skipped"
+    assert table_["calls"] == (
+        f"20 made, 0 retries, 0 throttled (429); 0 rows from the journal, {rows - 20} duplicates"
+    )
 
 
 def test_library_batches_settle_types_and_share_calls_across_batches(
@@ -875,7 +922,12 @@ def test_without_a_journal_nothing_is_kept_and_a_rerun_calls_everything(
     extra = ["--no-journal"] if how == "--no-journal" else []
     for run in (1, 2):
         assert run_cli(job.argv(*extra)) == 0
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "in.yaml", "out.parquet"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "in.csv",
+            "in.yaml",
+            "out.parquet",
+            "out.parquet.summary.json",
+        ]
         assert api.counts() == {f"/v1/items/{i}": run for i in "abc"}  # deduped within a run, never across
         assert pl.read_parquet(job.out)["got"].to_list() == ["a", "b", "a", "c"]
 

@@ -28,7 +28,7 @@ from enrich.demo_server import DemoSettings, create_app, person_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = ROOT / "sample_data" / "people.csv"
-NEW = ["_http_status", "_error"]
+NEW = ["_http_status", "_error", "_attempts", "_latency_ms"]
 FAST_RETRY = {"attempts": 3, "backoff": 0.01, "max_backoff": 0.05}
 
 Serve = Callable[[web.Application], RunningServer]
@@ -81,6 +81,20 @@ def run_enrich(tmp_path: Path, config: dict[str, Any], table: pl.DataFrame, *arg
     return output
 
 
+def summary_table(err: str, output: Path) -> dict[str, str]:
+    """The closing table of ``enrich run`` on stderr, by row label (rows, calls, auth): the first
+    line, the latency line (timings) and the summary line are checked here, by their form."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and len(lines) == 6, err
+    assert re.fullmatch(rf"enriched \d+ rows? in \d+\.\ds -> {re.escape(str(output))}", lines[0]), lines[0]
+    labels = [line[:11] for line in lines[1:]]
+    assert labels == ["  rows     ", "  calls    ", "  latency  ", "  auth     ", "  summary  "], lines
+    latency = r"(p50 \d+(\.\d)? ms, p95 \d+(\.\d)? ms|no calls made); \d+\.\d calls/s \((limit \S+/s|no rate limit)\)"
+    assert re.fullmatch(latency, lines[3][11:]), lines[3]
+    assert lines[5][11:] == f"{output}.summary.json"
+    return {label.strip(): line[11:] for label, line in zip(labels, lines[1:], strict=True)}
+
+
 # --- 1. the whole table --------------------------------------------------------------------
 
 DEMO_FIELDS = {
@@ -105,11 +119,17 @@ def check_demo_output(out: pl.DataFrame, inp: pl.DataFrame) -> None:
             if row["email"]:
                 assert row["_http_status"] == 404, row
                 assert row["_error"].startswith("HTTP 404"), row
+                assert row["_attempts"] == 1, row  # a 404 is not retried
+                assert row["_latency_ms"] is not None and row["_latency_ms"] >= 0, row
+            else:  # a blank email fails without a call
+                assert (row["_http_status"], row["_attempts"], row["_latency_ms"]) == (None, 0, None), row
             assert row["_error"], row
             assert all(row[f] is None for f in DEMO_FIELDS), row
             continue
         assert row["_http_status"] == 200, row
         assert row["_error"] is None
+        assert row["_attempts"] == 1, row  # the demo API answers at once
+        assert row["_latency_ms"] is not None and row["_latency_ms"] >= 0, row
         assert row["name"] == record["person"]["name"]
         assert row["title"] == record["person"]["employment"]["title"]
         assert row["company_size"] == record["company"]["employees"]
@@ -138,6 +158,8 @@ def test_csv_to_parquet_keeps_every_row_in_order_with_typed_columns(
     assert out.schema["verified"] == pl.Boolean
     assert out.schema["_http_status"] == pl.Int64
     assert out.schema["_error"] == pl.String
+    assert out.schema["_attempts"] == pl.Int64
+    assert out.schema["_latency_ms"] == pl.Float64
 
     # the sample has blank emails and unknown people; both are rows with an error, not a crash
     blank = out.filter(pl.col("email").is_null())
@@ -152,10 +174,18 @@ def test_csv_to_parquet_keeps_every_row_in_order_with_typed_columns(
     assert distinct < inp.height - blank.height  # the sample has repeated people
     assert len(calls) == len(set(calls)) == distinct
     assert [p for _, _, p in seen if p == "/auth/token"] == ["/auth/token"]
-    summary = capsys.readouterr().err
+    table = summary_table(capsys.readouterr().err, tmp_path / "people.parquet")
     ok = out["_error"].null_count()
-    assert summary.startswith(f"enriched {inp.height} rows in ")
-    assert f": {ok} ok, {inp.height - ok} failed (" in summary
+    assert inp.height - ok == blank.height + out.filter(pl.col("_http_status") == 404).height
+    assert table["rows"] == (
+        f"{ok} ok, {inp.height - ok} failed (HTTP 404: {inp.height - ok - blank.height}, "
+        f"bad row data: {blank.height}), 0 skipped"
+    )
+    assert table["calls"] == (
+        f"{distinct} made, 0 retries, 0 throttled (429); 0 rows from the journal, "
+        f"{inp.height - blank.height - distinct} duplicates"
+    )
+    assert table["auth"] == "1 login, 0 token refreshes"
 
 
 def test_parquet_to_csv(serve: Serve, demo_env: dict[str, str], tmp_path: Path) -> None:
@@ -235,6 +265,8 @@ def test_header_only_csv_gives_empty_output_with_new_columns_and_no_login(
         out = pl.read_parquet(out_path) if out_name.endswith(".parquet") else pl.read_csv(out_path)
         assert out.height == 0
         assert out.columns == ["id", "email", "domain", "name", "title", "size", *NEW]
+        if out_name.endswith(".parquet"):  # a CSV without rows keeps no types
+            assert (out.schema["_attempts"], out.schema["_latency_ms"]) == (pl.Int64, pl.Float64)
     assert seen == []  # not even a login
 
 
@@ -251,9 +283,10 @@ def test_limit_and_input_output_overrides(
     assert out["id"].to_list() == [1, 2, 3, 4, 5]
     assert len([p for _, _, p in seen if p.startswith("/v1/")]) == 5
     assert not (tmp_path / "never.parquet").exists()
-    summary = capsys.readouterr().err
-    assert summary.startswith("enriched 5 rows")
-    assert summary.rstrip().endswith(f"-> {out_path}")
+    assert all(expected_person(r["email"], r["domain"]) for r in pl.read_csv(PEOPLE).head(5).iter_rows(named=True))
+    table = summary_table(capsys.readouterr().err, out_path)
+    assert table["rows"] == "5 ok, 0 failed, 0 skipped"
+    assert table["calls"] == "5 made, 0 retries, 0 throttled (429); 0 rows from the journal, 0 duplicates"
 
 
 # --- 2. typed JSON bodies ------------------------------------------------------------------
@@ -446,9 +479,11 @@ def test_invalidated_tokens_are_refreshed_once_under_concurrency(
     assert out["got"].to_list() == list(range(rows))
     assert out["_http_status"].to_list() == [200] * rows
     assert out["_error"].null_count() == rows
-    summary = capsys.readouterr().err
-    assert f"{rows} ok, 0 failed" in summary
-    assert "2 logins, 1 token refreshes" in summary
+    # a rejected token is not the call's fault: the retry after the refresh is not a new attempt
+    assert out["_attempts"].to_list() == [1] * rows
+    table = summary_table(capsys.readouterr().err, out_path)
+    assert table["rows"] == f"{rows} ok, 0 failed, 0 skipped"
+    assert table["auth"] == "2 logins, 1 token refresh"
 
 
 def test_failed_relogin_aborts_the_run_and_writes_nothing(
@@ -555,7 +590,8 @@ def test_429_retry_after_pauses_every_worker(
         server, state = throttling_api(serve, lambda: formatdate(math.ceil(time.time() + 0.5), usegmt=True))
     rows = 80  # enough that the other workers would still be sending when the 429 comes
     config = simple_config(server.url + "/v1/items/{{id}}", fields={"got": "id"}, concurrency=8)
-    out = pl.read_csv(run_enrich(tmp_path, config, pl.DataFrame({"id": range(rows)})))
+    out_path = run_enrich(tmp_path, config, pl.DataFrame({"id": range(rows)}))
+    out = pl.read_csv(out_path)
 
     assert out["got"].to_list() == list(range(rows))
     assert out["_error"].null_count() == rows
@@ -565,9 +601,12 @@ def test_429_retry_after_pauses_every_worker(
         resume_at = parsedate_to_datetime(state["retry_after"]).timestamp()
         assert resume_at - state["t429"] > 0.4
     check_pause(state, resume_at, rows)
-    summary = capsys.readouterr().err
-    assert f"{rows} ok, 0 failed" in summary
-    assert "1 retries, 1 throttled (429)" in summary
+    throttled = out.filter(pl.col("got") == int(state["throttled_id"]))
+    assert throttled["_attempts"].to_list() == [2]  # the 429, then the answer
+    assert out["_attempts"].sum() == rows + 1
+    table = summary_table(capsys.readouterr().err, out_path)
+    assert table["rows"] == f"{rows} ok, 0 failed, 0 skipped"
+    assert table["calls"] == f"{rows + 1} made, 1 retry, 1 throttled (429); 0 rows from the journal, 0 duplicates"
 
 
 def flaky_api(serve: Serve) -> tuple[RunningServer, dict[str, int]]:
@@ -617,6 +656,8 @@ def test_retries_and_row_errors(serve: Serve, tmp_path: Path, capsys: pytest.Cap
     assert rows["gone"]["_http_status"] == 404 and rows["gone"]["_error"].startswith("HTTP 404")
     assert hits["gone"] == 1
     assert (rows["empty"]["_http_status"], rows["empty"]["_error"], rows["empty"]["got"]) == (204, None, None)
+    assert {i: r["_attempts"] for i, r in rows.items()} == {i: hits[i] for i in ids}  # each call the server got
+    assert all(r["_latency_ms"] is not None and r["_latency_ms"] >= 0 for r in rows.values())
 
     summary = capsys.readouterr().err
     assert "5 ok, 4 failed" in summary

@@ -1,0 +1,107 @@
+"""The README's scheduling recipes, run as a user would copy them: the Makefile target, the cron
+line, the systemd service's command and the Airflow task's function, each against a real local
+API (the demo server on 127.0.0.1) with the paths pointed at a temporary directory."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from conftest import RunningServer, demo_config, write_config
+
+from enrich.demo_server import person_for
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+SCHEDULING = README.split("## Scheduling", 1)[1].split("\n## ", 1)[0]
+
+
+def block(lang: str, contains: str) -> str:
+    """The README code block in ``lang`` that contains ``contains``."""
+    blocks: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in SCHEDULING.splitlines():
+        if current is None and line.startswith("```"):
+            current = []
+            blocks.append((line[3:].strip(), current))
+        elif current is not None and line.strip() == "```":
+            current = None
+        elif current is not None:
+            current.append(line)
+    for kind, lines in blocks:
+        text = "\n".join(lines)
+        if kind == lang and contains in text:
+            return text
+    raise AssertionError(f"no ```{lang} block with {contains!r} in the Scheduling section")
+
+
+@pytest.fixture
+def nightly(tmp_path: Path, demo_api: RunningServer, demo_env: dict[str, str]) -> Path:
+    """A nightly.yaml in ``tmp_path`` whose rows all succeed against the demo API."""
+    emails = [e for e in (f"user{i}@example.com" for i in range(40)) if person_for(e) is not None][:12]
+    src = tmp_path / "leads.csv"
+    src.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), encoding="utf-8")
+    cfg = demo_config(demo_api.url, input=str(src), output=str(tmp_path / "out" / "leads.parquet"))
+    return write_config(tmp_path / "nightly.yaml", cfg)
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHON": sys.executable}
+
+
+def test_makefile_target(nightly: Path, tmp_path: Path) -> None:
+    (command,) = [line for line in block("sh", "make enrich").splitlines() if line.startswith("make enrich")]
+    command = command.replace("configs/demo.yaml", str(nightly)).replace("out/people.csv", str(tmp_path / "p.csv"))
+    proc = subprocess.run(command, shell=True, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert pl.read_csv(tmp_path / "p.csv").height == 12
+    assert json.loads((tmp_path / "p.csv.summary.json").read_text())["ok"] == 12
+
+
+def test_cron_line(nightly: Path, tmp_path: Path) -> None:
+    (line,) = [ln for ln in block("", "0 2 * * *").splitlines() if ln.startswith("0 2 * * *")]
+    command = line.split(" ", 5)[5]  # what cron hands to sh: the schedule's five fields removed
+    command = command.replace("\\%", "%")  # cron's own unescaping of %
+    log = tmp_path / "enrich.log"
+    command = command.replace("/srv/enrich", str(ROOT)).replace("nightly.yaml", str(nightly))
+    command = command.replace("/var/log/enrich.log", str(log))
+    proc = subprocess.run(["sh", "-c", command], env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, log.read_text()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "summary"
+    assert events[-1]["ok"] == 12 and events[-1]["over_budget"] is False
+    # The next night: everything is in the journal, nothing is paid for again.
+    proc = subprocess.run(["sh", "-c", command], env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["calls"], last["cached"]) == (0, 12)
+
+
+def test_systemd_service_command(nightly: Path) -> None:
+    unit = block("ini", "ExecStart=")
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, re.M)
+    (workdir,) = re.findall(r"^WorkingDirectory=(.*)$", unit, re.M)
+    assert re.search(r"^OnCalendar=\*-\*-\* 02:00:00$", unit, re.M)
+    command = exec_start.replace(workdir, str(ROOT)).replace("nightly.yaml", str(nightly))
+    proc = subprocess.run(command.split(), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stderr.splitlines()[-1])["ok"] == 12
+
+
+def test_airflow_task_function(nightly: Path) -> None:
+    source = block("python", "def enrich_nightly")
+    tree = ast.parse(source)
+    (func,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "enrich_nightly"]
+    namespace: dict[str, Any] = {}
+    exec(compile(ast.Module(body=[func], type_ignores=[]), "README.md", "exec"), namespace)
+    result = namespace["enrich_nightly"](str(nightly))
+    assert (result["rows"], result["ok"], result["over_budget"]) == (12, 12, False)
+    json.dumps(result)  # XCom needs JSON
