@@ -52,6 +52,7 @@ from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
 from .template import TemplateValueError
 
+PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
 NOT_CALLED = "not called yet: no result in the journal; run `enrich run` to make the call"
 
 
@@ -309,38 +310,46 @@ async def call_pass(
         async def produce() -> None:
             logged_in = tokens is None
             for batch in batches():
-                plans, keep = _plan_batch(batch, config, options)
-                if spool is not None:
-                    spool.write(batch.height, plans, keep)
-                known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
-                finished.clear()  # the look-up above saw every call finished until now
-                queued: set[bytes] = set()
-                for plan in plans:
-                    fp = plan.fp
-                    if fp is None:
-                        tally.rows += 1
-                        if plan.error is None:
-                            tally.skipped += 1
-                        else:
-                            tally.failed += 1
-                    elif fp in queued or fp in in_flight or fp in finished:
-                        tally.rows += 1
-                        tally.deduped += 1
-                    elif fp in known and _reusable(known[fp], options, started_wall):
-                        tally.rows += 1
-                        if known[fp].at >= started_wall:  # made by this run, for a row of an earlier batch
+                batch_plans: list[Planned] = []
+                batch_keep: list[bool] | None = [] if options.shard is not None else None
+                # Rendered in slices, so the first calls go out after a few milliseconds, not after
+                # the whole batch is rendered, and rendering overlaps the waits for answers.
+                for start in range(0, max(batch.height, 1), PLAN_ROWS):
+                    plans, keep = _plan_batch(batch.slice(start, PLAN_ROWS), config, options)
+                    batch_plans += plans
+                    if batch_keep is not None and keep is not None:
+                        batch_keep += keep
+                    known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
+                    finished.clear()  # the look-up above saw every call finished until now
+                    queued: set[bytes] = set()
+                    for plan in plans:
+                        fp = plan.fp
+                        if fp is None:
+                            tally.rows += 1
+                            if plan.error is None:
+                                tally.skipped += 1
+                            else:
+                                tally.failed += 1
+                        elif fp in queued or fp in in_flight or fp in finished:
+                            tally.rows += 1
                             tally.deduped += 1
+                        elif fp in known and _reusable(known[fp], options, started_wall):
+                            tally.rows += 1
+                            if known[fp].at >= started_wall:  # made by this run, for an earlier row
+                                tally.deduped += 1
+                            else:
+                                tally.cached += 1
+                            tally.failed += known[fp].error is not None
                         else:
-                            tally.cached += 1
-                        tally.failed += known[fp].error is not None
-                    else:
-                        if not logged_in:  # log in at the first call, not before: a resumed run may need none
-                            await tokens.login(session)  # type: ignore[union-attr]
-                            logged_in = True
-                        queued.add(fp)
-                        in_flight.add(fp)
-                        await queue.put((fp, plan.request))  # type: ignore[arg-type]
-                report()
+                            if not logged_in:  # log in at the first call, not before: a resumed run may need none
+                                await tokens.login(session)  # type: ignore[union-attr]
+                                logged_in = True
+                            queued.add(fp)
+                            in_flight.add(fp)
+                            await queue.put((fp, plan.request))  # type: ignore[arg-type]
+                    report()
+                if spool is not None:
+                    spool.write(batch.height, batch_plans, batch_keep)
             for _ in range(config.concurrency):
                 await queue.put(None)
 
