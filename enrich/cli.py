@@ -66,7 +66,21 @@ def _duration(text: str) -> float:
 
 
 def _dry_run_rows(text: str) -> int:
+    if not text.lstrip("-").isdigit():  # `enrich run --dry-run job.yaml`: the config came after the flag
+        raise argparse.ArgumentTypeError(
+            f"expected a number of rows, got {text!r}. Put the config first: enrich run {text} --dry-run"
+        )
     return _positive_int(text)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--journal", type=Path, metavar="PATH", help="the journal file (default: <output>.journal)")
     files.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows (a trial run)")
     files.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based), for parallel jobs")
-    files.add_argument("--preview", type=int, default=0, metavar="N", help="print the first N rows of the new columns")
+    files.add_argument(
+        "--preview", type=_count, default=0, metavar="N", help="print the first N rows of the new columns"
+    )
     files.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     files.add_argument(
         "--errors-out", type=Path, metavar="PATH", help="also write the failed rows, with their requests, to PATH"
@@ -217,11 +233,19 @@ class _Log:
 
             record = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"), "event": event}
             record.update(message=text, **data) if text else record.update(data)
-            line = orjson.dumps(record, default=str).decode()
-        else:
-            line = text
-        if line:
-            print(self.redact(line), file=sys.stderr, flush=True)
+            # Each text value is masked before encoding, so the line stays JSON whatever a secret looks like.
+            print(orjson.dumps(self._masked(record), default=str).decode(), file=sys.stderr, flush=True)
+        elif text:
+            print(self.redact(text), file=sys.stderr, flush=True)
+
+    def _masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._masked(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._masked(v) for v in value]
+        return value
 
 
 def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
@@ -251,8 +275,9 @@ def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
     except EnrichError as exc:
         if debug:
             traceback.print_exc()
-        prefix = "" if exc.exit_code == EXIT_INTERRUPTED or log.json else "error: "
-        log("error", f"{prefix}{exc}", exit_code=exc.exit_code)
+        interrupted = exc.exit_code == EXIT_INTERRUPTED
+        prefix = "" if interrupted or log.json else "error: "
+        log("interrupted" if interrupted else "error", f"{prefix}{exc}", exit_code=exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:  # before the run began, or after it ended
         log("interrupted", "interrupted: nothing was written.", exit_code=EXIT_INTERRUPTED)
@@ -323,7 +348,8 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
         # SIGTERM (a scheduler's stop, `kill`) stops the run as Ctrl-C does: journal kept, no output.
         signal.signal(signal.SIGTERM, _on_sigterm)
         progress = _Progress(log, config, bar=show and not log.json and sys.stderr.isatty(), events=log.json)
-        log("start", "", config=str(args.config), input=str(job.input), output=str(job.output)) if log.json else None
+        if log.json:
+            log("start", "", config=str(args.config), input=str(job.input), output=str(job.output))
         try:
             s = run_job(config, job, options, progress.update if progress.enabled else None)
         finally:
@@ -368,10 +394,11 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
     from .client import to_curl
     from .engine import preflight
+    from .redact import MASK
 
     redact = config.redactor.redact
     pf = preflight(config, job, options, rows)
-    auth = (config.auth.header, config.auth.header_value("***")) if config.auth else None
+    auth = (config.auth.header, config.auth.header_value(MASK)) if config.auth else None
     out: list[str] = []
     for sample in pf.samples:
         if sample.request is None:
@@ -415,10 +442,12 @@ def _duration_text(seconds: float) -> str:
 
 
 def _validate(args: argparse.Namespace, log: _Log) -> int:
-    from .tables import scan_table
+    from .tables import output_format, scan_table
 
     config = _load(args, log)
     source = args.input or config.input
+    if config.output is not None:
+        output_format(config.output)
     lines = [f"{args.config}: the config is valid."]
     if source is None:
         lines.append("  input      not set (give --input PATH to check its columns)")
@@ -445,6 +474,9 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         lines.append("  fields     " + ", ".join(f"{f.name} <- {f.path}" for f in config.fields))
     else:
         lines.append("  fields     none: the whole response goes in the `response` column")
+    if config.errors_out is not None:
+        output_format(config.errors_out, "errors_out")
+        lines.append(f"  errors     failed rows go to {config.errors_out}")
     rate = str(config.rate_limit) if config.rate_limit else "no rate limit"
     lines.append(
         f"  pace       {rate}, concurrency {config.concurrency}, {config.retry.attempts} attempts, "
@@ -460,6 +492,8 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
 
 
 def _preview(args: argparse.Namespace, log: _Log) -> int:
+    import orjson
+
     from .aio import run
     from .engine import apreview
     from .errors import ConfigError
@@ -489,8 +523,6 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
         else:
             out.append("  response: empty")
         out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
-        import orjson
-
         for name, value in p.columns.items():
             shown = orjson.dumps(value, default=str).decode()
             out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
@@ -516,7 +548,10 @@ def _init(args: argparse.Namespace, log: _Log) -> int:
     target = args.config or Path(f"{args.input.stem}.yaml")
     if target.exists() and not args.force:
         raise ConfigError(f"{target} already exists. Pick another name with --config PATH, or pass --force.")
+    if not args.input.is_file():
+        raise ConfigError(f"{args.input}: no such file. Give the table to enrich: enrich init path/to/table.csv")
     schema = scan_table(args.input).collect_schema()
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(starter_config(args.input, dict(schema)), encoding="utf-8")
     log(
         "init",
@@ -573,6 +608,7 @@ class _Progress:
         self.events = events
         self.enabled = bar or events
         self.last_event = 0.0
+        self.ended = False  # the event for the last row is sent once
         self.window: list[tuple[float, int]] = []  # (elapsed, calls), the last few seconds
 
     def rate(self, p: Any) -> float:
@@ -585,8 +621,10 @@ class _Progress:
 
     def update(self, p: Any) -> None:
         rate = self.rate(p)
-        if self.events and (p.elapsed - self.last_event >= PROGRESS_EVERY or (p.total and p.done >= p.total)):
+        last = bool(p.total) and p.done >= p.total and not self.ended
+        if self.events and (last or p.elapsed - self.last_event >= PROGRESS_EVERY):
             self.last_event = p.elapsed
+            self.ended = self.ended or last
             per_row = p.elapsed / p.done if p.done else None
             eta = round(per_row * (p.total - p.done), 1) if per_row and p.total else None
             self.log(

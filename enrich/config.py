@@ -188,35 +188,25 @@ class Config:
     def check_columns(self, columns: list[str], table: str) -> None:
         """Fail if a template reads a column the table lacks, or a new column would overwrite one."""
         present = set(columns)
-        shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+
+        def missing(col: str, what: str, hint: str = "{!r}") -> ConfigError:
+            shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+            close = difflib.get_close_matches(col, columns, n=1)
+            fix = f" Did you mean {hint.format(close[0])}?" if close else ""
+            return ConfigError(f"{what}, which is not a column of {table} (columns: {shown}).{fix}")
+
         for where, template in self.template_sites:
             for col in sorted(template.columns - present):
-                hint = difflib.get_close_matches(col, columns, n=1)
-                fix = f" Did you mean {{{{{hint[0]}}}}}?" if hint else ""
-                raise ConfigError(
-                    f"{where} uses {{{{{col}}}}}, which is not a column of {table} (columns: {shown}).{fix}"
-                )
+                raise missing(col, f"{where} uses {{{{{col}}}}}", hint="{{{{{}}}}}")
         for col in self.key:
             if col not in present:
-                raise ConfigError(
-                    f"{self.source}: `key` names {col!r}, which is not a column of {table} (columns: {shown})."
-                )
+                raise missing(col, f"{self.source}: `key` names {col!r}")
         for col in self.skip_if_filled:
             if col not in present:
-                hint = difflib.get_close_matches(col, columns, n=1)
-                fix = f" Did you mean {hint[0]!r}?" if hint else ""
-                raise ConfigError(
-                    f"{self.source}: `skip_if_filled` names {col!r}, which is not a column of {table} "
-                    f"(columns: {shown}).{fix}"
-                )
-        if self.when is not None:
-            for col in self.when_expr().meta.root_names():
-                if col not in present:
-                    hint = difflib.get_close_matches(col, columns, n=1)
-                    fix = f" Did you mean {hint[0]!r}?" if hint else ""
-                    raise ConfigError(
-                        f"{self.source}: `when` uses {col!r}, which is not a column of {table} (columns: {shown}).{fix}"
-                    )
+                raise missing(col, f"{self.source}: `skip_if_filled` names {col!r}")
+        for col in self.when_expr().meta.root_names() if self.when is not None else ():
+            if col not in present:
+                raise missing(col, f"{self.source}: `when` uses {col!r}")
         for name in self.output_columns:
             if name in present and not self.skip_if_filled:
                 raise ConfigError(
@@ -226,21 +216,35 @@ class Config:
                 )
 
     def check_schema(self, schema: Mapping[str, Any], table: str) -> None:
-        """``check_columns``, then the `when` predicate against the column types (``email > 3`` fails here,
-        before any call, not halfway through the run)."""
-        self.check_columns(list(schema), table)
-        if self.when is None:
-            return
+        """``check_columns``, then what needs the column types: `when` must be a true/false
+        condition that polars can evaluate on them (``id > 'x'`` fails here, before any call,
+        not halfway through the run), and `skip_if_filled` columns must hold single values."""
         import polars as pl
 
+        self.check_columns(list(schema), table)
+        for col in self.skip_if_filled:
+            if schema[col].is_nested():
+                raise ConfigError(
+                    f"{self.source}: `skip_if_filled` names {col!r}, a {schema[col]} column of {table}; "
+                    "list columns that hold single values (text, numbers, dates)."
+                )
+        if self.when is None:
+            return
+        probe = pl.DataFrame([pl.Series(name, [None, None], dtype=dtype) for name, dtype in schema.items()])
         try:
-            pl.DataFrame(schema=dict(schema)).select(self.when_expr())
+            result = probe.select(pl.sql_expr(self.when).alias("when"))
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(
                 f"{self.source}: `when: {self.when}` cannot be evaluated on {table}: {first}. "
                 "Compare columns with values of their type (text in single quotes)."
             ) from None
+        if result.height != probe.height or result.schema["when"] != pl.Boolean:
+            kind = "one value for the whole table" if result.height != probe.height else result.schema["when"]
+            raise ConfigError(
+                f"{self.source}: `when: {self.when}` gives {kind}, not true or false for each row. "
+                'Write a condition, e.g. "email IS NOT NULL" or "employees > 100".'
+            )
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -530,23 +534,19 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         retry=retry,
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
         input_types=input_types,
-        key=_key(data.get("key"), where("key")),
+        key=_columns(data.get("key"), where("key")),
         journal=_journal_path(data.get("journal", True), where("journal")),
         use_journal=data.get("journal", True) is not False,
         when=_when(data.get("when"), where("when")),
         skip_if_filled=_columns(data.get("skip_if_filled"), where("skip_if_filled")),
         diagnostics=_bool(data.get("diagnostics", True), where("diagnostics")),
         max_error_rate=_error_rate(data.get("max_error_rate"), where("max_error_rate")),
-        errors_out=Path(str(data["errors_out"])) if data.get("errors_out") else None,
+        errors_out=_path(data.get("errors_out"), where("errors_out")),
         escape_formulas=_bool(data.get("escape_formulas", True), where("escape_formulas")),
         source=where.source,
         redactor=redactor,
         template_sites=tuple(sites),
     )
-
-
-def _key(value: Any, loc: str) -> tuple[str, ...]:
-    return _columns(value, loc)
 
 
 def _columns(value: Any, loc: str) -> tuple[str, ...]:
@@ -557,6 +557,14 @@ def _columns(value: Any, loc: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{loc} must be a column name or a list of column names, e.g. [email], got {value!r}.")
     return tuple(value)
+
+
+def _path(value: Any, loc: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{loc} must be a file path such as out/failed.csv, got {value!r}.")
+    return Path(value)
 
 
 def _bool(value: Any, loc: str) -> bool:
@@ -577,11 +585,6 @@ def _error_rate(value: Any, loc: str) -> float | None:
     if isinstance(value, bool) or not 0 <= rate <= 1:
         raise ConfigError(f"{loc} must be a share of rows between 0 and 1 (0.05) or a percentage (5%), got {value!r}.")
     return rate
-
-
-def parse_error_rate(value: Any, loc: str = "--max-error-rate") -> float | None:
-    """The error budget from a config value or a command-line flag; ``ConfigError`` when it is not one."""
-    return _error_rate(value, loc)
 
 
 def _when(value: Any, loc: str) -> str | None:

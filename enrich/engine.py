@@ -50,6 +50,7 @@ from .config import (
 from .errors import ConfigError, InputError, Interrupted
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
+from .redact import MASK
 from .template import TemplateValueError
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
@@ -177,8 +178,11 @@ def _request_secrets(config: Config) -> Callable[[str], str]:
     return config.redactor.only_in(sources).redact
 
 
-def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tuple[list[Planned], list[bool] | None]:
-    """Render a batch. Returns the plans of the rows this run takes, and with a shard the mask of those rows."""
+def _plan_batch(
+    batch: pl.DataFrame, config: Config, options: RunOptions, offset: int = 0
+) -> tuple[list[Planned], list[bool] | None]:
+    """Render a batch (whose first row is input row ``offset``). Returns the plans of the rows this
+    run takes, and with a shard the mask of those rows."""
     used = sorted(config.columns_used)
     rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
     masked = _request_secrets(config)
@@ -193,7 +197,7 @@ def _plan_batch(batch: pl.DataFrame, config: Config, options: RunOptions) -> tup
     if config.key:  # shard by the key columns' values: stable even when the request changes
         keys = [_key_hash(values) for values in batch.select(config.key).rows()]
     else:  # shard by the request: rows with the same request land in the same shard (no request: by row)
-        keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else n for n, p in enumerate(plans)]
+        keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else offset + n for n, p in enumerate(plans)]
     keep = [k % count == index for k in keys]
     return [p for p, k in zip(plans, keep, strict=True) if k], keep
 
@@ -309,13 +313,14 @@ async def call_pass(
 
         async def produce() -> None:
             logged_in = tokens is None
+            offset = 0
             for batch in batches():
                 batch_plans: list[Planned] = []
                 batch_keep: list[bool] | None = [] if options.shard is not None else None
                 # Rendered in slices, so the first calls go out after a few milliseconds, not after
                 # the whole batch is rendered, and rendering overlaps the waits for answers.
                 for start in range(0, max(batch.height, 1), PLAN_ROWS):
-                    plans, keep = _plan_batch(batch.slice(start, PLAN_ROWS), config, options)
+                    plans, keep = _plan_batch(batch.slice(start, PLAN_ROWS), config, options, offset + start)
                     batch_plans += plans
                     if batch_keep is not None and keep is not None:
                         batch_keep += keep
@@ -350,6 +355,7 @@ async def call_pass(
                     report()
                 if spool is not None:
                     spool.write(batch.height, batch_plans, batch_keep)
+                offset += batch.height
             for _ in range(config.concurrency):
                 await queue.put(None)
 
@@ -493,7 +499,7 @@ def build_pass(
                         "command again: the calls made are in the journal."
                     )
             else:
-                plans, keep = _plan_batch(batch, config, options)
+                plans, keep = _plan_batch(batch, config, options, offset)
             numbers = list(range(offset, offset + batch.height))
             offset += batch.height
             kept = batch
@@ -526,7 +532,7 @@ def _failed_rows(
     failed = [i for i, r in enumerate(results) if r[-3] is not None]
     used = sorted(config.columns_used)
     rows = batch[failed].select(used).rows(named=True) if failed else []
-    auth = {config.auth.header: config.auth.header_value("***")} if config.auth else {}
+    auth = {config.auth.header: config.auth.header_value(MASK)} if config.auth else {}
     redact = config.redactor.redact
     requests: list[tuple[str | None, str | None, str | None, str | None]] = []
     for row in rows:
@@ -590,19 +596,29 @@ def assemble(
     kept = set(df.columns)
     if skipped is not None and kept.intersection(s.name for s in new):
         mask = pl.Series("skipped", skipped, dtype=pl.Boolean)
-        new = [_keep_where(df, s, mask) if s.name in kept else s for s in new]
+        fields = set(config.field_columns)
+        new = [_keep_where(df[s.name], s, mask, fill=s.name in fields) if s.name in kept else s for s in new]
     return df.with_columns(new)
 
 
-def _keep_where(df: pl.DataFrame, new: pl.Series, skipped: pl.Series) -> pl.Series:
-    """``new``, with the input column's own values in the skipped rows (types joined as text if they differ)."""
-    old = df[new.name]
-    if old.dtype != new.dtype:
-        try:
-            new = new.cast(old.dtype, strict=True)
-        except pl.exceptions.PolarsError:
-            old, new = old.cast(pl.String), new.cast(pl.String)
-    return pl.select(pl.when(skipped).then(old).otherwise(new).alias(new.name)).to_series()
+def _keep_where(old: pl.Series, new: pl.Series, skipped: pl.Series, fill: bool) -> pl.Series:
+    """``new``, with the input column's own values in the rows that got no call; with ``fill``
+    (a field column) the API only fills the blanks: a value already there (entered by hand, or
+    from an earlier run) is kept, and a failed call never erases one. The types are joined
+    without loss (Int64 and Float64 give Float64; text and numbers give text)."""
+    if fill:
+        filled = old.is_not_null() if old.dtype.is_nested() else (old.is_not_null() & (old.cast(pl.String) != ""))
+        keep = skipped | filled.fill_null(False)
+    else:
+        keep = skipped
+    if new.null_count() == new.len():  # nothing new in this batch: the input's type stands
+        new = new.cast(old.dtype)
+    try:
+        return pl.select(pl.when(keep).then(old).otherwise(new).alias(new.name)).to_series()
+    except pl.exceptions.PolarsError:
+        return pl.select(
+            pl.when(keep).then(old.cast(pl.String)).otherwise(new.cast(pl.String)).alias(new.name)
+        ).to_series()
 
 
 def _percentile(values: array[float], share: float) -> float | None:
@@ -678,7 +694,7 @@ async def aenrich(
     from .tables import BATCH_ROWS, collect_frames
 
     config = as_config(config)
-    config.check_columns(df.columns, "the input table")
+    config.check_schema(df.schema, "the input table")
     if options.limit is not None:
         df = df.head(options.limit)
     batches = _frame_batches(df, BATCH_ROWS)
@@ -714,6 +730,7 @@ class Job:
     input: Path
     output: Path
     journal: Path | None  # None: no journal kept after the run
+    errors_out: Path | None = None  # the failed rows, with their requests
 
 
 def plan_job(
@@ -734,15 +751,23 @@ def plan_job(
     if target is None:
         raise ConfigError(f"{config.source}: no output table. Set `output:` in the config or pass --output PATH.")
     output_format(target)
-    if options.shard is not None and output is None:
-        index, count = options.shard
-        target = target.with_name(f"{target.stem}.shard-{index}-of-{count}{target.suffix}")
+    errors = config.errors_out
+    if errors is not None:
+        output_format(errors, "errors_out")
+    if options.shard is not None and output is None:  # each shard its own files
+        target, errors = (_shard_path(p, options.shard) if p is not None else None for p in (target, errors))
+    assert target is not None
     schema = scan_table(source, config.input_types).collect_schema()
-    config.check_columns(list(schema.names()), source.name)
+    config.check_schema(schema, source.name)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
     kept = journal or config.journal or target.with_name(target.name + ".journal")
-    return Job(source, target, kept if use_journal else None)
+    return Job(source, target, kept if use_journal else None, errors)
+
+
+def _shard_path(path: Path, shard: tuple[int, int]) -> Path:
+    index, count = shard
+    return path.with_name(f"{path.stem}.shard-{index}-of-{count}{path.suffix}")
 
 
 def run_job(
@@ -769,8 +794,8 @@ def run_job(
     with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
         if job.journal is not None:  # the lock is held: what a killed run left is no one's
             OutputWriter.sweep(job.output)
-            if config.errors_out is not None:
-                OutputWriter.sweep(config.errors_out)
+            if job.errors_out is not None:
+                OutputWriter.sweep(job.errors_out)
         try:
             counters, tally = run(call_pass(batches, config, journal, options, on_progress, total, spool))
         except KeyboardInterrupt:
@@ -783,7 +808,7 @@ def run_job(
             )
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
         call_seconds = time.perf_counter() - started
-        failures = _write(batches, config, journal, options, job.output, spool)
+        failures = _write(batches, config, journal, options, job.output, spool, job.errors_out)
     summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
     write_summary(summary, job)
     return summary
@@ -839,7 +864,7 @@ def preflight(config: Config, job: Job, options: RunOptions = RunOptions(), show
     now = time.time()
     with contextlib.closing(Journal.open_readonly(job.journal)) as journal:
         for batch in iter_batches(lf, job.input, options.limit):
-            plans, keep = _plan_batch(batch, config, options)
+            plans, keep = _plan_batch(batch, config, options, offset)
             numbers = range(offset, offset + batch.height)
             offset += batch.height
             kept = batch if keep is None else batch.filter(pl.Series(keep, dtype=pl.Boolean))
@@ -893,22 +918,22 @@ async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Prev
     from .tables import iter_batches, scan_table
 
     lf = scan_table(input_path, config.input_types)
-    picked: list[tuple[int, Planned, dict[str, Any]]] = []
+    picked: list[tuple[int, Planned]] = []
     offset = 0
     for batch in iter_batches(lf, input_path, None):
         plans, _ = _plan_batch(batch, config, RunOptions())
         for i, plan in enumerate(plans):
             if plan != SKIPPED and len(picked) < rows:
-                picked.append((offset + i, plan, batch.row(i, named=True)))
+                picked.append((offset + i, plan))
         offset += batch.height
         if len(picked) >= rows:
             break
     out: list[Previewed] = []
     names = config.field_columns
     async with _client(config) as client:
-        if client.tokens is not None and picked:
+        if client.tokens is not None and any(plan.request is not None for _, plan in picked):
             await client.tokens.login(client.session)
-        for number, plan, _row in picked:
+        for number, plan in picked:
             if plan.request is None:
                 out.append(Previewed(number, None, None, plan.error, {}))
                 continue
@@ -968,7 +993,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
 
     started = time.perf_counter()
     with Journal.open(job.journal) as journal:
-        failures = _write(batches, config, journal, options, job.output)
+        failures = _write(batches, config, journal, options, job.output, errors_out=job.errors_out)
     return _summary(config, Counters(), _Tally(), failures, time.perf_counter() - started)
 
 
@@ -979,13 +1004,14 @@ def _write(
     options: RunOptions,
     output: Path,
     spool: PlanSpool | None = None,
+    errors_out: Path | None = None,
 ) -> Counter[str]:
     from .tables import OutputWriter
 
     escape = config.field_columns if config.escape_formulas else ()
-    built, failures = build_pass(batches, config, journal, options, spool, with_failed=config.errors_out is not None)
+    built, failures = build_pass(batches, config, journal, options, spool, with_failed=errors_out is not None)
     writer = OutputWriter(output, escape_formulas=escape)
-    errors = OutputWriter(config.errors_out) if config.errors_out is not None else None
+    errors = OutputWriter(errors_out) if errors_out is not None else None
     try:
         for batch in built:
             writer.write(batch.frame)

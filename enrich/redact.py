@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-from .template import URL_LITERAL_SAFE
+from .template import URL_LITERAL_SAFE, quote_query
 
 MASK = "***"
 # Shorter values would mask ordinary words ("1", "yes"); they are not secrets worth the name.
@@ -34,6 +34,7 @@ def _forms(secret: str) -> set[str]:
         quote(secret, safe=""),
         quote(secret, safe=URL_LITERAL_SAFE),
         quote_plus(secret, safe=""),
+        quote_query(secret),  # as a query value is sent: `/` kept, `+` as %2B, space as +
     }
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 

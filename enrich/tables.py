@@ -40,12 +40,12 @@ def input_format(path: Path) -> str:
     return fmt
 
 
-def output_format(path: Path) -> str:
-    """The writer for ``path``, by extension; an ``InputError`` for anything else."""
+def output_format(path: Path, what: str = "output") -> str:
+    """The writer for ``path``, by extension; an ``InputError`` (naming ``what``) for anything else."""
     fmt = WRITE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise InputError(
-            f"output {path}: cannot write {path.suffix or 'files without an extension'}. "
+            f"{what} {path}: cannot write {path.suffix or 'files without an extension'}. "
             f"Use one of: {', '.join(WRITE_FORMATS)}."
         )
     return fmt

@@ -526,3 +526,140 @@ def test_no_secret_or_token_reaches_any_new_output(
         assert secret not in everything
     assert "key=***" in captured.out  # the dry run and the preview show where the key goes
     assert "key=***" in errors.read_text()
+
+
+# --- review findings: each a case a user hit -----------------------------------------------------
+
+
+def test_shards_write_their_failed_rows_to_files_of_their_own(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str]
+) -> None:
+    server, _ = recorded_demo(serve)
+    src = people(tmp_path, "id,email,domain\n" + "".join(f"{i},,x{i}.io\n" for i in range(8)))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(server.url, input=str(src), output=str(tmp_path / "o.parquet"), errors_out=str(tmp_path / "f.csv")),
+    )
+    for shard in ("0/2", "1/2"):
+        assert run_cli(["run", str(cfg), "-q", "--shard", shard]) == 0
+    parts = [pl.read_csv(tmp_path / f"f.shard-{i}-of-2.csv") for i in (0, 1)]
+    assert sorted(parts[0]["_row"].to_list() + parts[1]["_row"].to_list()) == list(range(8))
+    assert not (tmp_path / "f.csv").exists()
+
+
+def test_skip_if_filled_keeps_hand_entered_values_and_never_loses_precision(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str]
+) -> None:
+    server, _ = recorded_demo(serve)
+    known = [e for e in (f"p{i}@example.com" for i in range(60)) if person_for(e) is not None][:2]
+    unknown = next(f"nobody{i}@example.com" for i in range(1000) if person_for(f"nobody{i}@example.com") is None)
+    # score: an integer column, filled by hand in row 0 (whose title is blank, so it is called: the
+    # hand-entered score stays); the API's scores are floats, so the column becomes Float64.
+    # title: filled in row 2, whose call fails (404): the hand-entered title must survive.
+    src = people(
+        tmp_path,
+        f"id,email,domain,score,title\n0,{known[0]},example.com,7,\n1,{known[1]},example.com,,\n"
+        f"2,{unknown},example.com,,Chief\n",
+    )
+    out = tmp_path / "out.parquet"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(
+            server.url,
+            input=str(src),
+            output=str(out),
+            fields={"score": "person.score", "title": "person.employment.title"},
+            skip_if_filled=["score", "title"],
+        ),
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    df = pl.read_parquet(out)
+    p1 = person_for(known[1], "example.com")
+    assert p1 is not None
+    assert df.schema["score"] == pl.Float64
+    assert df["score"].to_list() == [7.0, p1["person"]["score"], None]
+    assert df["title"][2] == "Chief"
+    assert df["_http_status"].to_list()[1:] == [200, 404]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param(
+            {"when": "id > 'x'"},
+            "`when: id > 'x'` cannot be evaluated on people.csv: cannot compare string with numeric type (i64).",
+            id="wrong-type",
+        ),
+        pytest.param({"when": "id"}, "`when: id` gives Int64, not true or false for each row.", id="not-a-condition"),
+        pytest.param(
+            {"when": "count(*) > 1"},
+            "`when: count(*) > 1` gives one value for the whole table, not true or false for each row.",
+            id="aggregate",
+        ),
+        pytest.param({"errors_out": "failed.txt"}, "errors_out failed.txt: cannot write .txt.", id="errors-out-format"),
+    ],
+)
+def test_run_and_dry_run_refuse_bad_when_and_errors_out_before_any_call(
+    tmp_path: Path,
+    serve: Serve,
+    demo_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    overrides: dict[str, Any],
+    expected: str,
+) -> None:
+    server, seen = recorded_demo(serve)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(server.url, input=str(people(tmp_path)), output=str(tmp_path / "o.csv"), **overrides),
+    )
+    for extra in ([], ["--dry-run"]):
+        assert run_cli(["run", str(cfg), "-q", *extra]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert seen == []
+    assert files_in(tmp_path) == ["c.yaml", "people.csv"]
+
+
+def test_json_log_lines_stay_json_whatever_a_secret_looks_like(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    server, _ = recorded_demo(serve)
+    monkeypatch.setenv("VERBOSE", "null")  # a ${VAR} value that is also a JSON token
+    request = {"url": server.url + "/v1/people/{{email}}", "headers": {"X-Verbose": "${VERBOSE}"}}
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(server.url, input=str(people(tmp_path)), output=str(tmp_path / "o.parquet"), request=request),
+    )
+    assert run_cli(["run", str(cfg), "--log-format", "json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert events[-1]["event"] == "summary" and events[-1]["rate_limit"] is None
+
+
+def test_sharded_rows_without_a_request_land_in_the_same_shard_in_run_extract_and_dry_run(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, _ = recorded_demo(serve)
+    rows = "".join(f"{i},user{i}@example.com,example.com\n" for i in range(2_700))
+    src = people(tmp_path, "rid,email,domain\n" + rows)
+    out = tmp_path / "o.parquet"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(server.url, input=str(src), output=str(out), when="rid % 7 <> 0", fields={"n": "person.name"}),
+    )
+    assert run_cli(["run", str(cfg), "-q", "--shard", "0/3"]) == 0
+    shard = tmp_path / "o.shard-0-of-3.parquet"
+    ran = pl.read_parquet(shard)["rid"].to_list()
+    journal = f"{shard}.journal"
+    x = str(tmp_path / "x.parquet")
+    assert run_cli(["extract", str(cfg), "-q", "--shard", "0/3", "--output", x, "--journal", journal]) == 0
+    assert pl.read_parquet(tmp_path / "x.parquet")["rid"].to_list() == ran
+    assert run_cli(["run", str(cfg), "--shard", "0/3", "--dry-run", "1"]) == 0
+    assert f"  rows                 {len(ran)}" in capsys.readouterr().out
+
+
+def test_dry_run_before_the_config_says_where_the_config_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["run", "--dry-run", "job.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: argument --dry-run: expected a number of rows, got 'job.yaml'. "
+        "Put the config first: enrich run job.yaml --dry-run"
+    )

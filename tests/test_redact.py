@@ -88,6 +88,8 @@ def test_add_later_extends_masking() -> None:
         pytest.param("my secret/key", "x?key=my%20secret/key&a=1", "x?key=***&a=1", id="url-encoded-literal"),
         # in a query string built by yarl a space is `+` and a plus is %2B
         pytest.param("my secret+key", "x?key=my+secret%2Bkey&a=1", "x?key=***&a=1", id="url-query-plus"),
+        # a base64 key as enrich's params send it: `/` kept, `+` as %2B, `=` as %3D, space as +
+        pytest.param("Qk3y/ZZ+a b==", "x?key=Qk3y/ZZ%2Ba+b%3D%3D&a=1", "x?key=***&a=1", id="query-param-base64"),
     ],
 )
 def test_escaped_forms_of_a_secret_are_masked(secret: str, text: str, expected: str) -> None:
