@@ -234,18 +234,11 @@ class _Log:
             record = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"), "event": event}
             record.update(message=text, **data) if text else record.update(data)
             # Each text value is masked before encoding, so the line stays JSON whatever a secret looks like.
-            print(orjson.dumps(self._masked(record), default=str).decode(), file=sys.stderr, flush=True)
+            if self.redactor is not None:
+                record = self.redactor.redact_json(record)
+            print(orjson.dumps(record, default=str).decode(), file=sys.stderr, flush=True)
         elif text:
             print(self.redact(text), file=sys.stderr, flush=True)
-
-    def _masked(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, dict):
-            return {k: self._masked(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self._masked(v) for v in value]
-        return value
 
 
 def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:

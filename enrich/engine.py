@@ -409,15 +409,20 @@ def fields_key(config: Config) -> str | None:
 
 
 def _entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
+    """The journal's record of a call. A body that echoes a secret (a token, a `${VAR}` value) is
+    stored, and its fields extracted, with the secret masked: the journal never holds one."""
+    body, doc = outcome.body, outcome.doc
+    if body is not None and doc is not None and config.redactor.redact_bytes(body) is not body:
+        # Masked in the parsed document's strings, so the body stays JSON whatever a secret looks like.
+        doc = config.redactor.redact_json(doc)
+        body = orjson.dumps(doc)
     extracted = None
-    if key is not None and outcome.doc is not None and config.fields:
+    if key is not None and doc is not None and config.fields:
         try:
-            extracted = orjson.dumps([f.get(outcome.doc) for f in config.fields])
+            extracted = orjson.dumps([f.get(doc) for f in config.fields])
         except orjson.JSONEncodeError:  # leave it to pass 2, which reads the body
             extracted = None
-    return Entry(
-        outcome.status, outcome.error, outcome.body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted
-    )
+    return Entry(outcome.status, outcome.error, body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted)
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

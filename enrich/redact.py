@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 from .template import URL_LITERAL_SAFE, quote_query
@@ -42,11 +43,12 @@ def _forms(secret: str) -> set[str]:
 class Redactor:
     """A growing set of secrets and a function that hides them in text."""
 
-    __slots__ = ("_pattern", "_secrets")
+    __slots__ = ("_bytes_pattern", "_pattern", "_secrets")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._bytes_pattern: re.Pattern[bytes] | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -58,6 +60,7 @@ class Redactor:
         # Longest first, so a secret that contains another is masked whole.
         ordered = sorted(set().union(*map(_forms, self._secrets)), key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        self._bytes_pattern = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
 
     def only_in(self, texts: Iterable[str]) -> Redactor:
         """A redactor of just the secrets that occur (in any form) in ``texts``: often none, so free."""
@@ -69,6 +72,23 @@ class Redactor:
         if self._pattern is None or not text:
             return text
         return self._pattern.sub(MASK, text)
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """``data`` (a response body) with every known secret replaced by ``***``; the same object
+        when it holds none, which is the common case and costs one scan (``is not data`` tells)."""
+        if self._bytes_pattern is None or not data or not self._bytes_pattern.search(data):
+            return data
+        return self._bytes_pattern.sub(MASK.encode(), data)
+
+    def redact_json(self, value: Any) -> Any:
+        """Parsed JSON with every string (keys included) redacted: still JSON, whatever a secret looks like."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact(str(k)): self.redact_json(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.redact_json(v) for v in value]
+        return value
 
     def snippet(self, body: bytes, limit: int = 200) -> str:
         """The start of a response body for a message: secrets masked first, then cut to ``limit``."""

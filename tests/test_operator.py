@@ -663,3 +663,41 @@ def test_dry_run_before_the_config_says_where_the_config_goes(capsys: pytest.Cap
         "error: argument --dry-run: expected a number of rows, got 'job.yaml'. "
         "Put the config first: enrich run job.yaml --dry-run"
     )
+
+
+def test_a_response_that_echoes_the_token_is_journaled_with_the_token_masked(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str]
+) -> None:
+    """An API that echoes the request's headers (httpbin does): the token must not reach the journal."""
+    seen: list[str] = []
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "tok-echo-5f1e9a7c"})
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers["Authorization"])
+        return web.json_response({"headers": {"Authorization": request.headers["Authorization"]}, "ok": True})
+
+    app = web.Application()
+    app.router.add_post("/auth/token", login)
+    app.router.add_get("/v/{id}", echo)
+    server = serve(app)
+    out = tmp_path / "o.csv"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(people(tmp_path, "id\n1\n2\n")),
+            "output": str(out),
+            "auth": {"url": server.url + "/auth/token", "token_path": "access_token"},
+            "request": {"url": server.url + "/v/{{id}}"},
+            "fields": {"auth": "headers.Authorization", "ok": "ok"},
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert seen == ["Bearer tok-echo-5f1e9a7c"] * 2
+    journal = Path(f"{out}.journal").read_bytes()
+    assert b"tok-echo-5f1e9a7c" not in journal
+    assert pl.read_csv(out)["auth"].to_list() == ["Bearer ***", "Bearer ***"]
+    # `extract` rebuilds from the masked bodies: still masked.
+    assert run_cli(["extract", str(cfg), "-q", "--output", str(tmp_path / "x.csv"), "--journal", f"{out}.journal"]) == 0
+    assert "tok-echo-5f1e9a7c" not in (tmp_path / "x.csv").read_text()
