@@ -1,97 +1,318 @@
-"""Get, hold and refresh the token; build the auth header.
+"""Get, hold and refresh the token; say what each call carries.
 
-One login at the start. When a call is rejected (401), ``refresh(seen)`` fetches a
-new token once, however many workers ask: the others wait for that one login, and
-a stale 401 for a token that was already replaced triggers nothing.
+Every kind of ``auth.type`` comes down to a token and where it goes (a header, a
+cookie, a query parameter). ``credentials()`` gives what to add to a call; it fetches
+a new token shortly before the current one expires (the lifetime the API states at
+``auth.expires_in_path``, else the JWT's own ``exp``), once however many workers ask.
+A call the API rejects (401, or what ``auth.refresh_on`` lists) asks ``refresh(seen)``,
+which fetches a new token once: the other workers wait for it, and a stale rejection
+of a token that was already replaced triggers nothing.
 
     tokens = TokenManager(config.auth, redactor)
-    await tokens.login(session)
-    generation, name, value = tokens.header()       # ("Authorization", "Bearer eyJ...")
-    ...                                             # the call came back 401:
-    await tokens.refresh(session, generation)
+    creds = await tokens.credentials(session)       # Credentials(1, {"Authorization": "Bearer eyJ..."}, {})
+    ...                                             # send the call with creds.headers and creds.params
+    if tokens.is_rejection(status, body):
+        await tokens.refresh(session, creds.generation)   # then send it again
+    else:
+        tokens.accepted(creds.generation)
+
+Claims read from a token are hints for timing only: a token without ``exp``, with
+``alg: none`` or not a JWT at all works the same, refreshed on rejection only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
 
-from .config import AuthConfig, RetryConfig
+from .config import AuthConfig, RetryConfig, client_basic
 from .errors import AuthError
 from .redact import Redactor
 
+# Refresh this share of a token's lifetime before it ends: at most MAX_MARGIN seconds, and at
+# least MIN_MARGIN (or half the lifetime, for tokens shorter than a second).
+MARGIN_SHARE = 0.25
+MAX_MARGIN = 60.0
+MIN_MARGIN = 0.5
+# How much of a body `auth.refresh_on.body` searches: error bodies are short, answers may be long.
+BODY_SCAN = 4096
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 2.1
+
+
+class Credentials(NamedTuple):
+    """What a call adds: the token's generation, headers (auth header or cookie) and query parameters.
+
+    One object per token, shared by every call: treat the dicts as read-only.
+    """
+
+    generation: int
+    headers: dict[str, str]
+    params: dict[str, str]
+
+
+_NONE = Credentials(0, {}, {})
+
+
+def refresh_margin(lifetime: float) -> float:
+    """Seconds before expiry to fetch the next token.
+
+    >>> refresh_margin(3600), refresh_margin(8), refresh_margin(1)
+    (60.0, 2.0, 0.5)
+    """
+    return min(MAX_MARGIN, max(lifetime * MARGIN_SHARE, min(MIN_MARGIN, lifetime / 2)))
+
+
+def _seconds(value: Any) -> float | None:
+    """A positive, finite number of seconds from a JSON value (a number or numeric text), else None."""
+    if isinstance(value, list):  # a JSONPath gives its matches
+        value = value[0] if value else None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < math.inf else None
+
+
+def jwt_lifetime(token: str, now: float) -> float | None:
+    """Seconds the token has left by its own ``exp`` claim, or None (no ``exp``, or not a JWT).
+
+    The signature is not verified: the claims only time the refresh. With ``iat``, the
+    lifetime is ``exp - iat`` (clock skew does not matter); an integer ``iat`` may have
+    been rounded down, so a second is taken off. Without it, ``exp - now``.
+    """
+    if token.count(".") != 2:
+        return None
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    if exp is None:
+        return None
+    if iat is not None and exp - iat > 1:
+        return exp - iat - (1.0 if iat.is_integer() else 0.0)
+    left = exp - now
+    return left if left > 0 else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
 
 class TokenManager:
-    """Holds the current token and its generation; single-flight refresh."""
+    """Holds the current token and its generation; proactive and on-rejection refresh, single-flight.
+
+    ``clock`` (monotonic seconds) times the refreshes and ``wall_clock`` (epoch seconds)
+    reads ``exp`` claims and sets ``iat``; tests pass their own.
+    """
 
     def __init__(
-        self, config: AuthConfig, redactor: Redactor, retry: RetryConfig | None = None, timeout: float = 30.0
+        self,
+        config: AuthConfig,
+        redactor: Redactor,
+        retry: RetryConfig | None = None,
+        timeout: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.redactor = redactor
         self.retry = retry or RetryConfig()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.generation = 0
-        self.logins = 0
+        self.logins = 0  # tokens fetched or signed (a static secret counts none)
+        self._clock = clock
+        self._wall = wall_clock
         self._accepted = 0  # the newest generation a call got through with
         self._token: str | None = None
+        self._creds = _NONE
+        self._header: tuple[int, str, str] | None = None
+        self._refresh_at = -math.inf  # due now: the first credentials() fetches a token
+        self._use_until = -math.inf  # while a refresh runs, the current token still serves until then
         self._lock = asyncio.Lock()
+        self._statuses = config.refresh_on.statuses
+        self._pattern = config.refresh_on.body
+        if config.static:
+            assert config.token is not None
+            self._install(config.token, None, 0.0)
 
-    def header(self) -> tuple[int, str, str]:
-        """The token's generation, and the header name and value to send with a call."""
-        if self._token is None:
-            raise RuntimeError("TokenManager.header() before login()")
-        return self.generation, self.config.header, self.config.header_value(self._token)
+    # --- what a call uses --------------------------------------------------------------------
 
-    async def login(self, session: aiohttp.ClientSession) -> None:
-        """Fetch the first token; raise ``AuthError`` saying what went wrong."""
-        async with self._lock:
-            await self._fetch(session)
+    async def credentials(self, session: aiohttp.ClientSession) -> Credentials:
+        """What to add to a call, fetching the next token first when the current one is due."""
+        if self._clock() >= self._refresh_at:
+            await self._due(session)
+        return self._creds
+
+    def is_rejection(self, status: int, body: bytes) -> bool:
+        """Whether a response says the token was rejected: 401, or a match of ``auth.refresh_on``."""
+        if status == 401:
+            return True
+        if self._pattern is None:
+            return status in self._statuses
+        if self._statuses and status not in self._statuses:
+            return False
+        return self._pattern.search(body, 0, BODY_SCAN) is not None
 
     def accepted(self, generation: int) -> None:
         """A call sent with this generation's token was not rejected."""
         if generation > self._accepted:
             self._accepted = generation
 
+    def header(self) -> tuple[int, str, str]:
+        """The token's generation, and the header name and value to send with a call.
+
+        The older interface: ``credentials()`` also covers a token sent in the query string.
+        """
+        if self._header is None:
+            if self.config.query_param and self._token is not None:
+                raise RuntimeError("auth.query_param sends the token in the URL: use TokenManager.credentials()")
+            raise RuntimeError("TokenManager.header() before login()")
+        return self._header
+
+    # --- getting tokens ----------------------------------------------------------------------
+
+    async def login(self, session: aiohttp.ClientSession) -> None:
+        """Fetch the first token (nothing to do for a static secret); raise ``AuthError`` saying what went wrong."""
+        if self.config.static:
+            return
+        async with self._lock:
+            if self.generation == 0 or self._clock() >= self._refresh_at:
+                await self._fetch(session)
+
     async def refresh(self, session: aiohttp.ClientSession, seen_generation: int) -> None:
         """Replace the token that the caller saw rejected, unless another caller already did.
 
         A token fetched by a refresh and rejected before any call got through means
-        logging in again cannot help: the run stops instead of looping.
+        fetching again cannot help: the run stops instead of looping. So does a rejected
+        static secret, which no refresh can change.
         """
         async with self._lock:
             if self.generation != seen_generation:
                 return
+            if self.config.static:
+                raise AuthError(self.redactor.redact(self._static_rejected()))
             if self.generation > 1 and self._accepted < self.generation:
-                raise AuthError(
-                    self.redactor.redact(
-                        f"the API rejected a freshly issued token (HTTP 401 right after logging in again at "
-                        f"{self.config.url}). Check auth.header and auth.token_type (the API may want another "
-                        'header, or the bare token with `token_type: ""`) and that this account may call request.url.'
-                    )
-                )
+                raise AuthError(self.redactor.redact(self._fresh_rejected()))
+            await self._fetch(session)
+
+    async def _due(self, session: aiohttp.ClientSession) -> None:
+        if self._lock.locked() and self._clock() < self._use_until:
+            return  # another worker is fetching the next token, and this one is still good
+        async with self._lock:
+            if self._clock() < self._refresh_at:
+                return  # fetched while this worker waited
             await self._fetch(session)
 
     async def _fetch(self, session: aiohttp.ClientSession) -> None:
         cfg = self.config
+        started = self._clock()
+        if cfg.type == "jwt_signed":
+            assertion, left = self._sign()
+            if not cfg.url:
+                self.logins += 1
+                self._install(assertion, left, started)
+                return
+            form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+            if cfg.scope:
+                form["scope"] = cfg.scope
+            token, lifetime = await self._request(session, data=form, headers={"Accept": "application/json"})
+        elif cfg.type == "oauth2_client_credentials":
+            token, lifetime = await self._request(session, data=self._client_form(), headers=self._client_headers())
+        else:
+            token, lifetime = await self._request(session, json=cfg.body, headers=dict(cfg.headers))
+        if lifetime is None:
+            lifetime = jwt_lifetime(token, self._wall())
+        self._install(token, lifetime, started)
+
+    def _install(self, token: str, lifetime: float | None, started: float) -> None:
+        """Make ``token`` the current one, valid for ``lifetime`` seconds from ``started`` (None: unknown)."""
+        self.redactor.add(token)
+        self._token = token
+        self.generation += 1
+        headers, params = self.config.sent_as(token)
+        self._creds = Credentials(self.generation, headers, params)
+        self._header = (self.generation, *next(iter(headers.items()))) if headers else None
+        if lifetime is None:
+            self._refresh_at = self._use_until = math.inf
+        else:
+            margin = refresh_margin(lifetime)
+            self._refresh_at = started + lifetime - margin
+            self._use_until = started + lifetime - margin / 2
+
+    def _sign(self) -> tuple[str, float]:
+        """A new JWT from ``auth.claims``, with ``iat`` now and ``exp`` ``auth.lifetime`` later; its seconds left."""
+        import jwt
+
+        cfg = self.config
+        now = self._wall()
+        iat = int(now)  # a whole second, not after now: servers reject an `iat` in the future
+        exp = iat + cfg.lifetime
+        claims = {**cfg.claims, "iat": iat, "exp": int(exp) if exp.is_integer() else exp}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyJWT warns on short HMAC secrets; the API chose the secret
+            token = jwt.encode(claims, cfg.signing_key, algorithm=cfg.algorithm)
+        self.redactor.add(token)
+        return token, exp - now
+
+    def _client_form(self) -> dict[str, str]:
+        """The form of a client-credentials grant (RFC 6749 4.4.2)."""
+        cfg = self.config
+        form = {"grant_type": "client_credentials"}
+        if cfg.scope:
+            form["scope"] = cfg.scope
+        if cfg.audience:
+            form["audience"] = cfg.audience
+        if cfg.client_auth == "body":
+            form["client_id"] = cfg.client_id or ""
+            form["client_secret"] = cfg.client_secret or ""
+        return form
+
+    def _client_headers(self) -> dict[str, str]:
+        cfg = self.config
+        headers = {"Accept": "application/json"}
+        if cfg.client_auth == "basic":
+            headers["Authorization"] = f"Basic {client_basic(cfg.client_id or '', cfg.client_secret or '')}"
+        return headers
+
+    async def _request(
+        self, session: aiohttp.ClientSession, *, headers: dict[str, str], json: Any = None, data: Any = None
+    ) -> tuple[str, float | None]:
+        """Send the login or token request (retrying what ``retry`` allows); the token and its stated lifetime."""
+        cfg = self.config
+        what, where = ("login", "auth.url") if cfg.type == "login" else ("token request", "auth.token_url")
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
                 async with session.request(
-                    cfg.method, cfg.url, json=cfg.body, headers=dict(cfg.headers), timeout=self.timeout
+                    cfg.method, cfg.url, json=json, data=data, headers=headers, timeout=self.timeout
                 ) as resp:
                     body = await resp.read()
                     status, reason = resp.status, resp.reason or ""
+                    response_headers, cookies = resp.headers, resp.cookies
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if attempt < attempts:
                     await asyncio.sleep(self.retry.backoff_for(attempt))
                     continue
-                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+                why = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
                 raise AuthError(
                     self.redactor.redact(
-                        f"login failed: cannot reach auth.url {cfg.url} ({what}). "
+                        f"{what} failed: cannot reach {where} {cfg.url} ({why}). "
                         "Check that the API is running and that the URL is right."
                     )
                 ) from None
@@ -103,31 +324,127 @@ class TokenManager:
         if not 200 <= status < 300:
             raise AuthError(
                 self.redactor.redact(
-                    f"login failed: {cfg.method} {cfg.url} returned HTTP {status} {reason}"
-                    f"{': ' + self.redactor.snippet(body) if body else ''}. Check the credentials in auth.body and "
-                    "auth.headers, and the environment variables they use."
+                    f"{what} failed: {cfg.method} {cfg.url} returned HTTP {status} {reason}"
+                    f"{': ' + self.redactor.snippet(body) if body else ''}. {self._credentials_hint()}"
                 )
             )
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise AuthError(
-                self.redactor.redact(
-                    f"login failed: the response of {cfg.url} (HTTP {status}) is not JSON: {self.redactor.snippet(body)!r}. "
-                    "Check auth.url and auth.method."
+        doc: Any = None
+        if cfg.get_token is not None or cfg.get_expires_in is not None:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                if cfg.get_token is not None:
+                    raise AuthError(
+                        self.redactor.redact(
+                            f"{what} failed: the response of {cfg.url} (HTTP {status}) is not JSON: "
+                            f"{self.redactor.snippet(body)!r}. Check {where} and auth.method."
+                        )
+                    ) from None
+        if cfg.get_token is not None:
+            token = self._token_in_body(doc, status, what)
+        elif cfg.token_header:
+            token = self._token_in_header(response_headers.get(cfg.token_header), response_headers, status)
+        else:
+            morsel = cookies.get(cfg.token_cookie or "")
+            if morsel is None or not morsel.value:
+                found = ", ".join(sorted(cookies)) or "none"
+                raise AuthError(
+                    f"login succeeded (HTTP {status}) but set no cookie named {cfg.token_cookie} (cookies it set: "
+                    f"{found}). Set auth.token_cookie to the cookie that holds the token."
                 )
-            ) from None
+            token = morsel.value
+        self.redactor.add(token)
+        lifetime = _seconds(cfg.get_expires_in(doc)) if cfg.get_expires_in is not None and doc is not None else None
+        return token, lifetime
+
+    def _token_in_body(self, doc: Any, status: int, what: str) -> str:
+        cfg = self.config
         token = cfg.get_token(doc)
         if isinstance(token, list):  # a JSONPath token_path yields a list of matches
             token = token[0] if token else None
         if not isinstance(token, str) or not token:
             keys = ", ".join(map(str, doc)) if isinstance(doc, dict) else type(doc).__name__
             found = "nothing" if token in (None, "") else f"a {type(token).__name__}, not a string"
+            # The found value is never quoted: it might be a token.
             raise AuthError(
-                f"login succeeded (HTTP {status}) but auth.token_path `{cfg.token_path}` found {found} "
+                f"{what} succeeded (HTTP {status}) but auth.token_path `{cfg.token_path}` found {found} "
                 f"in the response (its top-level keys: {keys}). Set auth.token_path to where the token is, "
                 "e.g. `access_token` or `data.session.jwt`."
             )
-        self.redactor.add(token)
-        self._token = token
-        self.generation += 1
+        return token
+
+    def _token_in_header(self, value: str | None, headers: Any, status: int) -> str:
+        if value and value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if not value:
+            names = ", ".join(sorted({k.title() for k in headers})) or "none"
+            raise AuthError(
+                f"login succeeded (HTTP {status}) but the response has no {self.config.token_header} header (its "
+                f"headers: {names}). Set auth.token_header to the header that holds the token, or auth.token_path "
+                "if it is in the body."
+            )
+        return value
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def _credentials_hint(self) -> str:
+        cfg = self.config
+        if cfg.type == "oauth2_client_credentials":
+            return (
+                "Check auth.client_id and auth.client_secret (and the environment variables they use), "
+                "auth.client_auth (`basic` or `body`: the server may want the other), auth.scope and auth.audience."
+            )
+        if cfg.type == "jwt_signed":
+            return (
+                "Check auth.key and auth.algorithm (the server must know the key) and auth.claims "
+                "(iss, sub and aud are what a token endpoint usually checks)."
+            )
+        return "Check the credentials in auth.body and auth.headers, and the environment variables they use."
+
+    def _sent_in(self) -> str:
+        cfg = self.config
+        if cfg.query_param:
+            return f"the query parameter {cfg.query_param}"
+        if cfg.header == "Cookie" and cfg.token_cookie:
+            return f"the cookie {cfg.token_cookie}"
+        return f"the {cfg.header} header"
+
+    def _static_rejected(self) -> str:
+        cfg = self.config
+        if cfg.type == "basic":
+            return (
+                f"the API rejected the Basic credentials (HTTP 401 or an auth.refresh_on match); a fixed password "
+                f"cannot be refreshed. Check auth.username and auth.password ({cfg.secret_source}) and that this "
+                "account may call request.url."
+            )
+        fix = (
+            "and auth.query_param (the parameter the API reads)"
+            if cfg.query_param
+            else 'and auth.header and auth.token_type (the API may want another header, or `token_type: ""`)'
+        )
+        return (
+            f"the API rejected the token sent in {self._sent_in()} (HTTP 401 or an auth.refresh_on match); a "
+            f"fixed token cannot be refreshed. Check auth.token ({cfg.secret_source}) {fix}, and that the key "
+            "may call request.url."
+        )
+
+    def _fresh_rejected(self) -> str:
+        cfg = self.config
+        if cfg.type == "jwt_signed" and not cfg.url:
+            got, fix = (
+                f"signing a new one ({cfg.algorithm})",
+                "auth.claims (iss, sub and aud must be what the API expects), auth.key and auth.algorithm (the API "
+                "must know the key)",
+            )
+        else:
+            got = f"getting a new one from {cfg.url}"
+            fix = (
+                f"that the API reads the token from {self._sent_in()} (set auth.header to send it in a header)"
+                if cfg.header == "Cookie"
+                else "auth.header and auth.token_type (the API may want another header, or the bare token with "
+                '`token_type: ""`)'
+            )
+        return (
+            f"the API rejected a freshly issued token (HTTP 401 or an auth.refresh_on match right after {got}). "
+            f"Check {fix}, and that this account may call request.url."
+        )

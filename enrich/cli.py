@@ -240,6 +240,10 @@ class _Log:
         elif text:
             print(self.redact(text), file=sys.stderr, flush=True)
 
+    def traceback(self) -> None:
+        """The traceback of the exception being handled (``--debug``), masked like every other line."""
+        self("traceback", traceback.format_exc().rstrip())
+
 
 def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
     parser = build_parser()
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
             return _demo_server(args, log)
     except EnrichError as exc:
         if debug:
-            traceback.print_exc()
+            log.traceback()
         interrupted = exc.exit_code == EXIT_INTERRUPTED
         prefix = "" if interrupted or log.json else "error: "
         log("interrupted" if interrupted else "error", f"{prefix}{exc}", exit_code=exc.exit_code)
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None, tune_gc: bool = False) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so, and how to get the details
         if debug:
-            traceback.print_exc()
+            log.traceback()
         log(
             "error",
             f"error: internal error ({type(exc).__name__}: {exc}). "
@@ -302,6 +306,9 @@ def _load(args: argparse.Namespace, log: _Log, overrides: dict[str, Any] | None 
 
     config = load_config(args.config, overrides)
     log.redactor = config.redactor
+    if args.command in ("run", "validate", "preview"):  # the commands that call the API or vouch for the config
+        for warning in config.warnings:
+            log("warning", warning if log.json else f"warning: {warning}")
     return config
 
 
@@ -385,13 +392,11 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 
 
 def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
-    from .client import to_curl
+    from .client import shown, to_curl
     from .engine import preflight
-    from .redact import MASK
 
     redact = config.redactor.redact
     pf = preflight(config, job, options, rows)
-    auth = (config.auth.header, config.auth.header_value(MASK)) if config.auth else None
     out: list[str] = []
     for sample in pf.samples:
         if sample.request is None:
@@ -399,7 +404,7 @@ def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
             continue
         note = ": answered by the journal, no call" if sample.in_journal else ""
         out.append(f"# row {sample.row}{note}")
-        out.append(to_curl(sample.request, auth, redact))
+        out.append(to_curl(shown(sample.request, config.auth), None, redact))
     if not pf.samples:
         out.append("# no row would be called")
     if pf.seconds is not None:
@@ -457,10 +462,7 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
     req = config.request
     lines.append(f"  request    {req.method} {req.url.source}")
     if config.auth:
-        a = config.auth
-        lines.append(
-            f"  auth       log in at {a.url}; token at {a.token_path}; sent as {a.header}: {a.header_value('<token>')}"
-        )
+        lines.append(f"  auth       {config.auth.describe()}")
     else:
         lines.append("  auth       none")
     if config.fields:

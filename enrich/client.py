@@ -7,6 +7,12 @@ Retried: the statuses in ``retry.statuses`` (429, 500, 502, 503, 504 by default)
 timeouts and connection errors, with exponential backoff and full jitter, honouring
 Retry-After (seconds or an HTTP date). A 429 pauses every worker through the shared
 limiter. A 401 refreshes the token once for all workers and the call is sent again.
+POST and PATCH may have taken effect when no clear answer came back, so they are
+retried only on 429 or when connecting failed, unless the config opts in.
+
+Two answers stop the whole run instead of one row (``_halt``): a Retry-After longer than
+``retry.max_retry_after``, and a TLS failure. No new call starts, the calls in flight
+finish (so they reach the journal), then the error is raised.
 """
 
 from __future__ import annotations
@@ -19,16 +25,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from .auth import TokenManager
-from .config import RequestConfig, RetryConfig
+from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
+from .errors import RunAborted, ThrottledTooLong, TLSError
 from .ratelimit import RateLimiter
-from .redact import Redactor
+from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
 
 # How many times one call may ask for a new token before its 401 is final.
@@ -36,6 +43,9 @@ MAX_REFRESHES_PER_CALL = 2
 # Redirects are followed by hand, and only within the API's origin (scheme, host, port).
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Methods that may change something each time they are sent: not retried when the first try
+# may have reached the API (see Client._retry_unsent_only).
+_NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
 _JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -114,6 +124,13 @@ def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
         for name, value in headers.items():
             if _CONTROL.search(value):
                 raise ValueError(f"request.headers.{name}: the value holds a line break or control character")
+    if config.idempotency_key is not None:
+        key = config.idempotency_key.render(row)
+        if key is not None and key != "":  # an empty cell sends no key (and the call is retried as a POST is)
+            key = format_value(key)
+            if _CONTROL.search(key):
+                raise ValueError("request.idempotency_key: the value holds a line break or control character")
+            headers[config.idempotency_header] = key
     body = None
     if config.body is not None:
         doc = config.body.render(row)
@@ -163,6 +180,16 @@ def to_curl(
     return " \\\n  ".join(lines) if multiline else " ".join(lines)
 
 
+def shown(req: PreparedRequest, auth: AuthConfig | None) -> PreparedRequest:
+    """``req`` as it is sent, with the auth header or query parameter in place and the token
+    masked: for dry runs and the errors table."""
+    if auth is None:
+        return req
+    headers, params = auth.sent_as(MASK)
+    url = req.url.extend_query(params) if params else req.url
+    return req._replace(url=url, headers={**req.headers, **headers})
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Parse a Retry-After header: seconds or an HTTP date. ``None`` when absent or garbage."""
     if not value:
@@ -182,6 +209,24 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return seconds if seconds >= 0 and seconds == seconds else None  # NaN fails the last test
 
 
+def _tls_problem(url: URL, exc: aiohttp.ClientSSLError) -> str:
+    """Why TLS with the API failed, and what to do about it."""
+    origin = url.origin()
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        detail = (getattr(cert, "verify_message", None) or str(cert)).rstrip(".")
+        if "mismatch" in detail.lower():
+            fix = "Call the API by a name its certificate is issued for"
+        else:
+            fix = "If the API uses a private CA, set tls.ca_bundle to its certificate (a PEM file)"
+        return f"the TLS certificate of {origin} cannot be verified ({detail}). {fix}."
+    os_error = getattr(exc, "os_error", None)
+    detail = getattr(os_error, "reason", None) or str(os_error or exc)
+    return (
+        f"the TLS handshake with {origin} failed ({detail}). Check that {origin} serves HTTPS, and the tls: settings."
+    )
+
+
 class Client:
     """Sends prepared requests through one session, one limiter and one token manager."""
 
@@ -195,6 +240,9 @@ class Client:
         tokens: TokenManager | None,
         redactor: Redactor,
         counters: Counters | None = None,
+        follow_redirects: bool = True,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        idempotency_header: str = "Idempotency-Key",
     ) -> None:
         self.session = session
         self.retry = retry
@@ -204,6 +252,38 @@ class Client:
         self.tokens = tokens
         self.redactor = redactor
         self.counters = counters or Counters()
+        self.follow_redirects = follow_redirects
+        self.max_response_bytes = max_response_bytes
+        self._too_large = f"response larger than {format_size(max_response_bytes)} (max_response_bytes), cut off"
+        self._idempotency_header = idempotency_header.lower()
+        self._stop: RunAborted | None = None  # set when the run must stop (see _halt)
+        self._active = 0  # requests on the wire
+
+    def _retry_unsent_only(self, req: PreparedRequest) -> bool:
+        """Whether ``req`` may be retried only when it surely did not reach the API: a POST or
+        PATCH without an idempotency key, unless ``retry.non_idempotent`` allows it."""
+        return (
+            req.method in _NON_IDEMPOTENT
+            and not self.retry.non_idempotent
+            and not any(name.lower() == self._idempotency_header for name in req.headers)
+        )
+
+    def _not_retried(self, error: str, req: PreparedRequest) -> str:
+        return self.redactor.redact(
+            f"{error} (not retried: a {req.method} may already have taken effect; set request.idempotency_key, "
+            "or retry.non_idempotent: true, to retry it)"
+        )
+
+    async def _halt(self, stop: RunAborted | None = None) -> NoReturn:
+        """Stop the run with ``stop`` (or the stop already under way): no new request starts, the
+        ones in flight get up to ``timeout`` to finish, so their answers reach the journal."""
+        if self._stop is None:
+            self._stop = stop
+        deadline = time.monotonic() + self.timeout_s
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert self._stop is not None
+        raise self._stop
 
     async def call(self, req: PreparedRequest) -> Outcome:
         """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
@@ -214,58 +294,88 @@ class Client:
         latency_ms: float | None = None
         while attempt < attempts:
             attempt += 1
-            headers = req.headers
+            headers, url = req.headers, req.url
             generation = 0
-            if self.tokens is not None:
-                generation, name, value = self.tokens.header()
-                headers = {**req.headers, name: value}
             if self.limiter.pacing:
                 await self.limiter.acquire()
+            if self._stop is not None:
+                await self._halt()
+            if self.tokens is not None:  # after the limiter's wait, which a token may not outlive
+                generation, auth_headers, params = await self.tokens.credentials(self.session)
+                headers = {**req.headers, **auth_headers}
+                if params:  # an API key in the query string: never part of the fingerprint
+                    url = req.url.extend_query(params)
             self.counters.calls += 1
             if attempt > 1:
                 self.counters.retries += 1
             started = time.perf_counter()
             try:
-                async with self.session.request(
-                    req.method, req.url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
-                ) as resp:
-                    body = await resp.read()
-                    status, reason = resp.status, resp.reason or ""
-                    response_headers = resp.headers  # read below only when needed
+                self._active += 1
+                try:
+                    async with self.session.request(
+                        req.method, url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
+                    ) as resp:
+                        status, reason = resp.status, resp.reason or ""
+                        response_headers = resp.headers  # read below only when needed
+                        # What resp.read() does, but never holding more than max_response_bytes (+ one chunk).
+                        content, chunks, size = resp.content, [], 0
+                        while chunk := await content.readany():
+                            size += len(chunk)
+                            if size > self.max_response_bytes:
+                                resp.close()  # the rest is never read; the connection is not reused
+                                break
+                            chunks.append(chunk)
+                        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                finally:
+                    self._active -= 1
+            except aiohttp.ClientSSLError as exc:  # every call to this origin would fail the same way
+                await self._halt(TLSError(self.redactor.redact(_tls_problem(req.url, exc))))
             except aiohttp.InvalidURL as exc:
                 return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
             except ValueError as exc:  # aiohttp refuses a header or URL it cannot send: this row fails
                 return Outcome(None, None, self.redactor.redact(f"cannot send the request: {exc}"), attempt, None)
-            except TimeoutError:
+            except TimeoutError as exc:
                 status, error = None, f"timed out after {self.timeout_s:g}s"
                 latency_ms = (time.perf_counter() - started) * 1000
                 if attempt < attempts:
+                    # A timeout while connecting sent nothing; any later one may have reached the API.
+                    if not isinstance(exc, aiohttp.ConnectionTimeoutError) and self._retry_unsent_only(req):
+                        return Outcome(None, None, self._not_retried(error, req), attempt, latency_ms)
                     await asyncio.sleep(self.retry.backoff_for(attempt))
                 continue
             except aiohttp.ClientError as exc:
                 status, error = None, f"connection error: {exc or type(exc).__name__}"
                 latency_ms = (time.perf_counter() - started) * 1000
                 if attempt < attempts:
+                    # Only a failure to connect surely sent nothing (a dropped connection may have, after the request).
+                    if not isinstance(exc, aiohttp.ClientConnectorError) and self._retry_unsent_only(req):
+                        return Outcome(None, None, self._not_retried(error, req), attempt, latency_ms)
                     await asyncio.sleep(self.retry.backoff_for(attempt))
                 continue
             latency_ms = (time.perf_counter() - started) * 1000
 
             if self.tokens is not None:
-                if status == 401 and refreshes < MAX_REFRESHES_PER_CALL:
-                    refreshes += 1
-                    attempt -= 1  # a rejected token is not the call's fault
-                    await self.tokens.refresh(self.session, generation)
-                    continue
-                if status != 401:
+                if self.tokens.is_rejection(status, body):  # 401, or what `auth.refresh_on` lists
+                    if refreshes < MAX_REFRESHES_PER_CALL:
+                        refreshes += 1
+                        attempt -= 1  # a rejected token is not the call's fault
+                        await self.tokens.refresh(self.session, generation)
+                        continue
+                else:
                     self.tokens.accepted(generation)
             if status in self.retry.statuses:
                 error = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
+                wait = retry_after_seconds(response_headers.get("Retry-After"))
+                if wait is not None and wait > self.retry.max_retry_after:
+                    # Sleeping for hours helps no one: stop, resumable, and say when to come back.
+                    limit = self.retry.max_retry_after
+                    await self._halt(ThrottledTooLong(wait, status, limit, time.time() + wait))
                 if attempt >= attempts:
                     break
-                wait = retry_after_seconds(response_headers.get("Retry-After"))
+                if status != 429 and self._retry_unsent_only(req):  # a 429 was refused; a 5xx may have done it
+                    return Outcome(status, None, self._not_retried(error, req), attempt, latency_ms)
                 if wait is None:
                     wait = self.retry.backoff_for(attempt)
-                wait = min(wait, self.retry.max_retry_after)
                 if status == 429:
                     self.counters.throttled += 1
                     self.limiter.pause(wait)  # every worker waits; acquire() honours it
@@ -273,6 +383,9 @@ class Client:
                     await asyncio.sleep(wait)
                 continue
             if status in _REDIRECTS and (location := response_headers.get("Location")):
+                if not self.follow_redirects:
+                    message = f"HTTP {status}: redirect not followed (request.follow_redirects is false)"
+                    return Outcome(status, None, message, attempt, latency_ms)
                 target = req.url.join(URL(location))
                 if target.origin() != req.url.origin():
                     # Followed, it would carry the auth header and secret headers to another server.
@@ -290,14 +403,18 @@ class Client:
             if not 200 <= status < 300:
                 message = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
+            if size > self.max_response_bytes:
+                return Outcome(status, None, self._too_large, attempt, latency_ms)
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
             try:
                 doc = orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
                 return Outcome(status, body, None, attempt, latency_ms, doc)
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as exc:
                 kind = response_headers.get("Content-Type", "").split(";")[0] or "no content-type"
-                message = f"response is not JSON (HTTP {status}, {kind}): {self.redactor.snippet(body, 80)!r}"
+                # "unexpected end of data at char 15 of 15" says the body was cut off; HTML fails at char 0.
+                why = f"{exc.msg} at char {exc.pos} of {len(body)}"
+                message = f"response is not JSON (HTTP {status}, {kind}): {why}: {self.redactor.snippet(body, 80)!r}"
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
         if error and attempts > 1:
             error = f"{error} (gave up after {attempt} attempts)"

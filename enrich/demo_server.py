@@ -1,6 +1,7 @@
 """The bundled demo JWT API: a login and an enrichment endpoint, on 127.0.0.1 only.
 
-    POST /auth/token           {"client_id": ..., "client_secret": ...}
+    POST /auth/token           {"client_id": ..., "client_secret": ...} (JSON, or a form: an OAuth2
+                               client-credentials grant, the client in the body or as HTTP Basic)
                                -> {"access_token": "<JWT>", "token_type": "Bearer", "expires_in": 3600}
     GET  /v1/people/{email}?domain=...    (Authorization: Bearer <JWT>)
     POST /v1/enrich            {"email": ..., "domain": ...}
@@ -17,12 +18,14 @@ tokens and a server-side rate limit (429 with Retry-After) to try enrich against
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 import jwt
 import orjson
@@ -79,9 +82,22 @@ class DemoState:
     logins: int = 0
     calls: int = 0
     unauthorized: int = 0
+    expired: int = 0  # calls that came with a token this server issued, after it had expired
     throttled: int = 0
     call_times: list[float] = field(default_factory=list)
     window: tuple[int, int] = (0, 0)  # (second, calls in it) for the rate limit
+
+
+def _basic_client(header: str) -> tuple[str, str] | None:
+    """The client id and secret of ``Authorization: Basic ...`` (RFC 6749 2.3.1: each part form-encoded)."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, _, secret = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def _digest(text: str) -> int:
@@ -140,7 +156,10 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
         try:
             body = await request.json()
         except ValueError:
-            body = dict(await request.post())
+            body = dict(await request.post())  # a form, as an OAuth2 client-credentials grant sends it
+        basic = _basic_client(request.headers.get("Authorization", ""))
+        if basic is not None and isinstance(body, dict):
+            body = {**body, "client_id": basic[0], "client_secret": basic[1]}
         if (
             not isinstance(body, dict)
             or body.get("client_id") != settings.client_id
@@ -168,7 +187,12 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
         # and far cheaper per call than verifying the signature again (the demo must not be the
         # bottleneck of `make bench`).
         expires = issued.get(token)
-        return expires is not None and time.time() < expires
+        if expires is None:
+            return False
+        if time.time() >= expires:
+            state.expired += 1
+            return False
+        return True
 
     async def guard(request: web.Request) -> web.Response | None:
         state.calls += 1
@@ -218,6 +242,7 @@ def create_app(settings: DemoSettings | None = None) -> web.Application:
             "logins": state.logins,
             "calls": state.calls,
             "unauthorized": state.unauthorized,
+            "expired": state.expired,
             "throttled": state.throttled,
             "call_times": state.call_times,
         }

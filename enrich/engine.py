@@ -38,7 +38,7 @@ import orjson
 import polars as pl
 
 from .aio import run
-from .client import Client, Counters, Outcome, PreparedRequest, prepare
+from .client import Client, Counters, Outcome, PreparedRequest, prepare, shown
 from .config import (
     ATTEMPTS_COLUMN,
     ERROR_COLUMN,
@@ -47,10 +47,9 @@ from .config import (
     STATUS_COLUMN,
     Config,
 )
-from .errors import ConfigError, InputError, Interrupted
+from .errors import ConfigError, InputError, Interrupted, ThrottledTooLong
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
-from .redact import MASK
 from .template import TemplateValueError
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
@@ -383,13 +382,17 @@ async def call_pass(
 
 @contextlib.asynccontextmanager
 async def _client(config: Config, counters: Counters | None = None) -> AsyncIterator[Client]:
-    """One session (``concurrency`` connections), the token manager and the limiter of a run."""
+    """One session (``concurrency`` connections, one TLS context), the token manager and the
+    limiter of a run."""
     import aiohttp
 
     from .auth import TokenManager
 
-    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    ssl = config.tls.context()  # True (aiohttp's verified default) unless `tls:` changes something
+    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300, ssl=ssl)
+    # No cookie jar: a cookie goes out only when the config says so (`auth.token_cookie`), and
+    # nothing a response sets travels with later calls.
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
         yield Client(
             session,
             retry=config.retry,
@@ -398,6 +401,9 @@ async def _client(config: Config, counters: Counters | None = None) -> AsyncIter
             tokens=TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None,
             redactor=config.redactor,
             counters=counters,
+            follow_redirects=config.request.follow_redirects,
+            max_response_bytes=config.max_response_bytes,
+            idempotency_header=config.request.idempotency_header,
         )
 
 
@@ -537,16 +543,15 @@ def _failed_rows(
     failed = [i for i, r in enumerate(results) if r[-3] is not None]
     used = sorted(config.columns_used)
     rows = batch[failed].select(used).rows(named=True) if failed else []
-    auth = {config.auth.header: config.auth.header_value(MASK)} if config.auth else {}
     redact = config.redactor.redact
     requests: list[tuple[str | None, str | None, str | None, str | None]] = []
     for row in rows:
         try:
-            req = prepare(config.request, row)
+            req = shown(prepare(config.request, row), config.auth)
         except (TemplateValueError, ValueError):
             requests.append((None, None, None, None))
             continue
-        sent = orjson.dumps({**req.headers, **auth}).decode()
+        sent = orjson.dumps(req.headers).decode()
         text = req.body.decode("utf-8", "replace") if req.body else None
         requests.append((req.method, redact(str(req.url)), redact(sent), redact(text) if text else None))
     method, url, headers, body = ([r[i] for r in requests] for i in range(4))
@@ -812,6 +817,9 @@ def run_job(
                 else "no journal was kept (journal: false), so a rerun starts over."
             )
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
+        except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
+            journal.flush()
+            raise stop.saved(journal.written, job.journal) from None
         call_seconds = time.perf_counter() - started
         failures = _write(batches, config, journal, options, job.output, spool, job.errors_out)
     summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)

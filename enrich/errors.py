@@ -5,7 +5,9 @@
     ├── InputError              the input table is missing or unreadable (exit 2)
     ├── RunAborted              the run cannot go on (exit 3)
     │   ├── AuthError           login failed or gave no token (exit 3)
-    │   └── JournalBusy         another run holds the journal (exit 3; in journal.py)
+    │   ├── JournalBusy         another run holds the journal (exit 3; in journal.py)
+    │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after (exit 3)
+    │   └── TLSError            the API's certificate cannot be verified, or TLS failed (exit 3)
     └── Interrupted             Ctrl-C or SIGTERM; finished calls are in the journal (exit 130)
 
 The CLI catches ``EnrichError`` alone, prints ``error: <message>`` and exits with
@@ -44,6 +46,42 @@ class RunAborted(EnrichError):
 
 class AuthError(RunAborted):
     """Logging in failed, or the login response held no token."""
+
+
+class ThrottledTooLong(RunAborted):
+    """The API answered with a Retry-After longer than ``retry.max_retry_after``: rather than sleep
+    for hours, the run stops; the journal keeps the finished calls, so a later run resumes."""
+
+    def __init__(self, seconds: float, status: int, limit: float, resume_at: float, saved: str = "") -> None:
+        self.seconds, self.status, self.limit, self.resume_at = seconds, status, limit, resume_at
+        super().__init__(
+            f"the API asked to wait {seconds:.0f}s (Retry-After on HTTP {status}), more than "
+            f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again after {_utc_minute(resume_at)}."
+        )
+
+    def saved(self, calls: int, journal: object | None) -> ThrottledTooLong:
+        """The same stop, saying what the journal holds (``journal`` None: none is kept)."""
+        if journal is None:
+            saved = "No journal was kept (journal: false), so a rerun starts over; run the same command"
+        elif calls == 0:
+            saved = "No call had finished yet; run the same command"
+        else:
+            saved = f"{calls:,} finished calls are saved in the journal {journal}; run the same command"
+        return ThrottledTooLong(self.seconds, self.status, self.limit, self.resume_at, saved)
+
+
+class TLSError(RunAborted):
+    """The API's TLS certificate cannot be verified (or the handshake fails): every call to it
+    would fail the same way, so the run stops at the first one instead of failing each row."""
+
+
+def _utc_minute(epoch: float) -> str:
+    """``2026-11-30 11:00 UTC``: the minute at or after ``epoch``."""
+    import datetime
+    import math
+
+    when = datetime.datetime.fromtimestamp(math.ceil(epoch / 60) * 60, datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
 class Interrupted(EnrichError):

@@ -25,7 +25,16 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from .config import INPUT_TYPES, METHODS, Config, RetryConfig
+from .config import (
+    AUTH_TYPE_KEYS,
+    AUTH_TYPES,
+    INPUT_TYPES,
+    METHODS,
+    SIGNING_ALGORITHMS,
+    Config,
+    RequestConfig,
+    RetryConfig,
+)
 
 Schema = dict[str, Any]
 
@@ -43,6 +52,8 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
 
 
+# The loader's `_SIZE`: 10MB, 512 KiB, 1g, 2048 bytes, or a bare number of bytes.
+_SIZE_TEXT = rf"^\s*\d+(\.\d+)?\s*([kKmMgG][iI]?[bB]?|[bB]|{_any_case('byte')}[sS]?)?\s*$|{_ENV_VAR}"
 _RATE_UNITS = "|".join(_any_case(u) for u in ("second", "sec", "s", "minute", "min", "m", "hour", "hr", "h"))
 # The loader's `_RATE`: 20/s, 600/min, 100/h, "5 per second", or a bare number (per second).
 _RATE_TEXT = rf"^\s*\d+(\.\d+)?\s*((/|{_any_case('per')})\s*({_RATE_UNITS})[sS]?)?\s*$|{_ENV_VAR}"
@@ -96,46 +107,162 @@ def _columns(description: str) -> Schema:
 _SCALAR = ["string", "number", "boolean", "null"]
 
 
+def _text(description: str, **more: Any) -> Schema:
+    return {"description": description, "type": "string", "minLength": 1, **more}
+
+
+def _needs(*keys: str) -> Schema:
+    # "type" makes jsonschema's best_match rank a missing key no higher than an unknown one.
+    return {"type": "object", "required": list(keys)}
+
+
+def _unless(*others: str, then: str) -> Schema:
+    """``then`` is required unless one of ``others`` is there (the error names ``then``)."""
+    return {"if": {"not": {"anyOf": [{"required": [o]} for o in others]}}, "then": _needs(then)}
+
+
+def _auth_rules() -> list[Schema]:
+    """Per `auth.type`: its required keys, and no key of another kind (the loader's AUTH_TYPE_KEYS)."""
+    required: dict[str, list[Schema]] = {
+        "login": [_needs("url"), _unless("token_header", "token_cookie", then="token_path")],
+        "bearer": [_needs("token")],
+        "header": [_needs("token"), _unless("query_param", then="header")],
+        "basic": [_needs("username", "password")],
+        "oauth2_client_credentials": [_needs("token_url", "client_id", "client_secret")],
+        "jwt_signed": [
+            _needs("algorithm"),
+            _unless("key_file", then="key"),
+            {"not": {"required": ["key", "key_file"]}},
+            # scope, token_path and expires_in_path are about the token URL's answer
+            {"dependencies": {k: ["token_url"] for k in ("scope", "token_path", "expires_in_path")}},
+        ],
+    }
+    rules = []
+    for kind in AUTH_TYPES:
+        # No `type` is `login`: `properties` passes when the key is absent.
+        when: Schema = {"properties": {"type": {"const": kind}}}
+        if kind != "login":
+            when["required"] = ["type"]
+        # A key of another kind: "'client_id' is not one of ['type', 'token', ...]", the keys this kind takes.
+        own = {"propertyNames": {"enum": ["type", *AUTH_TYPE_KEYS[kind]]}}
+        rules.append({"if": when, "then": {"allOf": [*required[kind], own]}})
+    return rules
+
+
 def _auth() -> Schema:
     return {
-        "description": "How to log in for a JWT, once at the start (and again on a 401). Leave it out for an API without login.",
+        "description": "How each call is authorised: `type` picks the kind (default `login`: log in for a JWT at the start, and again before it expires or when it is rejected). Leave it out for an API without auth.",
         "type": "object",
         "additionalProperties": False,
-        "required": ["url", "token_path"],
+        "allOf": _auth_rules(),
         "properties": {
+            "type": {
+                "description": "login (log in for a token), bearer / header (a fixed token or API key), basic (user and password), oauth2_client_credentials, jwt_signed (a JWT signed here).",
+                "enum": list(AUTH_TYPES),
+                "default": "login",
+            },
             "url": {
-                "description": "The login endpoint that returns the token.",
+                "description": "login: the login endpoint that returns the token.",
                 "type": "string",
                 "minLength": 1,
                 "examples": ["https://api.example.com/auth/token"],
             },
-            "method": _method("The login's HTTP method.", "POST"),
+            "method": _method("login: the login's HTTP method.", "POST"),
             "body": {
-                "description": 'The login body, sent as JSON: a YAML mapping (or JSON text). Use ${VAR} for credentials: {client_id: "${API_CLIENT_ID}"}.',
+                "description": 'login: the login body, sent as JSON: a YAML mapping (or JSON text). Use ${VAR} for credentials: {client_id: "${API_CLIENT_ID}"}.',
                 "type": ["object", "array", "string"],
             },
             "headers": {
-                "description": "Extra headers for the login call.",
+                "description": "login: extra headers for the login call.",
                 "type": "object",
                 "additionalProperties": {"type": ["string", "number", "boolean"]},
             },
             "token_path": {
-                "description": "Where the token is in the login response: a dot path (data.session.jwt) or a JSONPath ($.data.token).",
+                "description": "Where the token is in the login (or token URL's) response: a dot path (data.session.jwt) or a JSONPath ($.data.token). Default for oauth2_client_credentials and jwt_signed: access_token.",
                 "type": "string",
                 "minLength": 1,
                 "examples": ["access_token", "data.session.jwt"],
             },
+            "token_header": _text(
+                "login: the token is in this response header instead of the body.", examples=["X-Auth-Token"]
+            ),
+            "token_cookie": _text(
+                "login: the token is in this cookie of the login response (unless token_path says otherwise), and goes back as `Cookie: <name>=<token>` unless `header` is set.",
+                examples=["session"],
+            ),
+            "expires_in_path": _text(
+                "Where the token's lifetime in seconds is in the login response; else the JWT's exp claim is read. The token is fetched again shortly before it ends. Default for oauth2_client_credentials and jwt_signed with token_url: expires_in.",
+                examples=["expires_in", "data.expires_in"],
+            ),
+            "refresh_on": {
+                "description": "Responses besides 401 that mean the token was rejected: a listed status, a body the pattern finds, or (with both) a listed status whose body the pattern finds.",
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": {
+                    "statuses": {
+                        "description": "HTTP statuses that mean the token was rejected, e.g. [403].",
+                        "type": ["array", "integer"],
+                        "items": {"type": "integer", "minimum": 100, "maximum": 599},
+                        "minimum": 100,
+                        "maximum": 599,
+                    },
+                    "body": _text(
+                        "A regular expression searched in the first 4 KiB of the response body.",
+                        examples=["token expired|invalid_token"],
+                    ),
+                },
+            },
             "token_type": {
-                "description": 'Put before the token in the auth header; "" (or null) sends the bare token.',
+                "description": 'Put before the token in the auth header; "" (or null) sends the bare token. Default Bearer; for type header, "".',
                 "type": ["string", "null"],
                 "default": "Bearer",
             },
             "header": {
-                "description": "The header the token goes in.",
+                "description": "The header the token goes in (type header: the header the API reads its key from).",
                 "type": "string",
                 "minLength": 1,
                 "default": "Authorization",
+                "examples": ["Authorization", "X-API-Key"],
             },
+            "token": _text(
+                'bearer / header: the fixed token or API key, from the environment: "${API_KEY}".',
+                examples=["${API_KEY}"],
+            ),
+            "query_param": _text(
+                "bearer / header: send the token as this query parameter instead of a header.", examples=["api_key"]
+            ),
+            "username": _text("basic: the user name.", examples=["${API_USER}"]),
+            "password": {"description": "basic: the password.", "type": "string", "examples": ["${API_PASSWORD}"]},
+            "token_url": _text(
+                "oauth2_client_credentials: the token endpoint. jwt_signed: exchange the signed JWT there for an access token (RFC 7523).",
+                examples=["https://auth.example.com/oauth/token"],
+            ),
+            "client_id": _text("oauth2_client_credentials: the client id.", examples=["${API_CLIENT_ID}"]),
+            "client_secret": _text("oauth2_client_credentials: the client secret.", examples=["${API_CLIENT_SECRET}"]),
+            "client_auth": {
+                "description": "oauth2_client_credentials: send the client id and secret as HTTP Basic (basic) or in the form body (body).",
+                "enum": ["basic", "body"],
+                "default": "basic",
+            },
+            "scope": {
+                "description": "oauth2_client_credentials, jwt_signed with token_url: the scopes to ask for, as text (space-separated) or a list.",
+                "type": ["string", "array"],
+                "items": {"type": "string"},
+            },
+            "audience": _text("oauth2_client_credentials: the audience to ask for (Auth0 and others)."),
+            "algorithm": {
+                "description": "jwt_signed: HS256, HS384, HS512 (a shared secret) or RS256, ES256 (a private key).",
+                "enum": list(SIGNING_ALGORITHMS),
+            },
+            "key": _text('jwt_signed: the signing key, from the environment: "${SIGNING_KEY}".'),
+            "key_file": _text("jwt_signed: a file holding the signing key (PEM for RS256 and ES256)."),
+            "claims": {
+                "description": "jwt_signed: the token's claims (iss, sub, aud and your own); iat and exp are set when it is signed.",
+                "type": "object",
+                "propertyNames": {"not": {"enum": ["iat", "exp"]}},
+            },
+            "lifetime": _seconds("jwt_signed: seconds from iat to exp; signed again before it ends.", 300, minimum=1),
         },
     }
 
@@ -173,6 +300,23 @@ def _request() -> Schema:
                 "type": "boolean",
                 "default": False,
             },
+            "follow_redirects": {
+                "description": "Follow redirects within the API's origin (never to another host, port or scheme); false ends the row at a 3xx.",
+                "type": "boolean",
+                "default": True,
+            },
+            "idempotency_key": {
+                "description": 'A template giving each row its own key, e.g. "{{id}}", sent as the idempotency_header; with it, POST and PATCH are retried like GET.',
+                "type": "string",
+                "pattern": _NOT_BLANK,
+                "examples": ["{{id}}", "order-{{order_id}}"],
+            },
+            "idempotency_header": {
+                "description": "The header the idempotency key goes in.",
+                "type": "string",
+                "pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+                "default": _default(RequestConfig, "idempotency_header"),
+            },
         },
     }
 
@@ -196,7 +340,33 @@ def _retry() -> Schema:
                 "items": {"type": "integer", "minimum": 100, "maximum": 599},
                 "default": sorted(defaults.statuses),
             },
-            "max_retry_after": _seconds("The cap on a server's Retry-After, in seconds.", defaults.max_retry_after),
+            "max_retry_after": _seconds(
+                "The longest Retry-After waited out, in seconds; a longer one stops the run (exit 3, resumable).",
+                defaults.max_retry_after,
+            ),
+            "non_idempotent": {
+                "description": "Retry POST and PATCH after a 5xx, a timeout or a dropped connection too (they may run twice).",
+                "type": "boolean",
+                "default": defaults.non_idempotent,
+            },
+        },
+    }
+
+
+def _tls() -> Schema:
+    return {
+        "description": "How the API's TLS certificate is checked, and a client certificate for mutual TLS.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "verify": {
+                "description": "Check the API's certificate (false is unsafe, and warned about).",
+                "type": "boolean",
+                "default": True,
+            },
+            "ca_bundle": _path("A PEM file of the CA certificates to trust instead of the system's."),
+            "client_cert": _path("A PEM client certificate (it may hold the key too), for mutual TLS."),
+            "client_key": _path("The client certificate's private key (PEM, unencrypted)."),
         },
     }
 
@@ -270,6 +440,15 @@ def config_schema() -> Schema:
                 "description": "In CSV output, put ' before API values starting with = + - @, tab or CR (a guard against CSV injection).",
                 "type": "boolean",
                 "default": True,
+            },
+            "tls": _tls(),
+            "max_response_bytes": {
+                "description": "The largest response read; a larger one is cut off and fails its row: 10MB, 512KB, or a number of bytes.",
+                "type": ["integer", "string"],
+                "minimum": 1,
+                "pattern": _SIZE_TEXT,
+                "default": "10MB",
+                "examples": ["10MB", "512KB"],
             },
         },
     }

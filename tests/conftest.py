@@ -7,6 +7,7 @@ user does (``cli.main([...])`` or ``enrich.enrich(df, cfg)``, each with its own 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ class RunningServer:
 
 
 class ServerThread:
-    """Runs an aiohttp application on 127.0.0.1 (a free port) in a daemon thread."""
+    """Runs an aiohttp application on 127.0.0.1 (a free port) in a daemon thread; with
+    ``ssl_context``, over HTTPS."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
+        self.ssl_context = ssl_context
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.port = 0
@@ -46,7 +49,7 @@ class ServerThread:
         asyncio.set_event_loop(self.loop)
         runner = web.AppRunner(self.app, access_log=None)
         self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.runner = runner
@@ -59,7 +62,8 @@ class ServerThread:
         self.thread.start()
         if not self.ready.wait(10):
             raise RuntimeError("test server did not start")
-        return RunningServer(f"http://127.0.0.1:{self.port}", self.app)
+        scheme = "https" if self.ssl_context is not None else "http"
+        return RunningServer(f"{scheme}://127.0.0.1:{self.port}", self.app)
 
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -77,12 +81,13 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[web.Application], RunningServer]]:
-    """Start any aiohttp app for the test: ``server = serve(app)``; stopped at teardown."""
+def serve() -> Iterator[Callable[..., RunningServer]]:
+    """Start any aiohttp app for the test: ``server = serve(app)`` (``serve(app, ssl_context)`` for
+    HTTPS); stopped at teardown."""
     started: list[ServerThread] = []
 
-    def start(app: web.Application) -> RunningServer:
-        thread = ServerThread(app)
+    def start(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> RunningServer:
+        thread = ServerThread(app, ssl_context)
         started.append(thread)
         return thread.__enter__()
 

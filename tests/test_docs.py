@@ -37,6 +37,7 @@ def test_first_screen_names_the_two_commands() -> None:
         ("auth.", cfg.AUTH_KEYS),
         ("request.", cfg.REQUEST_KEYS),
         ("retry.", cfg.RETRY_KEYS),
+        ("tls.", cfg.TLS_KEYS),
     ],
 )
 def test_every_config_key_is_documented(section: str, keys: tuple[str, ...]) -> None:

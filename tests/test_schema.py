@@ -15,7 +15,7 @@ import yaml
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
-from enrich.config import AUTH_KEYS, REQUEST_KEYS, RETRY_KEYS, TOP_KEYS, config_from_dict
+from enrich.config import AUTH_KEYS, REQUEST_KEYS, RETRY_KEYS, TLS_KEYS, TOP_KEYS, config_from_dict
 from enrich.errors import ConfigError
 from enrich.schema import config_schema, schema_json
 
@@ -45,6 +45,7 @@ def loader_knows(data: dict[str, Any]) -> bool:
         pytest.param(("auth",), set(AUTH_KEYS), id="auth"),
         pytest.param(("request",), set(REQUEST_KEYS), id="request"),
         pytest.param(("retry",), set(RETRY_KEYS), id="retry"),
+        pytest.param(("tls",), set(TLS_KEYS), id="tls"),
     ],
 )
 def test_keys_are_the_loaders_keys(path: tuple[str, ...], keys: set[str]) -> None:

@@ -1,0 +1,171 @@
+"""Auth through a whole `enrich run`: the token manager wired into the client, end to end.
+
+tests/test_auth.py checks each auth kind's TokenManager against real servers; here the CLI
+runs whole tables against them: short-lived tokens renewed before they expire (counted at
+the server), an API key in the query string, HTTP Basic, and a 403 that means "expired".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from aiohttp import web
+from conftest import RunningServer, demo_config, run_cli, write_config
+
+from enrich.demo_server import DemoSettings, create_app, person_for
+
+Serve = Callable[[web.Application], RunningServer]
+
+
+def table(tmp_path: Path, rows: int) -> Path:
+    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
+    path = tmp_path / "in.csv"
+    path.write_text("id,email,domain\n" + "".join(f"{i},{e},example.com\n" for i, e in enumerate(emails)), "utf-8")
+    return path
+
+
+def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2-second tokens over a ~6-second run at 100 calls/s: no call reaches the API with an
+    expired token, and the logins are one per token lifetime, not a storm."""
+    server = serve(create_app(DemoSettings(token_ttl=2.0)))
+    out = tmp_path / "out.parquet"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(
+            server.url,
+            input=str(table(tmp_path, 600)),
+            output=str(out),
+            rate_limit="100/s",
+            auth={
+                "url": f"{server.url}/auth/token",
+                "body": {"client_id": "${DEMO_CLIENT_ID}", "client_secret": "${DEMO_CLIENT_SECRET}"},
+                "token_path": "access_token",
+                "expires_in_path": "expires_in",
+            },
+        ),
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    state = server.state
+    assert state.expired == 0 and state.unauthorized == 0
+    assert pl.read_parquet(out)["_http_status"].to_list() == [200] * 600
+    summary = json.loads(Path(f"{out}.summary.json").read_text())
+    assert 3 <= summary["logins"] <= 6, summary["logins"]  # ~6 s / (2 s - margin)
+    assert summary["logins"] == state.logins
+
+
+def static_api(serve: Serve, check: Callable[[web.Request], bool]) -> tuple[RunningServer, list[dict[str, Any]]]:
+    """An API that answers 200 when ``check(request)`` passes, else 401; it records what came."""
+    seen: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append({"query": dict(request.query), "auth": request.headers.get("Authorization")})
+        if not check(request):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"id": request.match_info["id"]})
+
+    app = web.Application()
+    app.router.add_get("/v/{id}", answer)
+    return serve(app), seen
+
+
+@pytest.mark.parametrize(
+    ("auth", "check"),
+    [
+        pytest.param(
+            {"type": "header", "token": "${API_KEY}", "query_param": "api_key"},
+            lambda r: r.query.get("api_key") == "k3y/with+chars=" and "Authorization" not in r.headers,
+            id="api-key-in-the-query",
+        ),
+        pytest.param(
+            {"type": "bearer", "token": "${API_KEY}"},
+            lambda r: r.headers.get("Authorization") == "Bearer k3y/with+chars=",
+            id="bearer",
+        ),
+        pytest.param(
+            {"type": "basic", "username": "me", "password": "${API_KEY}"},
+            lambda r: r.headers.get("Authorization") == "Basic " + base64.b64encode(b"me:k3y/with+chars=").decode(),
+            id="basic",
+        ),
+    ],
+)
+def test_static_auth_kinds_in_a_run_and_in_the_dry_run(
+    tmp_path: Path,
+    serve: Serve,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    auth: dict[str, Any],
+    check: Callable[[web.Request], bool],
+) -> None:
+    monkeypatch.setenv("API_KEY", "k3y/with+chars=")
+    server, seen = static_api(serve, check)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n1\n2\n3\n", "utf-8")
+    out = tmp_path / "out.csv"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"input": str(src), "output": str(out), "auth": auth, "request": {"url": server.url + "/v/{{id}}"}},
+    )
+    assert run_cli(["run", str(cfg), "--dry-run", "1"]) == 0
+    dry = capsys.readouterr().out
+    assert seen == [] and "k3y" not in dry
+    assert ("api_key=***" in dry) == ("query_param" in auth)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert pl.read_csv(out)["_http_status"].to_list() == [200, 200, 200]
+    assert len(seen) == 3
+    assert "k3y" not in out.read_text() and b"k3y" not in Path(f"{out}.journal").read_bytes()
+
+
+def test_a_403_that_says_expired_renews_the_token_once_for_all_workers(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`auth.refresh_on`: this API signals an expired token with 403 and a body; the first token
+    is 'expired' after 5 calls. One new login, every row answered."""
+    logins: list[str] = []
+    calls: dict[str, int] = {}
+
+    async def login(request: web.Request) -> web.Response:
+        logins.append(f"t{len(logins)}")
+        return web.json_response({"access_token": logins[-1]})
+
+    async def answer(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        calls[token] = calls.get(token, 0) + 1
+        if token == "t0" and calls[token] > 5:
+            return web.json_response({"error": "token expired"}, status=403)
+        if request.match_info["id"] == "forbidden":  # a real 403: not a token problem
+            return web.json_response({"error": "not yours"}, status=403)
+        return web.json_response({"id": request.match_info["id"]})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/v/{id}", answer)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n" + "".join(f"{i}\n" for i in range(40)) + "forbidden\n", "utf-8")
+    out = tmp_path / "out.csv"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(out),
+            "auth": {
+                "url": server.url + "/login",
+                "token_path": "access_token",
+                "refresh_on": {"statuses": [403], "body": "token expired"},
+            },
+            "request": {"url": server.url + "/v/{{id}}"},
+            "concurrency": 8,
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert logins == ["t0", "t1"]
+    statuses = pl.read_csv(out)["_http_status"].to_list()
+    assert statuses == [200] * 40 + [403]
