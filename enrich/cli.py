@@ -393,7 +393,7 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 
 def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
     from .client import shown, to_curl
-    from .engine import preflight
+    from .preflight import preflight
 
     redact = config.redactor.redact
     pf = preflight(config, job, options, rows)
@@ -490,9 +490,9 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
     import orjson
 
     from .aio import run
-    from .engine import apreview
     from .errors import ConfigError
     from .extract import response_tree
+    from .preflight import apreview
     from .tables import scan_table
 
     config = _load(args, log)
