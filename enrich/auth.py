@@ -86,9 +86,10 @@ def _seconds(value: Any) -> float | None:
 def jwt_lifetime(token: str, now: float) -> float | None:
     """Seconds the token has left by its own ``exp`` claim, or None (no ``exp``, or not a JWT).
 
-    The signature is not verified: the claims only time the refresh. With ``iat``, the
-    lifetime is ``exp - iat`` (clock skew does not matter); an integer ``iat`` may have
-    been rounded down, so a second is taken off. Without it, ``exp - now``.
+    The signature is not verified: the claims only time the refresh. The time left is
+    ``exp - now``, but never more than ``exp - iat`` (so a clock behind the API's cannot make
+    the refresh late); when our clock is ahead of the API's so far that ``exp`` looks past,
+    ``exp - iat`` alone. An integer ``iat`` may have been rounded down: a second is taken off.
     """
     if token.count(".") != 2:
         return None
@@ -101,10 +102,11 @@ def jwt_lifetime(token: str, now: float) -> float | None:
     exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
     if exp is None:
         return None
-    if iat is not None and exp - iat > 1:
-        return exp - iat - (1.0 if iat.is_integer() else 0.0)
+    issued = exp - iat - (1.0 if iat.is_integer() else 0.0) if iat is not None and exp - iat > 1 else None
     left = exp - now
-    return left if left > 0 else None
+    if left > 0:
+        return min(left, issued) if issued is not None else left
+    return issued  # exp looks past: our clock is ahead, or the token is stale (a rejection will tell)
 
 
 def _number(value: Any) -> float | None:
@@ -242,7 +244,7 @@ class TokenManager:
 
     def _install(self, token: str, lifetime: float | None, started: float) -> None:
         """Make ``token`` the current one, valid for ``lifetime`` seconds from ``started`` (None: unknown)."""
-        self.redactor.add(token)
+        self.redactor.add_token(token)
         self._token = token
         self.generation += 1
         headers, params = self.config.sent_as(token)
@@ -267,7 +269,7 @@ class TokenManager:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PyJWT warns on short HMAC secrets; the API chose the secret
             token = jwt.encode(claims, cfg.signing_key, algorithm=cfg.algorithm)
-        self.redactor.add(token)
+        self.redactor.add_token(token)
         return token, exp - now
 
     def _client_form(self) -> dict[str, str]:
@@ -299,8 +301,15 @@ class TokenManager:
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             try:
+                # Never redirected: a 307 would replay the credentials in the body to wherever it points.
                 async with session.request(
-                    cfg.method, cfg.url, json=json, data=data, headers=headers, timeout=self.timeout
+                    cfg.method,
+                    cfg.url,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
                 ) as resp:
                     body = await resp.read()
                     status, reason = resp.status, resp.reason or ""
@@ -321,6 +330,15 @@ class TokenManager:
                 continue
             break
         self.logins += 1
+        if 300 <= status < 400:
+            target = response_headers.get("Location", "")
+            raise AuthError(
+                self.redactor.redact(
+                    f"{what} failed: {cfg.method} {cfg.url} redirected (HTTP {status}) to {target or 'nowhere'}, "
+                    f"which is not followed: the credentials would go with it. Set {where} to the URL that "
+                    "answers with the token."
+                )
+            )
         if not 200 <= status < 300:
             raise AuthError(
                 self.redactor.redact(
@@ -353,7 +371,7 @@ class TokenManager:
                     f"{found}). Set auth.token_cookie to the cookie that holds the token."
                 )
             token = morsel.value
-        self.redactor.add(token)
+        self.redactor.add_token(token)
         lifetime = _seconds(cfg.get_expires_in(doc)) if cfg.get_expires_in is not None and doc is not None else None
         return token, lifetime
 

@@ -514,12 +514,13 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
             continue
         if p.outcome is not None and p.outcome.doc is not None:
             out.append("  response (each path can go in `fields`):")
-            out += [f"    {line}" for line in response_tree(p.outcome.doc)]
+            # Masked before the tree cuts long values: a cut secret would no longer match.
+            out += [f"    {line}" for line in response_tree(config.redactor.redact_json(p.outcome.doc))]
         else:
             out.append("  response: empty")
         out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
         for name, value in p.columns.items():
-            shown = orjson.dumps(value, default=str).decode()
+            shown = config.redactor.redact(orjson.dumps(value, default=str).decode())
             out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
         out.append("")
     if not previews:

@@ -33,13 +33,16 @@ from yarl import URL
 
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
-from .errors import RunAborted, ThrottledTooLong, TLSError
+from .errors import AuthError, RunAborted, ThrottledTooLong, TLSError
 from .ratelimit import RateLimiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
 
 # How many times one call may ask for a new token before its 401 is final.
-MAX_REFRESHES_PER_CALL = 2
+# How many times one call may ask for a new token before its rejection is final: once. A call
+# rejected again with a fresh token is refused for itself (a 403 for one record), not for the
+# token; a token that is bad for every call is caught by the next call's refresh (AuthError).
+MAX_REFRESHES_PER_CALL = 1
 # Redirects are followed by hand, and only within the API's origin (scheme, host, port).
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -301,7 +304,10 @@ class Client:
             if self._stop is not None:
                 await self._halt()
             if self.tokens is not None:  # after the limiter's wait, which a token may not outlive
-                generation, auth_headers, params = await self.tokens.credentials(self.session)
+                try:
+                    generation, auth_headers, params = await self.tokens.credentials(self.session)
+                except AuthError as exc:  # a renewal failed: stop, letting the calls in flight finish
+                    await self._halt(exc)
                 headers = {**req.headers, **auth_headers}
                 if params:  # an API key in the query string: never part of the fingerprint
                     url = req.url.extend_query(params)
@@ -359,7 +365,10 @@ class Client:
                     if refreshes < MAX_REFRESHES_PER_CALL:
                         refreshes += 1
                         attempt -= 1  # a rejected token is not the call's fault
-                        await self.tokens.refresh(self.session, generation)
+                        try:
+                            await self.tokens.refresh(self.session, generation)
+                        except AuthError as exc:
+                            await self._halt(exc)
                         continue
                 else:
                     self.tokens.accepted(generation)

@@ -562,6 +562,14 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
     input_types = _input_types(data.get("input_types"), where)
     tls = _tls(data.get("tls"), where)
     warnings = _plain_http_warnings(data, url, where)
+    refresh_on = auth.refresh_on if auth is not None else None
+    if refresh_on is not None and refresh_on.statuses and refresh_on.body is None:
+        listed = ", ".join(map(str, sorted(refresh_on.statuses)))
+        warnings.append(
+            f"{where('auth', 'refresh_on')} lists HTTP {listed} with no `body` pattern: every such answer, also one "
+            "that refuses a single record, costs a new login. Add `body:` with what the API says for an "
+            'expired token (e.g. body: "token expired") to tell the two apart.'
+        )
     if not tls.verify:
         warnings.append(
             f"{where('tls', 'verify')} is false: the API's certificate is not checked, so anyone on the network "

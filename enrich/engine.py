@@ -47,7 +47,7 @@ from .config import (
     STATUS_COLUMN,
     Config,
 )
-from .errors import ConfigError, InputError, Interrupted, ThrottledTooLong
+from .errors import AuthError, ConfigError, InputError, Interrupted, ThrottledTooLong
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
 from .template import TemplateValueError
@@ -820,6 +820,14 @@ def run_job(
         except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
             journal.flush()
             raise stop.saved(journal.written, job.journal) from None
+        except AuthError as stop:  # a login or renewal failed mid-run: resumable too
+            journal.flush()
+            if journal.written and job.journal is not None:
+                raise AuthError(
+                    f"{stop} {journal.written:,} finished calls are saved in the journal {job.journal}; "
+                    "run the same command again to resume."
+                ) from None
+            raise
         call_seconds = time.perf_counter() - started
         failures = _write(batches, config, journal, options, job.output, spool, job.errors_out)
     summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)

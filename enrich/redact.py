@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -23,6 +24,7 @@ from .template import URL_LITERAL_SAFE, quote_query
 MASK = "***"
 # Shorter values would mask ordinary words ("1", "yes"); they are not secrets worth the name.
 MIN_SECRET_LENGTH = 4
+TOKENS_KEPT = 8  # issued tokens remembered (the current one and the few before it)
 
 
 def _forms(secret: str) -> set[str]:
@@ -43,22 +45,35 @@ def _forms(secret: str) -> set[str]:
 class Redactor:
     """A growing set of secrets and a function that hides them in text."""
 
-    __slots__ = ("_bytes_pattern", "_pattern", "_secrets")
+    __slots__ = ("_bytes_pattern", "_pattern", "_secrets", "_tokens")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        # The newest issued tokens only: a long run with short-lived tokens gets thousands, and
+        # every one kept would slow every masking; tokens this old have long expired.
+        self._tokens: deque[str] = deque(maxlen=TOKENS_KEPT)
         self._pattern: re.Pattern[str] | None = None
         self._bytes_pattern: re.Pattern[bytes] | None = None
         for secret in secrets:
             self.add(secret)
 
     def add(self, secret: str | None) -> None:
-        """Remember one more secret (a token, a password); short values are ignored."""
+        """Remember one more secret (a password, a key); short values are ignored."""
         if not secret or len(secret) < MIN_SECRET_LENGTH or secret in self._secrets:
             return
         self._secrets.add(secret)
+        self._compile()
+
+    def add_token(self, token: str | None) -> None:
+        """Remember an issued token; only the newest ``TOKENS_KEPT`` are kept."""
+        if not token or len(token) < MIN_SECRET_LENGTH or token in self._tokens or token in self._secrets:
+            return
+        self._tokens.append(token)
+        self._compile()
+
+    def _compile(self) -> None:
         # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(set().union(*map(_forms, self._secrets)), key=len, reverse=True)
+        ordered = sorted(set().union(*map(_forms, (*self._secrets, *self._tokens))), key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
         self._bytes_pattern = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
 
@@ -99,10 +114,10 @@ class Redactor:
         return text[:limit].strip().replace("\n", " ") + ("..." if more else "")
 
     def __contains__(self, secret: object) -> bool:
-        return secret in self._secrets
+        return secret in self._secrets or secret in self._tokens
 
     def __len__(self) -> int:
-        return len(self._secrets)
+        return len(self._secrets) + len(self._tokens)
 
     def __repr__(self) -> str:
-        return f"Redactor({len(self._secrets)} secrets)"
+        return f"Redactor({len(self)} secrets)"

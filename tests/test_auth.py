@@ -423,8 +423,12 @@ def test_the_margin_shrinks_for_short_lived_tokens(lifetime: float, margin: floa
 NOW = 1_700_000_000.0
 LIFETIMES = [
     # (token, seconds left by its claims, with the wall clock at NOW)
-    pytest.param(unsigned_jwt({"iat": int(NOW) - 5, "exp": int(NOW) + 35}), 39.0, id="exp-iat-integer-iat"),
-    pytest.param(unsigned_jwt({"iat": NOW - 5.5, "exp": NOW + 34.5}), 40.0, id="exp-iat-float-iat"),
+    pytest.param(unsigned_jwt({"iat": int(NOW) - 5, "exp": int(NOW) + 35}), 35.0, id="issued-5s-ago"),
+    pytest.param(unsigned_jwt({"iat": NOW - 5.5, "exp": NOW + 34.5}), 34.5, id="issued-5.5s-ago-float"),
+    # a cached token issued long ago: what is left, not its whole lifetime
+    pytest.param(unsigned_jwt({"iat": int(NOW) - 3500, "exp": int(NOW) + 100}), 100.0, id="stale-cached-token"),
+    # our clock ahead of the API's by 50 s: exp looks past; the lifetime by its own claims
+    pytest.param(unsigned_jwt({"iat": int(NOW) - 60, "exp": int(NOW) - 10}), 49.0, id="our-clock-ahead"),
     # a server clock 100 s ahead: exp - iat still gives the lifetime
     pytest.param(unsigned_jwt({"iat": NOW + 100.25, "exp": NOW + 160.75}), 60.5, id="skewed-server-clock"),
     pytest.param(unsigned_jwt({"exp": NOW + 20}), 20.0, id="exp-without-iat"),

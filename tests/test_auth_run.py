@@ -169,3 +169,98 @@ def test_a_403_that_says_expired_renews_the_token_once_for_all_workers(
     assert logins == ["t0", "t1"]
     statuses = pl.read_csv(out)["_http_status"].to_list()
     assert statuses == [200] * 40 + [403]
+
+
+@pytest.mark.parametrize("status", [307, 308, 302])
+def test_a_login_that_redirects_is_not_followed_and_the_credentials_go_nowhere_else(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], status: int
+) -> None:
+    monkeypatch.setenv("SECRET", "login-s3cret-4d2e")
+    elsewhere: list[str] = []
+
+    async def steal(request: web.Request) -> web.Response:
+        elsewhere.append(await request.text())
+        return web.json_response({"access_token": "evil-token"})
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", steal)
+    thief = serve(other)
+
+    async def login(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": f"{thief.url}/token"})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n1\n", "utf-8")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(tmp_path / "o.csv"),
+            "auth": {"url": server.url + "/login", "body": {"secret": "${SECRET}"}, "token_path": "access_token"},
+            "request": {"url": server.url + "/v/{{id}}"},
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 3
+    assert elsewhere == []
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: login failed: POST {server.url}/login redirected (HTTP {status}) to {thief.url}/token, which is not "
+        "followed: the credentials would go with it. Set auth.url to the URL that answers with the token.\n"
+    )
+
+
+def test_one_forbidden_record_fails_its_row_without_stopping_the_run(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`refresh_on: {statuses: [403]}` with no body pattern: a 403 for one record costs one new
+    login and fails that row; the run goes on (and validate warns about the missing pattern)."""
+    logins: list[str] = []
+
+    async def login(request: web.Request) -> web.Response:
+        logins.append(f"t{len(logins)}")
+        return web.json_response({"access_token": logins[-1]})
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.match_info["id"].endswith("3"):
+            return web.json_response({"error": "forbidden: not your record"}, status=403)
+        return web.json_response({"id": request.match_info["id"]})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/v/{id}", answer)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n" + "".join(f"{i}\n" for i in range(30)), "utf-8")
+    out = tmp_path / "out.csv"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(out),
+            "auth": {"url": server.url + "/login", "token_path": "access_token", "refresh_on": {"statuses": [403]}},
+            "request": {"url": server.url + "/v/{{id}}"},
+            "concurrency": 1,
+        },
+    )
+    assert run_cli(["validate", str(cfg)]) == 0
+    assert capsys.readouterr().err.startswith(
+        f"warning: {cfg}, line 6: auth.refresh_on lists HTTP 403 with no `body` pattern"
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    statuses = pl.read_csv(out)["_http_status"].to_list()
+    assert statuses == [403 if str(i).endswith("3") else 200 for i in range(30)]
+    assert len(logins) == 1 + 3  # one login per forbidden row (3, 13, 23), not two, and no stop
+
+
+def test_the_redactor_keeps_only_the_newest_tokens() -> None:
+    from enrich.redact import TOKENS_KEPT, Redactor
+
+    r = Redactor(["a-password-1"])
+    tokens = [f"token-{i:04d}-abcdef" for i in range(200)]
+    for t in tokens:
+        r.add_token(t)
+    assert len(r) == 1 + TOKENS_KEPT
+    assert r.redact(" ".join(tokens[-TOKENS_KEPT:]) + " a-password-1") == " ".join(["***"] * (TOKENS_KEPT + 1))

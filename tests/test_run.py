@@ -537,7 +537,10 @@ def test_token_rejected_forever_stops_the_run_after_one_relogin(
     assert code == 3
     assert "the API rejected a freshly issued token" in err
     assert state["logins"] == 2  # the first login, one refresh, then stop: no login storm
-    assert state["calls"] <= 4 * 2  # the calls in flight with each token
+    # The calls in flight with the first token, their one retry each with the fresh token (a row
+    # rejected again fails alone: it may be a 403 for that record), and the next round, whose
+    # rejection of a token no call got through with stops the run.
+    assert state["calls"] <= 4 * 3
     assert not out.exists()
 
 
