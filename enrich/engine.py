@@ -819,7 +819,7 @@ def run_job(
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
         except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
             journal.flush()
-            raise stop.saved(journal.written, job.journal) from None
+            raise stop.saved(journal.written, job.journal, len(journal) if job.journal else None) from None
         except AuthError as stop:  # a login or renewal failed mid-run: resumable too
             journal.flush()
             if journal.written and job.journal is not None:

@@ -59,12 +59,15 @@ class ThrottledTooLong(RunAborted):
             f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again after {_utc_minute(resume_at)}."
         )
 
-    def saved(self, calls: int, journal: object | None) -> ThrottledTooLong:
-        """The same stop, saying what the journal holds (``journal`` None: none is kept)."""
+    def saved(self, calls: int, journal: object | None, total: int | None = None) -> ThrottledTooLong:
+        """The same stop, saying what the journal holds: ``calls`` made by this run, ``total`` in
+        all (``journal`` None: none is kept)."""
         if journal is None:
             saved = "No journal was kept (journal: false), so a rerun starts over; run the same command"
-        elif calls == 0:
+        elif not total and calls == 0:
             saved = "No call had finished yet; run the same command"
+        elif total is not None and total != calls:
+            saved = f"{total:,} finished calls are in the journal {journal} ({calls:,} made by this run); run the same command"
         else:
             saved = f"{calls:,} finished calls are saved in the journal {journal}; run the same command"
         return ThrottledTooLong(self.seconds, self.status, self.limit, self.resume_at, saved)

@@ -1071,3 +1071,21 @@ def test_the_readme_explains_each_key() -> None:
         "tls.client_key",
     ):
         assert f"`{key}" in section, key
+
+
+@pytest.mark.parametrize(
+    ("calls", "journal", "total", "says"),
+    [
+        (7, "out.csv.journal", 62, "62 finished calls are in the journal out.csv.journal (7 made by this run)"),
+        (7, "out.csv.journal", 7, "7 finished calls are saved in the journal out.csv.journal"),
+        (0, "out.csv.journal", 0, "No call had finished yet"),
+        (0, None, None, "No journal was kept (journal: false)"),
+    ],
+)
+def test_a_long_retry_after_stop_says_what_the_journal_holds(
+    calls: int, journal: str | None, total: int | None, says: str
+) -> None:
+    from enrich.errors import ThrottledTooLong
+
+    stop = ThrottledTooLong(86400, 429, 300, 1_800_000_000).saved(calls, journal, total)
+    assert says in str(stop) and str(stop).endswith("again after 2027-01-15 08:00 UTC.")
