@@ -197,20 +197,22 @@ class TokenManager:
             if self.generation == 0 or self._clock() >= self._refresh_at:
                 await self._fetch(session)
 
-    async def refresh(self, session: aiohttp.ClientSession, seen_generation: int) -> None:
+    async def refresh(self, session: aiohttp.ClientSession, seen_generation: int, answer: str = "") -> None:
         """Replace the token that the caller saw rejected, unless another caller already did.
 
         A token fetched by a refresh and rejected before any call got through means
         fetching again cannot help: the run stops instead of looping. So does a rejected
-        static secret, which no refresh can change.
+        static secret, which no refresh can change. ``answer`` (the rejecting response, e.g.
+        ``HTTP 401: {"error": "invalid api key"}``) goes into that message.
         """
         async with self._lock:
             if self.generation != seen_generation:
                 return
+            said = f" The API answered {answer}." if answer else ""
             if self.config.static:
-                raise AuthError(self.redactor.redact(self._static_rejected()))
+                raise AuthError(self.redactor.redact(self._static_rejected() + said))
             if self.generation > 1 and self._accepted < self.generation:
-                raise AuthError(self.redactor.redact(self._fresh_rejected()))
+                raise AuthError(self.redactor.redact(self._fresh_rejected() + said))
             await self._fetch(session)
 
     async def _due(self, session: aiohttp.ClientSession) -> None:

@@ -365,8 +365,9 @@ class Client:
                     if refreshes < MAX_REFRESHES_PER_CALL:
                         refreshes += 1
                         attempt -= 1  # a rejected token is not the call's fault
+                        answer = f"HTTP {status}" + (f": {self.redactor.snippet(body, 120)}" if body else "")
                         try:
-                            await self.tokens.refresh(self.session, generation)
+                            await self.tokens.refresh(self.session, generation, answer)
                         except AuthError as exc:
                             await self._halt(exc)
                         continue

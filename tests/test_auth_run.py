@@ -264,3 +264,28 @@ def test_the_redactor_keeps_only_the_newest_tokens() -> None:
         r.add_token(t)
     assert len(r) == 1 + TOKENS_KEPT
     assert r.redact(" ".join(tokens[-TOKENS_KEPT:]) + " a-password-1") == " ".join(["***"] * (TOKENS_KEPT + 1))
+
+
+def test_a_rejected_fixed_key_stops_the_run_with_what_the_api_said(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("API_KEY", "wrong-k3y-0000")
+    server, seen = static_api(serve, lambda r: False)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n1\n2\n", "utf-8")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(tmp_path / "o.csv"),
+            "auth": {"type": "bearer", "token": "${API_KEY}"},
+            "request": {"url": server.url + "/v/{{id}}"},
+            "concurrency": 1,
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: the API rejected the token sent in ")
+    assert err.rstrip().endswith('The API answered HTTP 401: {"error": "unauthorized"}.')
+    assert "wrong-k3y-0000" not in err
+    assert len(seen) == 1  # the first rejection stops the run: a fixed key cannot be renewed
