@@ -34,7 +34,7 @@ from yarl import URL
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
 from .errors import AuthError, RunAborted, ThrottledTooLong, TLSError
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
 
@@ -239,7 +239,7 @@ class Client:
         *,
         retry: RetryConfig,
         timeout: float,
-        limiter: RateLimiter,
+        limiter: Limiter,
         tokens: TokenManager | None,
         redactor: Redactor,
         counters: Counters | None = None,
@@ -300,7 +300,10 @@ class Client:
             headers, url = req.headers, req.url
             generation = 0
             if self.limiter.pacing:
-                await self.limiter.acquire()
+                try:
+                    await self.limiter.acquire()
+                except RunAborted as exc:  # a shared limit out of reach: stop, never run unlimited
+                    await self._halt(exc)
             if self._stop is not None:
                 await self._halt()
             if self.tokens is not None:  # after the limiter's wait, which a token may not outlive

@@ -99,10 +99,14 @@ _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """``count`` requests per ``period`` seconds, e.g. ``Rate(20, 1)`` for ``20/s``."""
+    """``count`` requests per ``period`` seconds, e.g. ``Rate(20, 1)`` for ``20/s``; with ``shared``
+    (a Redis URL) one limit for every process using the same Redis and ``key``."""
 
     count: float
     period: float
+    burst: int = 0  # starts allowed ahead of the pace (shared limits)
+    shared: str | None = field(default=None, repr=False)  # redis://host:port/db (may hold a password)
+    key: str = "enrich"
 
     @property
     def per_second(self) -> float:
@@ -110,7 +114,10 @@ class Rate:
 
     def __str__(self) -> str:
         unit = {1: "s", 60: "min", 3600: "h"}.get(int(self.period), f"{self.period}s")
-        return f"{self.count:g}/{unit}"
+        text = f"{self.count:g}/{unit}"
+        if self.burst:
+            text += f", burst {self.burst}"
+        return text + (f", shared in Redis (key {self.key})" if self.shared else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +408,36 @@ def _expand_env(value: Any, where: Any, path: tuple[str, ...], redactor: Redacto
     return value
 
 
+RATE_KEYS = ("rate", "burst", "shared", "key")
+
+
+def _shared_rate(value: Mapping[str, Any], where: _Locator, redactor: Redactor) -> Rate | None:
+    """``{rate: 1000/s, burst: 50, shared: redis://..., key: acme-api}``."""
+    limit = _check_keys(value, RATE_KEYS, where, ("rate_limit",))
+    rate = parse_rate(limit.get("rate"), where("rate_limit", "rate"))
+    if rate is None:
+        raise ConfigError(f"{where('rate_limit', 'rate')} is missing: say how many calls, e.g. `rate: 1000/s`.")
+    burst = int(
+        _number(limit.get("burst", 0), where("rate_limit", "burst"), minimum=0, integer=True, what="a whole number")
+    )
+    shared = limit.get("shared")
+    if shared is not None:
+        from yarl import URL
+
+        url = URL(str(shared))
+        if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+            raise ConfigError(
+                f"{where('rate_limit', 'shared')}: {redactor.redact(str(shared))!r} is not a Redis URL. "
+                "Write it as redis://host:6379/0 (rediss:// for TLS)."
+            )
+        redactor.add(url.password)
+        shared = str(shared)
+    key = limit.get("key", "enrich")
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{where('rate_limit', 'key')} must be a name such as acme-api, got {key!r}.")
+    return replace(rate, burst=burst, shared=shared, key=key)
+
+
 def parse_rate(value: Any, loc: str) -> Rate | None:
     """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null means unlimited."""
     if value is None or value == 0:
@@ -585,7 +622,11 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         concurrency=_number(
             data.get("concurrency", 16), where("concurrency"), minimum=1, integer=True, what="a whole number"
         ),
-        rate_limit=parse_rate(data.get("rate_limit"), where("rate_limit")),
+        rate_limit=(
+            _shared_rate(data["rate_limit"], where, redactor)
+            if isinstance(data.get("rate_limit"), Mapping)
+            else parse_rate(data.get("rate_limit"), where("rate_limit"))
+        ),
         retry=retry,
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
         input_types=input_types,

@@ -392,12 +392,25 @@ async def _client(config: Config, counters: Counters | None = None) -> AsyncIter
     connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300, ssl=ssl)
     # No cookie jar: a cookie goes out only when the config says so (`auth.token_cookie`), and
     # nothing a response sets travels with later calls.
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session:
+    rate = config.rate_limit
+    limiter: Any
+    if rate is not None and rate.shared:  # one limit for every process using this Redis and key
+        from .shared_limit import SharedRateLimiter
+
+        limiter = SharedRateLimiter(rate.shared, rate.key, rate.per_second, rate.burst)
+    else:
+        limiter = RateLimiter(rate.per_second if rate else None)
+    async with (
+        aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as session,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        if hasattr(limiter, "close"):
+            stack.push_async_callback(limiter.close)
         yield Client(
             session,
             retry=config.retry,
             timeout=config.timeout,
-            limiter=RateLimiter(config.rate_limit.per_second if config.rate_limit else None),
+            limiter=limiter,
             tokens=TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None,
             redactor=config.redactor,
             counters=counters,

@@ -22,6 +22,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class Limiter(Protocol):
+    """What the client needs of a limiter: ``RateLimiter`` here, ``SharedRateLimiter`` across processes."""
+
+    @property
+    def pacing(self) -> bool: ...
+
+    async def acquire(self) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -408,11 +408,42 @@ def config_schema() -> Schema:
             },
             "concurrency": _whole_number("Requests in flight.", _default(Config, "concurrency")),
             "rate_limit": {
-                "description": "Requests started per second, minute or hour, across all workers: N/s, N/min, N/h, or a number (per second). Default: no limit.",
-                "type": ["string", "number", "null"],
-                "minimum": 0,
-                "pattern": _RATE_TEXT,
-                "examples": ["20/s", "600/min"],
+                "description": "Requests started per second, minute or hour, across all workers: N/s, N/min, N/h, or a number (per second); or a mapping with `shared` for one limit across processes. Default: no limit.",
+                "anyOf": [
+                    {
+                        "type": ["string", "number", "null"],
+                        "minimum": 0,
+                        "pattern": _RATE_TEXT,
+                        "examples": ["20/s", "600/min"],
+                    },
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["rate"],
+                        "properties": {
+                            "rate": {
+                                "description": "Requests started per second, minute or hour: N/s, N/min, N/h.",
+                                "type": ["string", "number"],
+                                "pattern": _RATE_TEXT,
+                            },
+                            "burst": {
+                                "description": "Starts allowed ahead of the pace (default 0).",
+                                "type": "integer",
+                                "minimum": 0,
+                            },
+                            "shared": {
+                                "description": "A Redis URL (redis://host:6379/0): every process using the same Redis and key shares the limit.",
+                                "type": "string",
+                                "pattern": "^(redis|rediss|unix)://",
+                            },
+                            "key": {
+                                "description": "The limit's name in Redis (default enrich): one per API.",
+                                "type": "string",
+                                "minLength": 1,
+                            },
+                        },
+                    },
+                ],
             },
             "retry": _retry(),
             "timeout": _seconds("Seconds per attempt.", _default(Config, "timeout"), minimum=0.001),

@@ -1,0 +1,147 @@
+"""One rate limit shared by several processes through a real Redis server (issue 7).
+
+Each test starts its own redis-server on a free port (the ``redis_url`` fixture) and
+measures at the API: the busiest one-second window of arrivals from all processes
+together, and what happens when Redis goes away mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+from aiohttp import web
+from conftest import RunningServer, demo_config, run_cli, write_config
+
+from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app, person_for
+from enrich.shared_limit import SharedRateLimiter
+
+Serve = Callable[[web.Application], RunningServer]
+ROOT = Path(__file__).resolve().parent.parent
+ENRICH = [sys.executable, "-m", "enrich"]
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most arrivals in any one-second window (sliding, starting at each arrival)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def table(tmp_path: Path, rows: int) -> Path:
+    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
+    path = tmp_path / "in.csv"
+    path.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), "utf-8")
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
+
+
+def test_concurrent_bookings_are_spaced_by_the_rate(redis_url: str) -> None:
+    """40 callers at once against 50/s with a burst of 5: the first 6 go at once, then one
+    every 1/50 s (a 0.6% headroom included), whatever the local clock says."""
+
+    async def main() -> list[float]:
+        limiter = SharedRateLimiter(redis_url, "spacing", rate=50, burst=5)
+        started = time.monotonic()
+
+        async def one() -> float:
+            await limiter.acquire()
+            return time.monotonic() - started
+
+        try:
+            return sorted(await asyncio.gather(*(one() for _ in range(40))))
+        finally:
+            await limiter.close()
+
+    starts = asyncio.run(main())
+    assert starts[5] < 0.1  # the burst
+    # the rest paced: the 40th start about (40 - 6) / 50 s in
+    assert 0.6 < starts[-1] < 0.85
+    assert busiest_second([t for t in starts]) <= 50 + 5 + 1
+
+
+def test_two_processes_share_one_limit_measured_at_the_api(tmp_path: Path, serve: Serve, redis_url: str) -> None:
+    server = serve(create_app(DemoSettings()))
+    src = table(tmp_path, 120)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(
+            server.url,
+            input=str(src),
+            output=str(tmp_path / "out.parquet"),
+            rate_limit={"rate": "20/s", "burst": 2, "shared": redis_url, "key": "acme-api"},
+        ),
+    )
+    procs = [
+        subprocess.Popen(
+            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"], cwd=ROOT, env=env(), stderr=subprocess.PIPE
+        )
+        for i in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    times = server.state.call_times
+    assert len(times) == 120
+    # Alone, each process would go at 20/s; together they share 20/s (+ the burst).
+    assert busiest_second(times) <= 20 + 2 + 1
+    assert max(times) - min(times) > (120 - 2) / 20 * 0.9
+
+
+def test_redis_gone_mid_run_stops_resumably_and_never_runs_unlimited(
+    tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str]
+) -> None:
+    server = serve(create_app(DemoSettings()))
+    src = table(tmp_path, 100)
+    out = tmp_path / "out.parquet"
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        demo_config(
+            server.url, input=str(src), output=str(out), rate_limit={"rate": "20/s", "shared": redis_url, "key": "gone"}
+        ),
+    )
+    proc = subprocess.Popen([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    subprocess.run(["pkill", "-STOP", "-f", f"redis-server 127.0.0.1:{port}"], check=False)  # unreachable
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        subprocess.run(["pkill", "-CONT", "-f", f"redis-server 127.0.0.1:{port}"], check=False)
+    calls = server.state.calls
+    assert proc.returncode == 3, err.decode()
+    assert "cannot reach Redis at" in err.decode() and "run the same command again" in err.decode()
+    assert calls < 100  # it stopped: no call went out unlimited while Redis was away
+    assert not out.exists()
+    # Redis back: the rerun makes only the calls the first run did not finish.
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert server.state.calls == 100
+    assert pl.read_parquet(out).height == 100
+    assert json.loads(Path(f"{out}.summary.json").read_text())["cached"] == calls
+
+
+def test_a_shared_limit_needs_a_redis_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"request": {"url": "http://127.0.0.1:9/{{id}}"}, "rate_limit": {"rate": "5/s", "shared": "http://x"}},
+    )
+    assert run_cli(["validate", str(cfg)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {cfg}, line 5: rate_limit.shared: 'http://x' is not a Redis URL. "
+        "Write it as redis://host:6379/0 (rediss:// for TLS).\n"
+    )
