@@ -145,3 +145,30 @@ def test_a_shared_limit_needs_a_redis_url(tmp_path: Path, capsys: pytest.Capture
         f"error: {cfg}, line 5: rate_limit.shared: 'http://x' is not a Redis URL. "
         "Write it as redis://host:6379/0 (rediss:// for TLS).\n"
     )
+
+
+def test_the_readme_xargs_recipe_shards_under_one_shared_limit(tmp_path: Path, serve: Serve, redis_url: str) -> None:
+    """The README's `seq | xargs -P` line, as copied: 4 shards, one shared limit, then merge."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = readme.split("seq 0 3 | xargs", 1)[1].split("```", 1)[0]
+    command = ("seq 0 3 | xargs" + recipe).replace("\\\n", " ").strip()
+    server = serve(create_app(DemoSettings()))
+    out = tmp_path / "out"
+    write_config(
+        tmp_path / "job.yaml",
+        demo_config(
+            server.url,
+            input=str(table(tmp_path, 80)),
+            output=str(out / "people.parquet"),
+            rate_limit={"rate": "40/s", "shared": redis_url, "key": "xargs"},
+        ),
+    )
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    proc = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, env={**env(), "PATH": path}, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    merged = pl.read_parquet(out / "people.parquet")
+    assert merged.height == 80 and merged["email"].to_list() == pl.read_csv(tmp_path / "in.csv")["email"].to_list()
+    assert len(server.state.call_times) == 80  # each row called once, across the four shards
+    assert busiest_second(server.state.call_times) <= 40 + 1
