@@ -7,6 +7,7 @@ user does (``cli.main([...])`` or ``enrich.enrich(df, cfg)``, each with its own 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -179,3 +180,17 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def summary_table(err: str, output: Path) -> dict[str, str]:
+    """The closing table of ``enrich run`` on stderr, by row label (rows, calls, auth): the first
+    line, the latency line (timings) and the summary line are checked here, by their form."""
+    lines = err.splitlines()
+    assert err.endswith("\n") and len(lines) == 6, err
+    assert re.fullmatch(rf"enriched \d+ rows? in \d+\.\ds -> {re.escape(str(output))}", lines[0]), lines[0]
+    labels = [line[:11] for line in lines[1:]]
+    assert labels == ["  rows     ", "  calls    ", "  latency  ", "  auth     ", "  summary  "], lines
+    latency = r"(p50 \d+(\.\d)? ms, p95 \d+(\.\d)? ms|no calls made); \d+\.\d calls/s \((limit \S+/s|no rate limit)\)"
+    assert re.fullmatch(latency, lines[3][11:]), lines[3]
+    assert lines[5][11:] == f"{output}.summary.json"
+    return {label.strip(): line[11:] for label, line in zip(labels, lines[1:], strict=True)}

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, run_cli, write_config
+from conftest import RunningServer, run_cli, summary_table, write_config
 from polars.testing import assert_frame_equal
 
 import enrich
@@ -208,20 +208,6 @@ def check_items_output(out: pl.DataFrame, table: pl.DataFrame) -> None:
     assert out["_attempts"].to_list() == [1] * table.height  # the API answers at once
     assert out.schema["_latency_ms"] == pl.Float64
     assert out["_latency_ms"].null_count() == 0 and out["_latency_ms"].min() >= 0  # type: ignore[operator]
-
-
-def summary_table(err: str, output: Path) -> dict[str, str]:
-    """The closing table of ``enrich run`` on stderr, by row label (rows, calls, auth): the first
-    line, the latency line (timings) and the summary line are checked here, by their form."""
-    lines = err.splitlines()
-    assert err.endswith("\n") and len(lines) == 6, err
-    assert re.fullmatch(rf"enriched \d+ rows? in \d+\.\ds -> {re.escape(str(output))}", lines[0]), lines[0]
-    labels = [line[:11] for line in lines[1:]]
-    assert labels == ["  rows     ", "  calls    ", "  latency  ", "  auth     ", "  summary  "], lines
-    latency = r"(p50 \d+(\.\d)? ms, p95 \d+(\.\d)? ms|no calls made); \d+\.\d calls/s \((limit \S+/s|no rate limit)\)"
-    assert re.fullmatch(latency, lines[3][11:]), lines[3]
-    assert lines[5][11:] == f"{output}.summary.json"
-    return {label.strip(): line[11:] for label, line in zip(labels, lines[1:], strict=True)}
 
 
 def leftovers(directory: Path, output: Path) -> list[str]:
