@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("config", type=Path, help="the YAML config file")
     files.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson); overrides `input`")
     files.add_argument("--output", type=Path, help="output table (.csv, .parquet); overrides `output`")
-    files.add_argument("--journal", type=Path, metavar="PATH", help="the journal file (default: <output>.journal)")
+    files.add_argument(
+        "--journal", metavar="PATH", help="the journal file (default: <output>.journal), or a redis:// URL to share it"
+    )
     files.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows (a trial run)")
     files.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based), for parallel jobs")
     files.add_argument(
@@ -311,7 +313,7 @@ def _load(args: argparse.Namespace, log: _Log, overrides: dict[str, Any] | None 
 
 
 def _run(args: argparse.Namespace, log: _Log) -> int:
-    from .engine import RunOptions, extract_job, plan_job, run_job, summary_path
+    from .engine import RunOptions, extract_job, journal_label, plan_job, run_job, summary_path
 
     calling = args.command == "run"
     overrides: dict[str, Any] = {"errors_out": str(args.errors_out) if args.errors_out else None}
@@ -338,7 +340,7 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
         if show:
             log(
                 "summary",
-                f"extracted {_n(s.rows, 'row')} from {job.journal} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
+                f"extracted {_n(s.rows, 'row')} from {journal_label(job.journal)} in {s.elapsed:.1f}s: {s.ok} ok, {s.failed} failed"
                 f"{_failures(s)}, {s.skipped} skipped; no calls -> {job.output}",
                 **s.to_dict(),
             )

@@ -221,7 +221,7 @@ class Config:
     timeout: float = 30.0
     input_types: Mapping[str, str] = field(default_factory=dict)
     key: tuple[str, ...] = ()  # columns that identify a row, for --shard (default: the rendered request)
-    journal: Path | None = None  # None: beside the output, `<output>.journal`
+    journal: Path | str | None = None  # None: beside the output, `<output>.journal`; str: a redis:// URL
     use_journal: bool = True
     when: str | None = None  # a polars SQL predicate: rows that do not match get no call
     skip_if_filled: tuple[str, ...] = ()  # rows whose listed columns all hold values get no call
@@ -631,7 +631,7 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
         input_types=input_types,
         key=_columns(data.get("key"), where("key")),
-        journal=_journal_path(data.get("journal", True), where("journal")),
+        journal=_journal_path(data.get("journal", True), where("journal"), redactor),
         use_journal=data.get("journal", True) is not False,
         when=_when(data.get("when"), where("when")),
         skip_if_filled=_columns(data.get("skip_if_filled"), where("skip_if_filled")),
@@ -800,12 +800,39 @@ def _when(value: Any, loc: str) -> str | None:
     return value
 
 
-def _journal_path(value: Any, loc: str) -> Path | None:
+def _journal_path(value: Any, loc: str, redactor: Redactor) -> Path | str | None:
     if value is True or value is None or value is False:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{loc} must be a file path, or false to keep no journal, got {value!r}.")
-    return Path(value)
+        raise ConfigError(f"{loc} must be a file path or a redis:// URL, or false to keep no journal, got {value!r}.")
+    return journal_location(value, loc, redactor)
+
+
+def journal_location(value: str, loc: str, redactor: Redactor) -> Path | str:
+    """A journal file path, or a ``redis://host:6379/0?prefix=NAME&ttl=30d`` URL (checked, its
+    password registered with ``redactor``)."""
+    if not value.startswith(("redis://", "rediss://")):
+        return Path(value)
+    from yarl import URL
+
+    try:
+        url = URL(value)
+        host = url.host
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(
+            f"{loc}: {redactor.redact(value)!r} is not a Redis URL. Write it as redis://host:6379/0 "
+            "(rediss:// for TLS), optionally with ?prefix=NAME&ttl=30d."
+        )
+    redactor.add(url.password)
+    ttl = url.query.get("ttl")
+    if ttl is not None:
+        try:
+            parse_duration(ttl)
+        except ValueError as exc:
+            raise ConfigError(f"{loc}: ttl={ttl!r} in the journal URL: {exc}.") from None
+    return value
 
 
 def _retry(value: Any, where: _Locator) -> RetryConfig:

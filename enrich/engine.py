@@ -46,10 +46,12 @@ from .config import (
     ROW_COLUMN,
     STATUS_COLUMN,
     Config,
+    journal_location,
 )
 from .errors import AuthError, ConfigError, InputError, Interrupted, ThrottledTooLong
 from .journal import FLUSH_SECONDS, Entry, Journal
 from .ratelimit import RateLimiter
+from .redis_journal import RedisJournal, is_redis_url, shown_url
 from .template import TemplateValueError
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
@@ -261,7 +263,7 @@ class _Tally:
 async def call_pass(
     batches: Batches,
     config: Config,
-    journal: Journal,
+    journal: Journal | RedisJournal,
     options: RunOptions = RunOptions(),
     on_progress: ProgressCallback | None = None,
     total: int | None = None,
@@ -474,7 +476,7 @@ class Built(NamedTuple):
 def build_pass(
     batches: Batches,
     config: Config,
-    journal: Journal,
+    journal: Journal | RedisJournal,
     options: RunOptions = RunOptions(),
     spool: PlanSpool | None = None,
     with_failed: bool = False,
@@ -707,12 +709,13 @@ async def aenrich(
     df: pl.DataFrame,
     config: Config | str | Path | dict[str, Any],
     on_progress: ProgressCallback | None = None,
-    journal: Path | None = None,
+    journal: Path | str | None = None,
     options: RunOptions = RunOptions(),
 ) -> RunResult:
     """Enrich a DataFrame (async): every row called once, output columns appended, order kept.
 
-    ``journal`` keeps the calls in a file, so a second call with the same rows costs nothing.
+    ``journal`` keeps the calls in a file (or Redis, a redis:// URL), so a second call with the same
+    rows costs nothing.
     """
     from .tables import BATCH_ROWS, collect_frames
 
@@ -724,7 +727,7 @@ async def aenrich(
     started = time.perf_counter()
     spool = PlanSpool()
     try:
-        with Journal.open(journal) as jr:
+        with contextlib.closing(open_journal(journal)) as jr:
             counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height, spool)
             call_seconds = time.perf_counter() - started
             built, failures = build_pass(batches, config, jr, options, spool)
@@ -739,7 +742,7 @@ def enrich(
     df: pl.DataFrame,
     config: Config | str | Path | dict[str, Any],
     on_progress: ProgressCallback | None = None,
-    journal: Path | None = None,
+    journal: Path | str | None = None,
     options: RunOptions = RunOptions(),
 ) -> RunResult:
     """Enrich a DataFrame; for notebooks and scripts (runs its own event loop)."""
@@ -752,7 +755,7 @@ class Job:
 
     input: Path
     output: Path
-    journal: Path | None  # None: no journal kept after the run
+    journal: Path | str | None  # None: no journal kept after the run; str: a redis:// URL (RedisJournal)
     errors_out: Path | None = None  # the failed rows, with their requests
 
 
@@ -760,7 +763,7 @@ def plan_job(
     config: Config,
     input_path: Path | None = None,
     output: Path | None = None,
-    journal: Path | None = None,
+    journal: Path | str | None = None,
     use_journal: bool | None = None,
     options: RunOptions = RunOptions(),
 ) -> Job:
@@ -777,6 +780,7 @@ def plan_job(
     errors = config.errors_out
     if errors is not None:
         output_format(errors, "errors_out")
+    unsharded = target
     if options.shard is not None and output is None:  # each shard its own files
         target, errors = (_shard_path(p, options.shard) if p is not None else None for p in (target, errors))
     assert target is not None
@@ -784,8 +788,30 @@ def plan_job(
     config.check_schema(schema, source.name)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
+    if isinstance(journal, str):
+        journal = journal_location(journal, "--journal", config.redactor)
     kept = journal or config.journal or target.with_name(target.name + ".journal")
+    if isinstance(kept, str):  # a Redis journal: named after the output, so every shard shares it
+        from yarl import URL
+
+        url = URL(kept)
+        if "prefix" not in url.query:
+            kept = str(url.update_query(prefix=unsharded.name))
     return Job(source, target, kept if use_journal else None, errors)
+
+
+def journal_label(journal: Path | str | None) -> str:
+    """The journal as messages show it (a Redis URL without its password)."""
+    return shown_url(journal) if isinstance(journal, str) else str(journal)
+
+
+def open_journal(journal: Path | str | None, readonly: bool = False) -> Journal | RedisJournal:
+    """The journal at a file path or a redis:// URL (``None``: in memory)."""
+    if is_redis_url(journal):
+        assert isinstance(journal, str)
+        return RedisJournal.open_readonly(journal) if readonly else RedisJournal.open(journal)
+    path = Path(journal) if journal is not None else None
+    return Journal.open_readonly(path) if readonly else Journal.open(path)
 
 
 def _shard_path(path: Path, shard: tuple[int, int]) -> Path:
@@ -815,7 +841,7 @@ def run_job(
     total = count_rows(lf, job.input, options.limit) if on_progress is not None and options.shard is None else None
     started = time.perf_counter()
     with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
-        if job.journal is not None:  # the lock is held: what a killed run left is no one's
+        if isinstance(job.journal, Path):  # the lock is held: what a killed run left is no one's
             OutputWriter.sweep(job.output)
             if job.errors_out is not None:
                 OutputWriter.sweep(job.errors_out)
@@ -824,7 +850,7 @@ def run_job(
         except KeyboardInterrupt:
             journal.flush()
             kept = (
-                f"{journal.written:,} finished calls are saved in the journal {job.journal}; run the same "
+                f"{journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; run the same "
                 "command again to resume."
                 if job.journal
                 else "no journal was kept (journal: false), so a rerun starts over."
@@ -832,12 +858,16 @@ def run_job(
             raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
         except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
             journal.flush()
-            raise stop.saved(journal.written, job.journal, len(journal) if job.journal else None) from None
+            raise stop.saved(
+                journal.written,
+                journal_label(job.journal) if job.journal else None,
+                len(journal) if job.journal else None,
+            ) from None
         except AuthError as stop:  # a login or renewal failed mid-run: resumable too
             journal.flush()
             if journal.written and job.journal is not None:
                 raise AuthError(
-                    f"{stop} {journal.written:,} finished calls are saved in the journal {job.journal}; "
+                    f"{stop} {journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; "
                     "run the same command again to resume."
                 ) from None
             raise
@@ -861,7 +891,7 @@ def write_summary(summary: Summary, job: Job) -> Path:
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "input": str(job.input),
         "output": str(job.output),
-        "journal": str(job.journal) if job.journal else None,
+        "journal": journal_label(job.journal) if job.journal else None,
         **summary.to_dict(),
     }
     path = summary_path(job.output)
@@ -880,7 +910,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
             f"{config.source}: `journal: false` keeps no journal, so there is nothing to extract from. "
             "Point --journal at the journal of an earlier run."
         )
-    if not job.journal.exists():
+    if isinstance(job.journal, Path) and not job.journal.exists():
         raise ConfigError(
             f"no journal at {job.journal}: there is nothing to extract from. Run `enrich run` first, "
             "or point --journal at the journal of an earlier run."
@@ -891,7 +921,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
         return iter_batches(lf, job.input, options.limit)
 
     started = time.perf_counter()
-    with Journal.open(job.journal) as journal:
+    with contextlib.closing(open_journal(job.journal)) as journal:
         failures = _write(batches, config, journal, options, job.output, errors_out=job.errors_out)
     return _summary(config, Counters(), _Tally(), failures, time.perf_counter() - started)
 
@@ -899,7 +929,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
 def _write(
     batches: Batches,
     config: Config,
-    journal: Journal,
+    journal: Journal | RedisJournal,
     options: RunOptions,
     output: Path,
     spool: PlanSpool | None = None,
@@ -928,8 +958,15 @@ def _write(
 
 
 @contextlib.contextmanager
-def _journal(job: Job) -> Iterator[Journal]:
+def _journal(job: Job) -> Iterator[Journal | RedisJournal]:
     """The job's journal; without one, a temporary file beside the output, removed after."""
+    if isinstance(job.journal, str):
+        shared = RedisJournal.open(job.journal)
+        try:
+            yield shared
+        finally:
+            shared.close()
+        return
     if job.journal is not None:
         existed = job.journal.exists()
         journal = Journal.open(job.journal)

@@ -20,8 +20,7 @@ import polars as pl
 
 from .client import Outcome, PreparedRequest
 from .config import Config
-from .engine import SKIPPED, Job, Planned, RunOptions, _client, _plan_batch, _reusable
-from .journal import Journal
+from .engine import SKIPPED, Job, Planned, RunOptions, _client, _plan_batch, _reusable, open_journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +69,7 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     rows = matching = skipped = row_errors = distinct = in_journal = 0
     offset = 0
     now = time.time()
-    with contextlib.closing(Journal.open_readonly(job.journal)) as journal:
+    with contextlib.closing(open_journal(job.journal, readonly=True)) as journal:
         for batch in iter_batches(lf, job.input, options.limit):
             plans, keep = _plan_batch(batch, config, options, offset)
             numbers = range(offset, offset + batch.height)

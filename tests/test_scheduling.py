@@ -105,3 +105,57 @@ def test_airflow_task_function(nightly: Path) -> None:
     result = namespace["enrich_nightly"](str(nightly))
     assert (result["rows"], result["ok"], result["over_budget"]) == (12, 12, False)
     json.dumps(result)  # XCom needs JSON
+
+
+def test_airflow_mapped_shard_tasks(
+    tmp_path: Path, demo_api: RunningServer, demo_env: dict[str, str], redis_url: str
+) -> None:
+    """The README's mapped-task DAG: its `shard` and `merge` functions, taken out of their
+    decorators, run for every index as Airflow would, with a shared limit, then merged."""
+    sharding = README.split("### Sharding a big table across processes", 1)[1].split("\n## ", 1)[0]
+    source = sharding.split("```python\n", 1)[1].split("```", 1)[0]
+    out = tmp_path / "out"
+    emails = [e for e in (f"user{i}@example.com" for i in range(60)) if person_for(e) is not None][:24]
+    src = tmp_path / "people.csv"
+    src.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), encoding="utf-8")
+    cfg = demo_config(
+        demo_api.url,
+        input=str(src),
+        output=str(out / "people.parquet"),
+        rate_limit={"rate": "200/s", "shared": redis_url, "key": "airflow"},
+    )
+    write_config(tmp_path / "job.yaml", cfg)
+    source = source.replace("/srv/enrich/job.yaml", str(tmp_path / "job.yaml")).replace("/srv/enrich/out", str(out))
+    dag = next(
+        n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "enrich_people_sharded"
+    )
+    inner = [n for n in dag.body if isinstance(n, ast.FunctionDef)]
+    for fn in inner:
+        fn.decorator_list = []
+    namespace: dict[str, Any] = {"SHARDS": 8}
+    exec(compile(ast.Module(body=inner, type_ignores=[]), "README.md", "exec"), namespace)
+    parts = [namespace["shard"](i) for i in range(8)]
+    assert namespace["merge"](parts) == 24
+    merged = pl.read_parquet(out / "people.parquet")
+    assert merged["email"].to_list() == emails
+    assert merged["_http_status"].to_list() == [200] * 24
+    assert demo_api.state.calls == 24
+
+
+def test_kubernetes_indexed_job_manifest() -> None:
+    """The README's manifest is valid YAML for an Indexed Job, and the command each pod runs
+    parses as `enrich run` with the pod's shard."""
+    import shlex
+
+    import yaml
+
+    from enrich.cli import build_parser
+
+    sharding = README.split("### Sharding a big table across processes", 1)[1].split("\n## ", 1)[0]
+    manifest = yaml.safe_load(sharding.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = manifest["spec"]
+    assert (manifest["kind"], spec["completionMode"], spec["completions"]) == ("Job", "Indexed", 8)
+    (container,) = spec["template"]["spec"]["containers"]
+    shell = container["command"][2].replace("$JOB_COMPLETION_INDEX", "3")
+    args = build_parser().parse_args(shlex.split(shell)[1:])
+    assert (args.command, args.shard, str(args.config)) == ("run", (3, 8), "/config/job.yaml")

@@ -1,0 +1,220 @@
+"""The journal kept in Redis, shared by every process and machine that names it (issue 7).
+
+``journal: "redis://host:6379/0?prefix=acme-people&ttl=30d"`` keeps the fingerprint-keyed
+record of finished calls in Redis instead of the SQLite file beside the output, so a task
+re-run on another machine (Dask, Spark and Kubernetes all re-run a dead worker's tasks)
+finds the calls already made. Each entry is a hash under ``enrich:journal:<prefix>:<fp hex>``
+(``prefix`` defaults to the output file's name); ``ttl`` makes entries expire. A set
+``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
+
+    journal = RedisJournal.open("redis://127.0.0.1:6379/0?prefix=people")
+    known = journal.lookup([fp1, fp2])     # as Journal.lookup, pending entries included
+    journal.put(fp3, entry)                # buffered; one pipeline per flush
+    journal.close()
+
+No lock: many processes write one journal by design (an entry is the same whoever writes
+it). The entries hold what the engine gives them: bodies already masked of secrets, and no
+auth header (an Entry has none). Fail closed, as the shared limit does: when Redis cannot be
+reached for ``FAIL_AFTER`` seconds, the run stops with ``JournalUnavailable`` (exit 3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .errors import RunAborted
+from .journal import FLUSH_ROWS, FLUSH_SECONDS, Entry
+
+FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
+SCHEMES = ("redis://", "rediss://")
+_OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
+_CHUNK = 500  # fingerprints per pipeline on look-up
+_FIELDS = ("status", "error", "body", "attempts", "latency_ms", "at", "fields_key", "extracted")
+_NO_BODY = tuple(f for f in _FIELDS if f != "body")
+T = TypeVar("T")
+
+
+def is_redis_url(value: object) -> bool:
+    """Whether a journal location names Redis rather than a file."""
+    return isinstance(value, str) and value.startswith(SCHEMES)
+
+
+def shown_url(url: str) -> str:
+    """The URL with its password masked, for messages and the summary file."""
+    from yarl import URL
+
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+class JournalUnavailable(RunAborted):
+    """Redis, which holds the journal, cannot be reached: the run stops, resumable."""
+
+
+class RedisJournal:
+    """The ``Journal`` interface (``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) over Redis."""
+
+    def __init__(self, url: str, readonly: bool = False) -> None:
+        from yarl import URL
+
+        from .config import parse_duration
+
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - the extra is part of dev installs
+            raise JournalUnavailable(
+                "a journal in Redis needs the redis package: pip install 'enrich[redis]'."
+            ) from None
+        parsed = URL(url)
+        self.path = shown_url(url)  # what messages show
+        self.url = url
+        prefix = parsed.query.get("prefix") or "enrich"
+        ttl = parsed.query.get("ttl")
+        self._ttl = int(parse_duration(ttl)) if ttl else None
+        plain = parsed.with_query({k: v for k, v in parsed.query.items() if k not in _OWN_PARAMS})
+        self._client: Any = redis.Redis.from_url(str(plain), socket_timeout=5, socket_connect_timeout=5)
+        self._base = f"enrich:journal:{prefix}:"
+        self._set = self._base + "fps"
+        self._readonly = readonly
+        self._pending: dict[bytes, Entry] = {}
+        self._last_flush = time.monotonic()
+        self._broken = False
+        self.written = 0
+
+    @classmethod
+    def open(cls, url: str) -> RedisJournal:
+        """Connect (checking Redis answers, so a wrong URL stops the run before any call)."""
+        journal = cls(url)
+        journal._retrying(journal._client.ping)
+        return journal
+
+    @classmethod
+    def open_readonly(cls, url: str) -> RedisJournal:
+        """Only to look things up (``--dry-run``): nothing is ever written to Redis."""
+        journal = cls(url, readonly=True)
+        journal._retrying(journal._client.ping)
+        return journal
+
+    def __enter__(self) -> RedisJournal:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _key(self, fp: bytes) -> str:
+        return self._base + fp.hex()
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        import redis.exceptions
+
+        deadline = time.monotonic() + FAIL_AFTER
+        delay = 0.1
+        while True:
+            try:
+                return call()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    self._broken = True
+                    raise JournalUnavailable(
+                        f"cannot reach Redis at {self.path}, which holds the journal ({exc}). The run stopped; "
+                        "start Redis (or fix `journal:`), then run the same command again: the calls already "
+                        "saved there are not made again."
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self, remove_if_empty: bool = False) -> None:
+        """Write what is pending and disconnect. ``remove_if_empty`` is accepted for the
+        ``Journal`` interface; a shared journal is never removed."""
+        if self._client is None:
+            return
+        try:
+            if not self._broken:
+                self.flush()
+        finally:
+            self._client.close()
+            self._client = None
+
+    def put(self, fp: bytes, entry: Entry) -> None:
+        """Record a finished call; written by the next ``flush`` (at most ~0.5 s later)."""
+        self._pending[fp] = entry
+        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending entry in one pipeline (a MULTI/EXEC transaction)."""
+        self._last_flush = time.monotonic()
+        if not self._pending or self._readonly:
+            return
+        pending = self._pending
+
+        def write() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            for fp, entry in pending.items():
+                key = self._key(fp)
+                pipe.delete(key)
+                fields: dict[str, Any] = {f: v for f, v in zip(_FIELDS, entry, strict=True) if v is not None}
+                pipe.hset(key, mapping=fields)
+                if self._ttl is not None:
+                    pipe.expire(key, self._ttl)
+            pipe.sadd(self._set, *pending)
+            if self._ttl is not None:
+                pipe.expire(self._set, self._ttl)
+            pipe.execute()
+
+        self._retrying(write)
+        self.written += len(pending)
+        self._pending = {}
+
+    def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
+        """The entries for those of ``fps`` that the journal holds, pending ones included."""
+        wanted = list(dict.fromkeys(fps))
+        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
+        rest = [fp for fp in wanted if fp not in found]
+        fields = _FIELDS if bodies else _NO_BODY
+        for start in range(0, len(rest), _CHUNK):
+            chunk = rest[start : start + _CHUNK]
+
+            def fetch(chunk: list[bytes] = chunk) -> list[list[bytes | None]]:
+                pipe = self._client.pipeline(transaction=False)
+                for fp in chunk:
+                    pipe.hmget(self._key(fp), fields)
+                return list(pipe.execute())
+
+            for fp, values in zip(chunk, self._retrying(fetch), strict=True):
+                if values[fields.index("at")] is None:  # no such entry (or it expired)
+                    continue
+                row = dict(zip(fields, values, strict=True))
+                found[fp] = _decode(row)
+        return found
+
+    def __len__(self) -> int:
+        """The calls this journal holds (all processes' together)."""
+        self.flush()
+        return int(self._retrying(lambda: self._client.scard(self._set)))
+
+
+def _decode(row: dict[str, bytes | None]) -> Entry:
+    def num(name: str, kind: Callable[[bytes], Any]) -> Any:
+        value = row.get(name)
+        return None if value is None else kind(value)
+
+    def text(name: str) -> str | None:
+        value = row.get(name)
+        return None if value is None else value.decode()
+
+    return Entry(
+        status=num("status", int),
+        error=text("error"),
+        body=row.get("body"),
+        attempts=num("attempts", int) or 0,
+        latency_ms=num("latency_ms", float),
+        at=float(row["at"] or 0),
+        fields_key=text("fields_key"),
+        extracted=row.get("extracted"),
+    )

@@ -1,0 +1,234 @@
+"""The journal kept in Redis (issue 7): shared by shards, machines and re-runs.
+
+Each test starts its own redis-server (the ``redis_url`` fixture) and counts the calls at
+the API, so "from the journal" means the server was not called.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+import redis
+from aiohttp import web
+from conftest import RunningServer, demo_config, run_cli, write_config
+
+from enrich import redis_journal
+from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app, person_for
+from enrich.errors import RunAborted
+from enrich.journal import FLUSH_SECONDS
+
+Serve = Callable[[web.Application], RunningServer]
+ROOT = Path(__file__).resolve().parent.parent
+ENRICH = [sys.executable, "-m", "enrich"]
+
+
+def table(tmp_path: Path, rows: int) -> Path:
+    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
+    path = tmp_path / "in.csv"
+    path.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), "utf-8")
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
+
+
+def keys(url: str) -> list[bytes]:
+    client = redis.Redis.from_url(url.split("?")[0])
+    try:
+        return sorted(client.scan_iter("enrich:journal:*"))
+    finally:
+        client.close()
+
+
+def config(tmp_path: Path, server: RunningServer, journal: str | bool, rows: int = 40, **overrides: object) -> Path:
+    src = table(tmp_path, rows)
+    return write_config(
+        tmp_path / "c.yaml",
+        demo_config(server.url, input=str(src), output=str(tmp_path / "out.parquet"), journal=journal, **overrides),
+    )
+
+
+def test_a_rerun_takes_every_call_from_redis(
+    tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str]
+) -> None:
+    server = serve(create_app(DemoSettings()))
+    cfg = config(tmp_path, server, redis_url)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    first = pl.read_parquet(tmp_path / "out.parquet")
+    assert len(server.state.call_times) == 40
+    # one hash per call, plus the set that counts them; named after the output
+    assert len(keys(redis_url)) == 41
+    assert all(k.startswith(b"enrich:journal:out.parquet:") for k in keys(redis_url))
+    assert not (tmp_path / "out.parquet.journal").exists()  # no SQLite file beside it
+
+    (tmp_path / "out.parquet").unlink()
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert len(server.state.call_times) == 40  # no new call: all from Redis
+    assert pl.read_parquet(tmp_path / "out.parquet").equals(first)
+
+
+def test_two_shards_then_a_whole_run_share_one_journal(tmp_path: Path, serve: Serve, redis_url: str) -> None:
+    server = serve(create_app(DemoSettings()))
+    cfg = config(tmp_path, server, redis_url, rows=60)
+    procs = [
+        subprocess.Popen(
+            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"], cwd=ROOT, env=env(), stderr=subprocess.PIPE
+        )
+        for i in (0, 1)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    assert len(server.state.call_times) == 60
+    # A third run, on another machine as far as it knows (no --shard, no shared disk): 0 calls.
+    done = subprocess.run([*ENRICH, "run", str(cfg)], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(server.state.call_times) == 60
+    assert "0 made, 0 retries, 0 throttled (429); 60 rows from the journal" in done.stderr
+    assert pl.read_parquet(tmp_path / "out.parquet").height == 60
+
+
+def test_sigkill_then_rerun_repeats_only_the_calls_not_yet_flushed(
+    tmp_path: Path, serve: Serve, redis_url: str
+) -> None:
+    rows, concurrency = 300, 4
+    server = serve(create_app(DemoSettings(latency=0.02)))
+    cfg = config(tmp_path, server, redis_url, rows=rows, concurrency=concurrency)
+    first = subprocess.Popen([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while len(server.state.call_times) < 150 and first.poll() is None:
+        assert time.monotonic() < deadline, "150 calls"
+        time.sleep(0.01)
+    assert first.poll() is None, "the run finished before the kill; make it slower"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    before = sorted(server.state.call_times)
+
+    done = subprocess.run([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert pl.read_parquet(tmp_path / "out.parquet").height == rows
+    repeated = len(server.state.call_times) - rows  # every row is called once, these twice
+
+    # As with the SQLite journal (tests/test_journal.py): the calls in flight, those of the last
+    # flush interval (the most calls seen in any FLUSH_SECONDS), and one more round of workers.
+    per_flush = max(bisect.bisect_right(before, t + FLUSH_SECONDS) - i for i, t in enumerate(before))
+    bound = concurrency + per_flush + concurrency
+    print(f"\nSIGKILL after {len(before)} calls: {repeated} repeated by the rerun; bound {bound}")
+    assert 0 <= repeated <= bound
+
+
+def test_ttl_sets_an_expiry_on_every_entry(
+    tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str]
+) -> None:
+    server = serve(create_app(DemoSettings()))
+    cfg = config(tmp_path, server, f"{redis_url}?prefix=acme-people&ttl=2d", rows=10)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    found = keys(redis_url)
+    assert len(found) == 11 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        ttls = [client.ttl(k) for k in found]
+    finally:
+        client.close()
+    assert all(2 * 86400 - 60 < t <= 2 * 86400 for t in ttls), ttls
+
+
+def test_dry_run_writes_nothing_to_redis(
+    tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(create_app(DemoSettings()))
+    cfg = config(tmp_path, server, True, rows=20)  # the journal given on the command line
+    assert run_cli(["run", str(cfg), "-q", "--limit", "5", "--journal", redis_url]) == 0
+    held = keys(redis_url)
+    assert len(held) == 6
+    capsys.readouterr()
+    assert run_cli(["run", str(cfg), "--dry-run", "--journal", redis_url]) == 0
+    assert "in the journal       5" in capsys.readouterr().out
+    assert keys(redis_url) == held
+    assert len(server.state.call_times) == 5
+    assert not (tmp_path / "out.parquet.journal").exists()
+
+
+def test_entries_never_hold_the_token(tmp_path: Path, serve: Serve, redis_url: str) -> None:
+    """An API that echoes the Authorization header: the raw values in Redis hold no token."""
+    token = "tok-8c1e5b2f9a7d"
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": token, "expires_in": 3600})
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"name": request.match_info["id"], "auth": request.headers.get("Authorization")})
+
+    app = web.Application()
+    app.router.add_post("/auth/token", login)
+    app.router.add_get("/v1/people/{id}", echo)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("email\na@example.com\nb@example.com\n", "utf-8")
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(tmp_path / "out.csv"),
+            "journal": redis_url,
+            "auth": {"url": f"{server.url}/auth/token", "body": {"id": "x"}, "token_path": "access_token"},
+            "request": {"url": server.url + "/v1/people/{{email}}"},
+            "fields": {"name": "name", "auth": "auth"},
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = b"".join(
+            b"".join(k + v for k, v in client.hgetall(key).items())
+            for key in client.scan_iter("enrich:journal:*")
+            if client.type(key) == b"hash"
+        )
+    finally:
+        client.close()
+    assert b"Bearer" in raw  # the echoed header is there, masked
+    assert token.encode() not in raw
+
+
+def test_redis_unreachable_stops_resumably_naming_the_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there
+    monkeypatch.setattr(redis_journal, "FAIL_AFTER", 0.3)
+    with pytest.raises(RunAborted) as stop:
+        redis_journal.RedisJournal.open(f"redis://:hunter22@127.0.0.1:{port}/0?prefix=x")
+    message = str(stop.value)
+    assert message.startswith(
+        f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0?prefix=x, which holds the journal"
+    )
+    assert "run the same command again" in message
+    assert "hunter22" not in message
+
+
+@pytest.mark.parametrize(
+    ("journal", "expected"),
+    [
+        ("redis://", "is not a Redis URL"),  # no host
+        ("redis://127.0.0.1:6379/0?ttl=soon", "ttl='soon' in the journal URL"),
+    ],
+)
+def test_bad_journal_urls_are_config_errors(journal: str, expected: str, demo_env: dict[str, str]) -> None:
+    from enrich.config import config_from_dict
+    from enrich.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected):
+        config_from_dict(demo_config("http://127.0.0.1:1", journal=journal))
