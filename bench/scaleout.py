@@ -43,6 +43,7 @@ from common import (
     machine,
     make_table,
     print_table,
+    stop_process,
     write_config,
     write_results,
 )
@@ -104,14 +105,7 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def busiest_second(times: list[float]) -> int:

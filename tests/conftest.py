@@ -194,3 +194,25 @@ def summary_table(err: str, output: Path) -> dict[str, str]:
     assert re.fullmatch(latency, lines[3][11:]), lines[3]
     assert lines[5][11:] == f"{output}.summary.json"
     return {label.strip(): line[11:] for label, line in zip(labels, lines[1:], strict=True)}
+
+
+def known_people(tmp_path: Path, rows: int, with_id: bool = False) -> Path:
+    """``tmp_path/in.csv``: ``rows`` people the demo API knows (no 404s), columns email, domain
+    (and a leading id with ``with_id``)."""
+    from enrich.demo_server import person_for
+
+    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
+    path = tmp_path / "in.csv"
+    if with_id:
+        text = "id,email,domain\n" + "".join(f"{i},{e},example.com\n" for i, e in enumerate(emails))
+    else:
+        text = "email,domain\n" + "".join(f"{e},example.com\n" for e in emails)
+    path.write_text(text, "utf-8")
+    return path
+
+
+def demo_child_env() -> dict[str, str]:
+    """The environment for an ``enrich`` subprocess run against the demo API (its credentials set)."""
+    import os
+
+    return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}

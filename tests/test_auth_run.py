@@ -16,18 +16,11 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, write_config
+from conftest import RunningServer, demo_config, known_people, run_cli, write_config
 
-from enrich.demo_server import DemoSettings, create_app, person_for
+from enrich.demo_server import DemoSettings, create_app
 
 Serve = Callable[[web.Application], RunningServer]
-
-
-def table(tmp_path: Path, rows: int) -> Path:
-    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
-    path = tmp_path / "in.csv"
-    path.write_text("id,email,domain\n" + "".join(f"{i},{e},example.com\n" for i, e in enumerate(emails)), "utf-8")
-    return path
 
 
 def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(
@@ -41,7 +34,7 @@ def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(
         tmp_path / "c.yaml",
         demo_config(
             server.url,
-            input=str(table(tmp_path, 600)),
+            input=str(known_people(tmp_path, with_id=True, rows=600)),
             output=str(out),
             rate_limit="100/s",
             auth={

@@ -19,27 +19,16 @@ import polars as pl
 import pytest
 import redis
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, write_config
+from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, write_config
 
 from enrich import redis_journal
-from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app, person_for
+from enrich.demo_server import DemoSettings, create_app
 from enrich.errors import RunAborted
 from enrich.journal import FLUSH_SECONDS
 
 Serve = Callable[[web.Application], RunningServer]
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
-
-
-def table(tmp_path: Path, rows: int) -> Path:
-    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
-    path = tmp_path / "in.csv"
-    path.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), "utf-8")
-    return path
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
 
 
 def keys(url: str) -> list[bytes]:
@@ -51,7 +40,7 @@ def keys(url: str) -> list[bytes]:
 
 
 def config(tmp_path: Path, server: RunningServer, journal: str | bool, rows: int = 40, **overrides: object) -> Path:
-    src = table(tmp_path, rows)
+    src = known_people(tmp_path, rows=rows)
     return write_config(
         tmp_path / "c.yaml",
         demo_config(server.url, input=str(src), output=str(tmp_path / "out.parquet"), journal=journal, **overrides),
@@ -82,7 +71,10 @@ def test_two_shards_then_a_whole_run_share_one_journal(tmp_path: Path, serve: Se
     cfg = config(tmp_path, server, redis_url, rows=60)
     procs = [
         subprocess.Popen(
-            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"], cwd=ROOT, env=env(), stderr=subprocess.PIPE
+            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"],
+            cwd=ROOT,
+            env=demo_child_env(),
+            stderr=subprocess.PIPE,
         )
         for i in (0, 1)
     ]
@@ -91,7 +83,9 @@ def test_two_shards_then_a_whole_run_share_one_journal(tmp_path: Path, serve: Se
         assert proc.returncode == 0, err.decode()
     assert len(server.state.call_times) == 60
     # A third run, on another machine as far as it knows (no --shard, no shared disk): 0 calls.
-    done = subprocess.run([*ENRICH, "run", str(cfg)], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*ENRICH, "run", str(cfg)], cwd=ROOT, env=demo_child_env(), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert len(server.state.call_times) == 60
     assert "0 made, 0 retries, 0 throttled (429); 60 rows from the journal" in done.stderr
@@ -104,7 +98,9 @@ def test_sigkill_then_rerun_repeats_only_the_calls_not_yet_flushed(
     rows, concurrency = 300, 4
     server = serve(create_app(DemoSettings(latency=0.02)))
     cfg = config(tmp_path, server, redis_url, rows=rows, concurrency=concurrency)
-    first = subprocess.Popen([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=demo_child_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while len(server.state.call_times) < 150 and first.poll() is None:
         assert time.monotonic() < deadline, "150 calls"
@@ -114,7 +110,9 @@ def test_sigkill_then_rerun_repeats_only_the_calls_not_yet_flushed(
     first.wait(10)
     before = sorted(server.state.call_times)
 
-    done = subprocess.run([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), capture_output=True, timeout=60)
+    done = subprocess.run(
+        [*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=demo_child_env(), capture_output=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert pl.read_parquet(tmp_path / "out.parquet").height == rows
     repeated = len(server.state.call_times) - rows  # every row is called once, these twice

@@ -19,9 +19,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, write_config
+from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, write_config
 
-from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app, person_for
+from enrich.demo_server import DemoSettings, create_app
 from enrich.shared_limit import SharedRateLimiter
 
 Serve = Callable[[web.Application], RunningServer]
@@ -38,17 +38,6 @@ def busiest_second(times: list[float]) -> int:
             j += 1
         best = max(best, i - j + 1)
     return best
-
-
-def table(tmp_path: Path, rows: int) -> Path:
-    emails = [e for e in (f"user{i}@example.com" for i in range(rows * 2)) if person_for(e) is not None][:rows]
-    path = tmp_path / "in.csv"
-    path.write_text("email,domain\n" + "".join(f"{e},example.com\n" for e in emails), "utf-8")
-    return path
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
 
 
 def test_concurrent_bookings_are_spaced_by_the_rate(redis_url: str) -> None:
@@ -77,7 +66,7 @@ def test_concurrent_bookings_are_spaced_by_the_rate(redis_url: str) -> None:
 
 def test_two_processes_share_one_limit_measured_at_the_api(tmp_path: Path, serve: Serve, redis_url: str) -> None:
     server = serve(create_app(DemoSettings()))
-    src = table(tmp_path, 120)
+    src = known_people(tmp_path, rows=120)
     cfg = write_config(
         tmp_path / "c.yaml",
         demo_config(
@@ -89,7 +78,10 @@ def test_two_processes_share_one_limit_measured_at_the_api(tmp_path: Path, serve
     )
     procs = [
         subprocess.Popen(
-            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"], cwd=ROOT, env=env(), stderr=subprocess.PIPE
+            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"],
+            cwd=ROOT,
+            env=demo_child_env(),
+            stderr=subprocess.PIPE,
         )
         for i in (0, 1)
     ]
@@ -107,7 +99,7 @@ def test_redis_gone_mid_run_stops_resumably_and_never_runs_unlimited(
     tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str]
 ) -> None:
     server = serve(create_app(DemoSettings()))
-    src = table(tmp_path, 100)
+    src = known_people(tmp_path, rows=100)
     out = tmp_path / "out.parquet"
     cfg = write_config(
         tmp_path / "c.yaml",
@@ -115,7 +107,7 @@ def test_redis_gone_mid_run_stops_resumably_and_never_runs_unlimited(
             server.url, input=str(src), output=str(out), rate_limit={"rate": "20/s", "shared": redis_url, "key": "gone"}
         ),
     )
-    proc = subprocess.Popen([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=env(), stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*ENRICH, "run", str(cfg), "-q"], cwd=ROOT, env=demo_child_env(), stderr=subprocess.PIPE)
     time.sleep(1.5)
     port = redis_url.rsplit(":", 1)[1].split("/")[0]
     subprocess.run(["pkill", "-STOP", "-f", f"redis-server 127.0.0.1:{port}"], check=False)  # unreachable
@@ -158,14 +150,19 @@ def test_the_readme_xargs_recipe_shards_under_one_shared_limit(tmp_path: Path, s
         tmp_path / "job.yaml",
         demo_config(
             server.url,
-            input=str(table(tmp_path, 80)),
+            input=str(known_people(tmp_path, rows=80)),
             output=str(out / "people.parquet"),
             rate_limit={"rate": "40/s", "shared": redis_url, "key": "xargs"},
         ),
     )
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     proc = subprocess.run(
-        ["sh", "-c", command], cwd=tmp_path, env={**env(), "PATH": path}, capture_output=True, text=True, timeout=120
+        ["sh", "-c", command],
+        cwd=tmp_path,
+        env={**demo_child_env(), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     merged = pl.read_parquet(out / "people.parquet")
