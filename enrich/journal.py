@@ -80,16 +80,39 @@ class JournalBusy(RunAborted):
     """Another run holds this journal."""
 
 
-class Journal:
-    """A SQLite journal of finished calls, written by one run at a time."""
+class Buffered:
+    """What every journal shares: finished calls held in memory and written by ``flush`` every
+    ``FLUSH_ROWS`` entries or ``FLUSH_SECONDS``; look-ups see the pending ones too."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None) -> None:
-        self._conn = conn
-        self.path = path
-        self._lock_fd = lock_fd
+    def __init__(self) -> None:
         self._pending: dict[bytes, Entry] = {}
         self._last_flush = time.monotonic()
         self.written = 0
+
+    def put(self, fp: bytes, entry: Entry) -> None:
+        """Record a finished call; written by the next ``flush`` (at most ``FLUSH_SECONDS`` later)."""
+        self._pending[fp] = entry
+        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def _split(self, fps: Iterable[bytes]) -> tuple[dict[bytes, Entry], list[bytes]]:
+        """The pending entries among ``fps`` (each once), and the fingerprints left to look up."""
+        wanted = list(dict.fromkeys(fps))
+        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
+        return found, [fp for fp in wanted if fp not in found]
+
+
+class Journal(Buffered):
+    """A SQLite journal of finished calls, written by one run at a time."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None) -> None:
+        super().__init__()
+        self._conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
 
     @classmethod
     def open_readonly(cls, path: Path | None) -> Journal:
@@ -178,12 +201,6 @@ class Journal:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
-    def put(self, fp: bytes, entry: Entry) -> None:
-        """Record a finished call; committed by the next ``flush`` (at most ~1 s later)."""
-        self._pending[fp] = entry
-        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
-
     def flush(self) -> None:
         """Commit every pending entry in one transaction."""
         self._last_flush = time.monotonic()
@@ -216,9 +233,7 @@ class Journal:
 
         With ``bodies=False`` the entries carry no body (cheaper, for deciding what to call).
         """
-        wanted = list(dict.fromkeys(fps))
-        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
-        rest = [fp for fp in wanted if fp not in found]
+        found, rest = self._split(fps)
         columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted"
         make = Entry._make
         found.update((row[0], make(row[1:])) for row in self._select(columns, rest))

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from .errors import RunAborted
-from .journal import FLUSH_ROWS, FLUSH_SECONDS, Entry
+from .journal import Buffered, Entry
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
 SCHEMES = ("redis://", "rediss://")
@@ -54,7 +54,7 @@ class JournalUnavailable(RunAborted):
     """Redis, which holds the journal, cannot be reached: the run stops, resumable."""
 
 
-class RedisJournal:
+class RedisJournal(Buffered):
     """The ``Journal`` interface (``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) over Redis."""
 
     def __init__(self, url: str, readonly: bool = False) -> None:
@@ -79,10 +79,8 @@ class RedisJournal:
         self._base = f"enrich:journal:{prefix}:"
         self._set = self._base + "fps"
         self._readonly = readonly
-        self._pending: dict[bytes, Entry] = {}
-        self._last_flush = time.monotonic()
         self._broken = False
-        self.written = 0
+        super().__init__()
 
     @classmethod
     def open(cls, url: str) -> RedisJournal:
@@ -140,12 +138,6 @@ class RedisJournal:
             self._client.close()
             self._client = None
 
-    def put(self, fp: bytes, entry: Entry) -> None:
-        """Record a finished call; written by the next ``flush`` (at most ~0.5 s later)."""
-        self._pending[fp] = entry
-        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
-
     def flush(self) -> None:
         """Write every pending entry in one pipeline (a MULTI/EXEC transaction)."""
         self._last_flush = time.monotonic()
@@ -173,9 +165,7 @@ class RedisJournal:
 
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """The entries for those of ``fps`` that the journal holds, pending ones included."""
-        wanted = list(dict.fromkeys(fps))
-        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
-        rest = [fp for fp in wanted if fp not in found]
+        found, rest = self._split(fps)
         fields = _FIELDS if bodies else _NO_BODY
         for start in range(0, len(rest), _CHUNK):
             chunk = rest[start : start + _CHUNK]

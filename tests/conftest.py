@@ -216,3 +216,23 @@ def demo_child_env() -> dict[str, str]:
     import os
 
     return {**os.environ, "DEMO_CLIENT_ID": DEFAULT_CLIENT_ID, "DEMO_CLIENT_SECRET": DEFAULT_CLIENT_SECRET}
+
+
+def run_shards(config: Path, shards: int) -> None:
+    """``enrich run CONFIG -q --shard I/N`` for every shard at once, as separate processes; each must exit 0."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "enrich", "run", str(config), "-q", "--shard", f"{i}/{shards}"],
+            cwd=root,
+            env=demo_child_env(),
+            stderr=subprocess.PIPE,
+        )
+        for i in range(shards)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import redis
 from aiohttp import web
-from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, write_config
+from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, run_shards, write_config
 
 from enrich import redis_journal
 from enrich.demo_server import DemoSettings, create_app
@@ -69,18 +69,7 @@ def test_a_rerun_takes_every_call_from_redis(
 def test_two_shards_then_a_whole_run_share_one_journal(tmp_path: Path, serve: Serve, redis_url: str) -> None:
     server = serve(create_app(DemoSettings()))
     cfg = config(tmp_path, server, redis_url, rows=60)
-    procs = [
-        subprocess.Popen(
-            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"],
-            cwd=ROOT,
-            env=demo_child_env(),
-            stderr=subprocess.PIPE,
-        )
-        for i in (0, 1)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()
+    run_shards(cfg, 2)
     assert len(server.state.call_times) == 60
     # A third run, on another machine as far as it knows (no --shard, no shared disk): 0 calls.
     done = subprocess.run(

@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, write_config
+from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, run_shards, write_config
 
 from enrich.demo_server import DemoSettings, create_app
 from enrich.shared_limit import SharedRateLimiter
@@ -76,18 +76,7 @@ def test_two_processes_share_one_limit_measured_at_the_api(tmp_path: Path, serve
             rate_limit={"rate": "20/s", "burst": 2, "shared": redis_url, "key": "acme-api"},
         ),
     )
-    procs = [
-        subprocess.Popen(
-            [*ENRICH, "run", str(cfg), "-q", "--shard", f"{i}/2"],
-            cwd=ROOT,
-            env=demo_child_env(),
-            stderr=subprocess.PIPE,
-        )
-        for i in (0, 1)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()
+    run_shards(cfg, 2)
     times = server.state.call_times
     assert len(times) == 120
     # Alone, each process would go at 20/s; together they share 20/s (+ the burst).
