@@ -53,11 +53,15 @@ class ThrottledTooLong(RunAborted):
     for hours, the run stops; the journal keeps the finished calls, so a later run resumes."""
 
     def __init__(self, seconds: float, status: int, limit: float, resume_at: float, saved: str = "") -> None:
-        self.seconds, self.status, self.limit, self.resume_at = seconds, status, limit, resume_at
+        self.seconds, self.status, self.limit, self.resume_at, self._saved = seconds, status, limit, resume_at, saved
         super().__init__(
             f"the API asked to wait {seconds:.0f}s (Retry-After on HTTP {status}), more than "
             f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again after {_utc_minute(resume_at)}."
         )
+
+    def __reduce__(self) -> tuple[type[ThrottledTooLong], tuple[float, int, float, float, str]]:
+        # Picklable, so the stop crosses process boundaries whole (a Dask worker to the client).
+        return (type(self), (self.seconds, self.status, self.limit, self.resume_at, self._saved))
 
     def saved(self, calls: int, journal: object | None, total: int | None = None) -> ThrottledTooLong:
         """The same stop, saying what the journal holds: ``calls`` made by this run, ``total`` in

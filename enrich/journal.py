@@ -23,7 +23,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
@@ -98,10 +98,15 @@ class Buffered:
     def flush(self) -> None:
         raise NotImplementedError
 
+    def _held(self) -> Mapping[bytes, Entry]:
+        """The finished calls not yet written where look-ups find them."""
+        return self._pending
+
     def _split(self, fps: Iterable[bytes]) -> tuple[dict[bytes, Entry], list[bytes]]:
         """The pending entries among ``fps`` (each once), and the fingerprints left to look up."""
         wanted = list(dict.fromkeys(fps))
-        found = {fp: self._pending[fp] for fp in wanted if fp in self._pending}
+        held = self._held()
+        found = {fp: held[fp] for fp in wanted if fp in held}
         return found, [fp for fp in wanted if fp not in found]
 
 

@@ -8,20 +8,30 @@ finds the calls already made. Each entry is a hash under ``enrich:journal:<prefi
 ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
 
     journal = RedisJournal.open("redis://127.0.0.1:6379/0?prefix=people")
-    known = journal.lookup([fp1, fp2])     # as Journal.lookup, pending entries included
-    journal.put(fp3, entry)                # buffered; one pipeline per flush
+    known = journal.lookup([fp1, fp2])     # as Journal.lookup, entries not yet written included
+    journal.put(fp3, entry)                # handed to the writer thread; in Redis a round trip later
+    journal.flush()                        # waits until everything put is in Redis
     journal.close()
+
+Written through, not every half second as the SQLite file is: a background thread writes
+each finished call as soon as it is put, together with whatever finished during the previous
+write (one pipeline per round trip, never blocking the event loop). A process killed at any
+moment (a Dask worker, a preempted pod) loses only the calls in flight and those finished
+during the last round trip to Redis, so the task's rerun elsewhere pays for little more than
+what was in flight.
 
 No lock: many processes write one journal by design (an entry is the same whoever writes
 it). The entries hold what the engine gives them: bodies already masked of secrets, and no
 auth header (an Entry has none). Fail closed, as the shared limit does: when Redis cannot be
-reached for ``FAIL_AFTER`` seconds, the run stops with ``JournalUnavailable`` (exit 3).
+reached for ``FAIL_AFTER`` seconds, the next ``put`` or ``flush`` raises ``JournalUnavailable``
+and the run stops (exit 3), resumable.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,6 +39,7 @@ from .errors import RunAborted
 from .journal import Buffered, Entry
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
+STALL_AFTER = 1.0  # seconds a write may go unanswered before the run holds its next call
 SCHEMES = ("redis://", "rediss://")
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
 _CHUNK = 500  # fingerprints per pipeline on look-up
@@ -79,8 +90,17 @@ class RedisJournal(Buffered):
         self._base = f"enrich:journal:{prefix}:"
         self._set = self._base + "fps"
         self._readonly = readonly
-        self._broken = False
         super().__init__()
+        # The writer thread takes `_pending` whole into `_writing`, writes it, and empties it;
+        # `_changed` guards both and wakes the writer (a put) and the waiters (a write done).
+        self._changed = threading.Condition()
+        self._writing: dict[bytes, Entry] = {}
+        self._failure: JournalUnavailable | None = None  # why the writer stopped
+        self._failure_told = False  # raised by put or flush already
+        self._closing = False
+        self._stalled = False  # the writer is retrying: Redis did not answer its last write
+        self._write_started = 0.0
+        self._writer: threading.Thread | None = None
 
     @classmethod
     def open(cls, url: str) -> RedisJournal:
@@ -107,7 +127,7 @@ class RedisJournal(Buffered):
     def _key(self, fp: bytes) -> str:
         return self._base + fp.hex()
 
-    def _retrying(self, call: Callable[[], T]) -> T:
+    def _retrying(self, call: Callable[[], T], on_retry: Callable[[], None] | None = None) -> T:
         import redis.exceptions
 
         deadline = time.monotonic() + FAIL_AFTER
@@ -117,51 +137,127 @@ class RedisJournal(Buffered):
                 return call()
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
-                    self._broken = True
                     raise JournalUnavailable(
                         f"cannot reach Redis at {self.path}, which holds the journal ({exc}). The run stopped; "
                         "start Redis (or fix `journal:`), then run the same command again: the calls already "
                         "saved there are not made again."
                     ) from None
+                if on_retry is not None:
+                    on_retry()
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     def close(self, remove_if_empty: bool = False) -> None:
-        """Write what is pending and disconnect. ``remove_if_empty`` is accepted for the
-        ``Journal`` interface; a shared journal is never removed."""
+        """Write what is pending, stop the writer and disconnect. ``remove_if_empty`` is accepted
+        for the ``Journal`` interface; a shared journal is never removed."""
         if self._client is None:
             return
         try:
-            if not self._broken:
-                self.flush()
+            with self._changed:
+                self._closing = True
+                self._changed.notify_all()
+            if self._writer is not None:
+                self._writer.join()  # it writes what is pending first (or gives up after FAIL_AFTER)
+            if self._failure is not None and not self._failure_told:
+                self._failure_told = True
+                raise self._failure  # calls finished at the end were not saved: say so
         finally:
             self._client.close()
             self._client = None
 
+    def put(self, fp: bytes, entry: Entry) -> None:
+        """Hand a finished call to the writer thread; raises ``JournalUnavailable`` once Redis has gone."""
+        with self._changed:
+            if self._failure is not None:
+                self._failure_told = True
+                raise self._failure
+            self._pending[fp] = entry
+            if self._readonly:
+                return
+            self._changed.notify()
+            # Redis is not answering: hold the run here (no new call goes out) until the writer
+            # gets through or gives up, so an outage costs the calls in flight, not FAIL_AFTER
+            # seconds of paid calls that nobody could save.
+            while self._is_stalled() and self._failure is None:
+                self._changed.wait(0.1)
+            if self._failure is not None:
+                self._failure_told = True
+                raise self._failure
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_all, name="enrich-redis-journal", daemon=True)
+            self._writer.start()
+
     def flush(self) -> None:
-        """Write every pending entry in one pipeline (a MULTI/EXEC transaction)."""
+        """Wait until every call handed to ``put`` is in Redis."""
         self._last_flush = time.monotonic()
-        if not self._pending or self._readonly:
+        if self._readonly:
             return
-        pending = self._pending
+        with self._changed:
+            while (self._pending or self._writing) and self._failure is None:
+                self._changed.wait()
+            if self._failure is not None:
+                self._failure_told = True
+                raise self._failure
 
-        def write() -> None:
-            pipe = self._client.pipeline(transaction=True)
-            for fp, entry in pending.items():
-                key = self._key(fp)
-                pipe.delete(key)
-                fields: dict[str, Any] = {f: v for f, v in zip(_FIELDS, entry, strict=True) if v is not None}
-                pipe.hset(key, mapping=fields)
-                if self._ttl is not None:
-                    pipe.expire(key, self._ttl)
-            pipe.sadd(self._set, *pending)
+    def _held(self) -> Mapping[bytes, Entry]:
+        with self._changed:
+            return {**self._writing, **self._pending} if self._writing else dict(self._pending)
+
+    def _write_all(self) -> None:
+        """The writer thread: whatever is pending, in one pipeline, until closed."""
+        import redis.exceptions
+
+        while True:
+            with self._changed:
+                while not self._pending and not self._closing:
+                    self._changed.wait()
+                if not self._pending:
+                    return
+                batch, self._pending, self._writing = self._pending, {}, self._pending
+                self._write_started = time.monotonic()
+            try:
+                self._retrying(lambda batch=batch: self._write(batch), self._stall)  # type: ignore[misc]
+            except JournalUnavailable as exc:
+                failure = exc
+            except redis.exceptions.RedisError as exc:  # e.g. out of memory, read-only replica
+                failure = JournalUnavailable(
+                    f"Redis at {self.path}, which holds the journal, refused a write: {exc}. The run stopped; "
+                    "fix Redis, then run the same command again: the calls already saved there are not made again."
+                )
+            else:
+                with self._changed:
+                    self._writing = {}
+                    self._stalled = False
+                    self.written += len(batch)
+                    self._changed.notify_all()
+                continue
+            with self._changed:
+                self._failure = failure
+                self._changed.notify_all()
+            return
+
+    def _is_stalled(self) -> bool:
+        """Redis failed the writer's last attempt, or its write has gone unanswered for ``STALL_AFTER``."""
+        return self._stalled or bool(self._writing and time.monotonic() - self._write_started > STALL_AFTER)
+
+    def _stall(self) -> None:
+        with self._changed:
+            self._stalled = True
+
+    def _write(self, batch: dict[bytes, Entry]) -> None:
+        """One MULTI/EXEC transaction: each entry's hash (and expiry), and the set that counts them."""
+        pipe = self._client.pipeline(transaction=True)
+        for fp, entry in batch.items():
+            key = self._key(fp)
+            pipe.delete(key)
+            fields: dict[str, Any] = {f: v for f, v in zip(_FIELDS, entry, strict=True) if v is not None}
+            pipe.hset(key, mapping=fields)
             if self._ttl is not None:
-                pipe.expire(self._set, self._ttl)
-            pipe.execute()
-
-        self._retrying(write)
-        self.written += len(pending)
-        self._pending = {}
+                pipe.expire(key, self._ttl)
+        pipe.sadd(self._set, *batch)
+        if self._ttl is not None:
+            pipe.expire(self._set, self._ttl)
+        pipe.execute()
 
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """The entries for those of ``fps`` that the journal holds, pending ones included."""

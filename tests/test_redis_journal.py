@@ -19,16 +19,25 @@ import polars as pl
 import pytest
 import redis
 from aiohttp import web
-from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, run_shards, write_config
+from conftest import (
+    RunningServer,
+    demo_child_env,
+    demo_config,
+    known_people,
+    run_cli,
+    run_shards,
+    start_redis,
+    write_config,
+)
 
 from enrich import redis_journal
-from enrich.demo_server import DemoSettings, create_app
+from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app
 from enrich.errors import RunAborted
-from enrich.journal import FLUSH_SECONDS
 
 Serve = Callable[[web.Application], RunningServer]
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
+WRITE_WINDOW = 0.05  # seconds: a generous round trip to a local Redis, writer thread scheduling included
 
 
 def keys(url: str) -> list[bytes]:
@@ -81,9 +90,7 @@ def test_two_shards_then_a_whole_run_share_one_journal(tmp_path: Path, serve: Se
     assert pl.read_parquet(tmp_path / "out.parquet").height == 60
 
 
-def test_sigkill_then_rerun_repeats_only_the_calls_not_yet_flushed(
-    tmp_path: Path, serve: Serve, redis_url: str
-) -> None:
+def test_sigkill_then_rerun_repeats_only_the_calls_in_flight(tmp_path: Path, serve: Serve, redis_url: str) -> None:
     rows, concurrency = 300, 4
     server = serve(create_app(DemoSettings(latency=0.02)))
     cfg = config(tmp_path, server, redis_url, rows=rows, concurrency=concurrency)
@@ -106,10 +113,11 @@ def test_sigkill_then_rerun_repeats_only_the_calls_not_yet_flushed(
     assert pl.read_parquet(tmp_path / "out.parquet").height == rows
     repeated = len(server.state.call_times) - rows  # every row is called once, these twice
 
-    # As with the SQLite journal (tests/test_journal.py): the calls in flight, those of the last
-    # flush interval (the most calls seen in any FLUSH_SECONDS), and one more round of workers.
-    per_flush = max(bisect.bisect_right(before, t + FLUSH_SECONDS) - i for i, t in enumerate(before))
-    bound = concurrency + per_flush + concurrency
+    # Written through: only the calls in flight, and those that finished while the writer thread
+    # was writing the ones before (a round trip to Redis: the most calls seen in any 50 ms, which
+    # stretches with the machine's load), are made again. (SQLite's file: half a second of calls.)
+    per_write = max(bisect.bisect_right(before, t + WRITE_WINDOW) - i for i, t in enumerate(before))
+    bound = concurrency + per_write
     print(f"\nSIGKILL after {len(before)} calls: {repeated} repeated by the rerun; bound {bound}")
     assert 0 <= repeated <= bound
 
@@ -219,3 +227,57 @@ def test_bad_journal_urls_are_config_errors(journal: str, expected: str, demo_en
 
     with pytest.raises(ConfigError, match=expected):
         config_from_dict(demo_config("http://127.0.0.1:1", journal=journal))
+
+
+def test_redis_stopped_mid_run_holds_the_calls_stops_resumably_and_the_rerun_pays_only_the_rest(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    monkeypatch.setattr(redis_journal, "FAIL_AFTER", 2.0)  # the run's patience with Redis (10 s by default)
+    monkeypatch.setenv("DEMO_CLIENT_ID", DEFAULT_CLIENT_ID)
+    monkeypatch.setenv("DEMO_CLIENT_SECRET", DEFAULT_CLIENT_SECRET)
+    rows, concurrency = 300, 4
+    server = serve(create_app(DemoSettings(latency=0.02)))
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    proc, url = start_redis(folder, persist=True)  # its append-only file outlives it
+    cfg = config(tmp_path, server, url, rows=rows, concurrency=concurrency)
+    gone_at: list[int] = []
+
+    def stop_redis() -> None:
+        deadline = time.monotonic() + 30
+        while server.state.calls < 100 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.terminate()  # a clean shutdown, as `systemctl stop redis` does
+        proc.wait(10)
+        gone_at.append(server.state.calls)
+
+    stopper = threading.Thread(target=stop_redis)
+    stopper.start()
+    try:
+        code = run_cli(["run", str(cfg), "-q"])
+    finally:
+        stopper.join()
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "cannot reach Redis at" in err and "run the same command again" in err
+    assert not (tmp_path / "out.parquet").exists()
+    before = sorted(server.state.call_times)
+    per_write = max(bisect.bisect_right(before, t + WRITE_WINDOW) - i for i, t in enumerate(before))
+    # Once Redis stopped answering, no new call went out: only those in flight finished.
+    after_stop = server.state.calls - gone_at[0]
+    print(f"\nRedis stopped after {gone_at[0]} calls; {after_stop} calls after; bound {concurrency + per_write}")
+    assert after_stop <= concurrency + per_write
+
+    # Redis back (its files kept): the rerun pays only for what was never saved.
+    proc, _ = start_redis(folder, port=int(url.rsplit(":", 1)[1].split("/")[0]), persist=True)
+    try:
+        assert run_cli(["run", str(cfg), "-q"]) == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    repeated = server.state.calls - rows
+    print(f"the rerun repeated {repeated} calls; bound {after_stop + concurrency + per_write}")
+    assert 0 <= repeated <= after_stop + concurrency + per_write
+    assert pl.read_parquet(tmp_path / "out.parquet")["_http_status"].to_list() == [200] * rows
