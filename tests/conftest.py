@@ -135,10 +135,11 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A real Redis server of its own on a free port of 127.0.0.1 (Debian's redis-server; .ci/run
-    installs it), stopped at teardown."""
+def start_redis(folder: Path, port: int | None = None, persist: bool = False) -> tuple[Any, str]:
+    """A real redis-server of its own on 127.0.0.1 (Debian's; .ci/run installs it), keeping its
+    files in ``folder``; a free port unless ``port`` is given. With ``persist`` every write goes to
+    an append-only file, so a server stopped and started again on the same folder has kept it.
+    Returns the process and its URL, once it answers."""
     import shutil
     import socket
     import subprocess
@@ -147,23 +148,13 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability, "--dir", str(folder)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -177,7 +168,14 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
                 proc.kill()
                 raise RuntimeError(f"redis-server did not start on port {port}") from None
             time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis server of the test's own (``start_redis``), stopped at teardown."""
+    proc, url = start_redis(tmp_path)
+    yield url
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -209,6 +207,17 @@ def known_people(tmp_path: Path, rows: int, with_id: bool = False) -> Path:
         text = "email,domain\n" + "".join(f"{e},example.com\n" for e in emails)
     path.write_text(text, "utf-8")
     return path
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most arrivals in any one-second window (sliding, starting at each arrival)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
 
 
 def demo_child_env() -> dict[str, str]:

@@ -19,7 +19,16 @@ from pathlib import Path
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_child_env, demo_config, known_people, run_cli, run_shards, write_config
+from conftest import (
+    RunningServer,
+    busiest_second,
+    demo_child_env,
+    demo_config,
+    known_people,
+    run_cli,
+    run_shards,
+    write_config,
+)
 
 from enrich.demo_server import DemoSettings, create_app
 from enrich.shared_limit import SharedRateLimiter
@@ -27,17 +36,6 @@ from enrich.shared_limit import SharedRateLimiter
 Serve = Callable[[web.Application], RunningServer]
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
-
-
-def busiest_second(times: list[float]) -> int:
-    """The most arrivals in any one-second window (sliding, starting at each arrival)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - 1.0:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def test_concurrent_bookings_are_spaced_by_the_rate(redis_url: str) -> None:
