@@ -1,0 +1,155 @@
+"""Enrich a Dask DataFrame: each partition through the engine, on whichever worker Dask picks.
+
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+    import enrich.dask
+
+    client = Client(LocalCluster(n_workers=4, threads_per_worker=1))
+    people = dd.read_parquet("s3://bucket/people/")
+    enriched = enrich.dask.enrich(people, "configs/acme.yaml")     # lazy, like any Dask frame
+    enriched.to_parquet("s3://bucket/people_enriched/")
+
+Each partition runs as one task with its own event loop, connection pool and login; its rows
+keep their order and index, and the result has the input's columns followed by the config's
+output columns (``fields``, ``_http_status``, ``_error``, diagnostics).
+
+Partitions run at the same time in many processes, so two settings must be shared by all of
+them, or the run is refused before anything is computed:
+
+- the rate limit: ``rate_limit: {rate: ..., shared: redis://..., key: ...}`` books every
+  partition's calls against one limit. A per-process limit would let N partitions together
+  call N times the rate (``per_partition_limit=True`` accepts that, knowingly);
+- the journal, when one is kept: a ``redis://`` URL (``journal:`` in the config, or the
+  ``journal`` argument). Dask re-runs the tasks of a worker that died; the rerun finds the
+  calls the dead worker finished in Redis and does not pay for them again. A SQLite file
+  cannot be shared by processes on several machines. ``journal: false`` (or none at all)
+  keeps each partition's calls in memory only.
+
+The field columns are text (the ``string`` dtype: numbers and booleans as a CSV output writes
+them, lists and objects as JSON) unless ``dtypes`` names another (``{"employees": "Int64"}``):
+the engine types a column by its values, which differ from partition to partition, and a
+Dask frame needs one type per column before it is computed. Needs ``pip install 'enrich[dask]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ATTEMPTS_COLUMN, ERROR_COLUMN, LATENCY_COLUMN, STATUS_COLUMN, Config
+from .engine import RunOptions, as_config
+from .errors import ConfigError, InputError
+from .redis_journal import is_redis_url
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import pandas as pd
+
+# The columns the engine adds besides the fields, and their pandas dtypes (nullable).
+_FIXED_DTYPES = {STATUS_COLUMN: "Int64", ERROR_COLUMN: "string", ATTEMPTS_COLUMN: "Int64", LATENCY_COLUMN: "Float64"}
+
+
+def enrich(
+    ddf: dd.DataFrame,
+    config: Config | str | Path | dict[str, Any],
+    journal: str | None = None,
+    *,
+    dtypes: Mapping[str, str] | None = None,
+    options: RunOptions | None = None,
+    per_partition_limit: bool = False,
+) -> dd.DataFrame:
+    """The enriched frame (lazy): ``ddf``'s columns, then the config's output columns.
+
+    ``journal`` (a ``redis://`` URL) overrides the config's ``journal:``. ``options`` takes
+    ``fresh``, ``retry_failed`` and ``refresh_older_than`` as ``enrich run`` does.
+    Raises ``ConfigError`` for a config that cannot run on many processes at once (see the
+    module's text), before any call.
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - the extra brings it
+        raise ConfigError("enrich.dask needs Dask: pip install 'enrich[dask]'.") from None
+    import polars as pl
+
+    config = as_config(config)
+    options = options or RunOptions()
+    if options.limit is not None or options.shard is not None:
+        raise ConfigError(
+            "enrich.dask.enrich takes no `limit` or `shard`: Dask splits the work into partitions. "
+            "Enrich `ddf.head(N, compute=False)` or a subset of `ddf.partitions` instead."
+        )
+    location = _shared_journal(config, journal)
+    _check_limit(config, per_partition_limit)
+    meta = ddf._meta
+    config.check_schema(pl.from_pandas(meta).schema, "the Dask DataFrame")
+    types = _output_dtypes(config, dtypes)
+    out_meta = meta.copy()
+    for name, dtype in types.items():
+        out_meta[name] = pd.Series([], dtype=dtype, index=meta.index[:0])
+    return ddf.map_partitions(
+        _partition, config, location, options, types, meta=out_meta, token="enrich", align_dataframes=False
+    )
+
+
+def _shared_journal(config: Config, journal: str | None) -> str | None:
+    """The Redis journal every partition uses, or ``None`` for in-memory journals."""
+    chosen = journal if journal is not None else (config.journal if config.use_journal else None)
+    if chosen is None or is_redis_url(chosen):
+        return chosen if isinstance(chosen, str) else None
+    raise ConfigError(
+        f"{config.source}: the journal {chosen} is a file, which the processes of a Dask cluster cannot share. "
+        'Keep it in Redis (`journal: "redis://HOST:6379/0?prefix=NAME"`, or enrich.dask.enrich(..., '
+        'journal="redis://...")), or set `journal: false` to keep each partition\'s calls in memory only.'
+    )
+
+
+def _check_limit(config: Config, per_partition_limit: bool) -> None:
+    rate = config.rate_limit
+    if rate is None or rate.shared or per_partition_limit:
+        return
+    raise ConfigError(
+        f"{config.source}: `rate_limit: {rate}` is kept by each process, so partitions running at once on "
+        f"a Dask cluster would together exceed it. Share it through Redis: `rate_limit: {{rate: {rate}, "
+        'shared: "redis://HOST:6379/0", key: NAME}`; or pass per_partition_limit=True if each partition '
+        "may really call at that rate."
+    )
+
+
+def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None) -> dict[str, str]:
+    """The pandas dtype of each output column, in output order."""
+    types = {name: _FIXED_DTYPES.get(name, "string") for name in config.output_columns}
+    for name, dtype in (dtypes or {}).items():
+        if name not in types:
+            raise ConfigError(
+                f"dtypes names {name!r}, which is not an output column of {config.source}. "
+                f"The output columns are: {', '.join(types)}."
+            )
+        types[name] = dtype
+    return types
+
+
+def _partition(
+    part: pd.DataFrame, config: Config, journal: str | None, options: RunOptions, types: dict[str, str]
+) -> pd.DataFrame:
+    """One partition through the engine (its own event loop), on a Dask worker."""
+    import pandas as pd
+    import polars as pl
+
+    from .engine import enrich as run_engine
+
+    frame = pl.from_pandas(part, include_index=False)
+    result = run_engine(frame, config, journal=journal, options=options).frame
+    out = part.copy(deep=False)
+    for name, dtype in types.items():
+        column = result[name]
+        if dtype == "string":  # text as the CSV output has it: 42, 1.5, true, JSON for the rest
+            column = column.cast(pl.String)
+        try:
+            out[name] = pd.Series(column.to_list(), index=part.index, dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"the output column {name!r} cannot be {dtype} in a partition starting at index "
+                f'{part.index[0]!r}: {exc}. Name another dtype for it in dtypes= ("string" takes every value).'
+            ) from None
+    return out
