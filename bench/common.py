@@ -277,8 +277,10 @@ def write_config(
     output: Path,
     concurrency: int = 64,
     rate_limit: str | None = None,
+    journal: str | None = None,
 ) -> Path:
-    """A config like configs/demo.yaml (login, GET per row, three fields) against the demo API on ``port``."""
+    """A config like configs/demo.yaml (login, GET per row, three fields) against the demo API on ``port``
+    (``journal``: where it is kept, e.g. a redis:// URL; beside the output by default)."""
     lines = [
         f"input: {input_path}",
         f"output: {output}",
@@ -298,6 +300,8 @@ def write_config(
     ]
     if rate_limit:
         lines.append(f"rate_limit: {rate_limit}")
+    if journal:
+        lines.append(f'journal: "{journal}"')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -5,7 +5,8 @@ requests in flight, so one process reaches about 16 / 20 ms = 800 rows/s at best
 700 on the 2-core machine of the README). The processes share ``rate_limit: {rate:
 2000/s, shared: redis://..., key: scaleout}`` through a private redis-server on a free
 port of 127.0.0.1: well above what one process does, so 1 process is bound by latency,
-2 about double it, and 4 meet the shared limit. For each N: wall time from the first
+2 about double it, and 4 meet the shared limit. They keep one journal in the same Redis
+(written through by each process's writer thread), as the README's recipes do. For each N: wall time from the first
 start to the last exit, rows/s over it, and at the server the calls' rate and the
 busiest one-second window of arrivals, against the limit. Each N runs twice (``--quick``:
 once, on fewer rows); figures are medians.
@@ -125,7 +126,8 @@ def call_times(server: DemoServer) -> list[float]:
 
 
 def run_once(server: DemoServer, redis: RedisServer, table: Path, rows: int, n: int) -> dict[str, Any]:
-    """N shard processes in parallel, each its own output and journal; measured at the client and the server."""
+    """N shard processes in parallel, each its own output, all one journal in Redis; measured at the
+    client and the server."""
     import polars as pl
 
     work = WORK / f"n{n}"
@@ -134,7 +136,7 @@ def run_once(server: DemoServer, redis: RedisServer, table: Path, rows: int, n: 
     output = work / "out.parquet"
     limit = f'{{rate: {RATE}/s, shared: "{redis.url}", key: scaleout}}'
     config = write_config(work / "scaleout.yaml", server.port, table, output, concurrency=CONCURRENCY,
-                          rate_limit=limit)  # fmt: skip
+                          rate_limit=limit, journal=f"{redis.url}?prefix=scaleout-{n}")  # fmt: skip
     redis.flush()
     before = len(call_times(server))
     logs = [work / f"shard-{i}.stderr" for i in range(n)]
