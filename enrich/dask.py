@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ATTEMPTS_COLUMN, ERROR_COLUMN, LATENCY_COLUMN, STATUS_COLUMN, Config
+from .config import ATTEMPTS_COLUMN, ERROR_COLUMN, LATENCY_COLUMN, STATUS_COLUMN, Config, journal_location
 from .engine import RunOptions, as_config
 from .errors import ConfigError, InputError
 from .redis_journal import is_redis_url
@@ -53,7 +53,7 @@ _FIXED_DTYPES = {STATUS_COLUMN: "Int64", ERROR_COLUMN: "string", ATTEMPTS_COLUMN
 def enrich(
     ddf: dd.DataFrame,
     config: Config | str | Path | dict[str, Any],
-    journal: str | None = None,
+    journal: str | bool | None = None,
     *,
     dtypes: Mapping[str, str] | None = None,
     options: RunOptions | None = None,
@@ -61,7 +61,7 @@ def enrich(
 ) -> dd.DataFrame:
     """The enriched frame (lazy): ``ddf``'s columns, then the config's output columns.
 
-    ``journal`` (a ``redis://`` URL) overrides the config's ``journal:``. ``options`` takes
+    ``journal`` (a ``redis://`` URL, or ``False`` for none) overrides the config's ``journal:``. ``options`` takes
     ``fresh``, ``retry_failed`` and ``refresh_older_than`` as ``enrich run`` does.
     Raises ``ConfigError`` for a config that cannot run on many processes at once (see the
     module's text), before any call.
@@ -92,15 +92,22 @@ def enrich(
     )
 
 
-def _shared_journal(config: Config, journal: str | None) -> str | None:
-    """The Redis journal every partition uses, or ``None`` for in-memory journals."""
-    chosen = journal if journal is not None else (config.journal if config.use_journal else None)
+def _shared_journal(config: Config, journal: str | bool | None) -> str | None:
+    """The Redis journal every partition uses, or ``None`` for in-memory journals (``journal=False``,
+    or none in the argument or the config)."""
+    if journal is False or (journal is None and not config.use_journal):
+        return None
+    if journal is True or journal is None:
+        chosen = config.journal
+    else:
+        chosen = journal_location(journal, "enrich.dask.enrich(journal=...)", config.redactor)
     if chosen is None or is_redis_url(chosen):
         return chosen if isinstance(chosen, str) else None
     raise ConfigError(
         f"{config.source}: the journal {chosen} is a file, which the processes of a Dask cluster cannot share. "
         'Keep it in Redis (`journal: "redis://HOST:6379/0?prefix=NAME"`, or enrich.dask.enrich(..., '
-        'journal="redis://...")), or set `journal: false` to keep each partition\'s calls in memory only.'
+        'journal="redis://...")), or set `journal: false` (journal=False) to keep each partition\'s calls in '
+        "memory only."
     )
 
 

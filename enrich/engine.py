@@ -366,17 +366,22 @@ async def call_pass(
                 journal.flush()
 
         flushing = asyncio.create_task(flusher())
+        stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(produce())
                 for _ in range(config.concurrency):
                     group.create_task(worker())
         except BaseExceptionGroup as group_error:
-            # One task's fatal error (a failed re-login) stops them all; raise it as itself.
-            raise _first_leaf(group_error) from None
+            # One task's fatal error (a failed re-login) stops them all; raised as itself below,
+            # outside this handler: raised here, it would get the group (which holds it) as its
+            # __context__, a cycle that cannot be pickled (a Dask worker sends errors pickled).
+            stop = _first_leaf(group_error)
         finally:
             flushing.cancel()
             journal.flush()
+        if stop is not None:
+            raise stop
         tally.logins = tokens.logins if tokens else 0
     report(force=True)
     return counters, tally
