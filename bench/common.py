@@ -340,3 +340,27 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One finished command: its wall time and its own CPU time."""
+
+    seconds: float
+    cpu: float  # user + system seconds of the child alone
+    returncode: int
+
+
+def measure(cmd: list[str]) -> Run:
+    """Run a command to completion; its wall time and its own CPU time (os.wait4)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {code}: {err.decode(errors='replace')[-2000:]}")
+    return Run(seconds, usage.ru_utime + usage.ru_stime, code)

@@ -15,6 +15,9 @@ once, on fewer rows); figures are medians.
     python bench/scaleout.py --quick       # 4,000 rows, once, for a smoke test
 
 Needs ``redis-server`` on the PATH (.ci/run installs it: apt-get install redis-server).
+Last, one process with no limit and no latency keeps its journal in a file, then in Redis
+(alternated): what writing through to Redis costs, in rows/s and CPU per row.
+
 Results: bench/results/scaleout.json.
 """
 
@@ -43,6 +46,7 @@ from common import (
     free_port,
     machine,
     make_table,
+    measure,
     print_table,
     stop_process,
     write_config,
@@ -168,6 +172,36 @@ def run_once(server: DemoServer, redis: RedisServer, table: Path, rows: int, n: 
     }
 
 
+def journal_place(redis: RedisServer, rows: int, repeats: int) -> dict[str, Any]:
+    """One process, no rate limit, no latency, 64 in flight: the journal in a file against the
+    journal in Redis (written through by its thread), alternated; rows/s and CPU per row."""
+    table = make_table(rows)
+    work = WORK / "journal"
+    runs: dict[str, list[Any]] = {"file": [], "redis": []}
+    with DemoServer() as server:
+        for _ in range(repeats):
+            for place in ("file", "redis"):
+                shutil.rmtree(work, ignore_errors=True)  # every run makes all its calls
+                redis.flush()
+                journal = f"{redis.url}?prefix=journal-bench" if place == "redis" else None
+                config = write_config(work / "j.yaml", server.port, table, work / "out.parquet", concurrency=64,
+                                      journal=journal)  # fmt: skip
+                runs[place].append(measure([*enrich_command(), "run", str(config), "-q"]))
+    rps = {k: statistics.median(rows / r.seconds for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r.cpu / rows * 1e6 for r in v) for k, v in runs.items()}
+    result = {
+        "rows": rows,
+        "file_rows_per_s": round(rps["file"]),
+        "redis_rows_per_s": round(rps["redis"]),
+        "redis_over_file": round(rps["redis"] / rps["file"], 3),
+        "file_cpu_us_per_row": round(cpu["file"], 1),
+        "redis_cpu_us_per_row": round(cpu["redis"], 1),
+        "redis_cpu_over_file": round(cpu["redis"] / cpu["file"], 3),
+    }
+    print(f"  journal place: {json.dumps(result)}", file=sys.stderr)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows, one run of each N (a smoke test)")
@@ -197,6 +231,7 @@ def main() -> None:
                 "runs": [{k: round(v, 2) for k, v in r.items()} for r in runs],
             }
             cells.append(cell)
+        place = journal_place(redis, rows, repeats + 1)
     shutil.rmtree(WORK, ignore_errors=True)  # journals and outputs of the last runs
     data = {
         "benchmark": "scaleout",
@@ -208,6 +243,7 @@ def main() -> None:
         "shared_limit_per_s": RATE,
         "repeats": repeats,
         "scaleout": cells,
+        "journal_place": place,
         "seconds": round(time.perf_counter() - started),
     }
     path = write_results("scaleout" + ("-quick" if args.quick else ""), data)
@@ -217,6 +253,9 @@ def main() -> None:
         [[c["processes"], c["rows_per_s"], round(c["rows_per_s"] / cells[0]["rows_per_s"], 2),
           c["server_calls_per_s"], c["busiest_second"], c["busiest_over_limit"]] for c in cells],
     )  # fmt: skip
+    print(f"\none process, journal in Redis / in a file: {place['redis_over_file']} rows/s "
+          f"({place['redis_rows_per_s']:,} vs {place['file_rows_per_s']:,}), CPU per row "
+          f"{place['redis_cpu_over_file']} ({place['redis_cpu_us_per_row']} vs {place['file_cpu_us_per_row']} us)")  # fmt: skip
     print(f"\n{path} ({data['seconds']} s)")
 
 

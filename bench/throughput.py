@@ -22,14 +22,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,38 +36,17 @@ from common import (
     DATA,
     ROOT,
     DemoServer,
-    child_env,
+    Run,
     enrich_command,
     machine,
     make_table,
+    measure,
     print_table,
     write_config,
     write_results,
 )
 
 WORK = DATA / "throughput"
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    seconds: float
-    cpu: float  # user + system seconds of the child alone
-    returncode: int
-
-
-def measure(cmd: list[str]) -> Run:
-    """Run a command to completion; its wall time and its own CPU time (os.wait4)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {code}: {err.decode(errors='replace')[-2000:]}")
-    return Run(seconds, usage.ru_utime + usage.ru_stime, code)
 
 
 def run_a(server: DemoServer, table: Path, concurrency: int, tag: str, *extra: str) -> Run:

@@ -3,9 +3,11 @@
 ``journal: "redis://host:6379/0?prefix=acme-people&ttl=30d"`` keeps the fingerprint-keyed
 record of finished calls in Redis instead of the SQLite file beside the output, so a task
 re-run on another machine (Dask, Spark and Kubernetes all re-run a dead worker's tasks)
-finds the calls already made. Each entry is a hash under ``enrich:journal:<prefix>:<fp hex>``
-(``prefix`` defaults to the output file's name); ``ttl`` makes entries expire. A set
-``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
+finds the calls already made. Each entry is two strings: ``enrich:journal:<prefix>:<fp hex>``
+(status, error, attempts, timings and the values extracted: JSON) and ``...:<fp hex>:body``
+(the response body), so a write is one MSET and 500 look-ups one MGET, and deciding what to
+call reads no body. ``prefix`` defaults to the output file's name; ``ttl`` makes entries
+expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
 
     journal = RedisJournal.open("redis://127.0.0.1:6379/0?prefix=people")
     known = journal.lookup([fp1, fp2])     # as Journal.lookup, entries not yet written included
@@ -14,8 +16,9 @@ finds the calls already made. Each entry is a hash under ``enrich:journal:<prefi
     journal.close()
 
 Written through, not every half second as the SQLite file is: a background thread writes
-each finished call as soon as it is put, together with whatever finished during the previous
-write (one pipeline per round trip, never blocking the event loop). A process killed at any
+each finished call as soon as it is put (after at most ``GATHER_SECONDS`` for another to join
+it), together with whatever finished during the previous write (one MSET per round trip,
+never blocking the event loop). A process killed at any
 moment (a Dask worker, a preempted pod) loses only the calls in flight and those finished
 during the last round trip to Redis, so the task's rerun elsewhere pays for little more than
 what was in flight.
@@ -35,16 +38,18 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
+import orjson
+
 from .errors import RunAborted
 from .journal import Buffered, Entry
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
+GATHER_SECONDS = 0.002  # a write waits up to this long for one more finished call: fewer round trips
 STALL_AFTER = 1.0  # seconds a write may go unanswered before the run holds its next call
 SCHEMES = ("redis://", "rediss://")
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
-_CHUNK = 500  # fingerprints per pipeline on look-up
-_FIELDS = ("status", "error", "body", "attempts", "latency_ms", "at", "fields_key", "extracted")
-_NO_BODY = tuple(f for f in _FIELDS if f != "body")
+_CHUNK = 500  # fingerprints per MGET on look-up
+_BODY = ":body"  # the key of an entry's body: the entry's key and this
 T = TypeVar("T")
 
 
@@ -213,6 +218,8 @@ class RedisJournal(Buffered):
                     self._changed.wait()
                 if not self._pending:
                     return
+                if not self._closing:  # let a call finishing now join this write (the next put wakes it)
+                    self._changed.wait(GATHER_SECONDS)
                 batch, self._pending, self._writing = self._pending, {}, self._pending
                 self._write_started = time.monotonic()
             try:
@@ -245,15 +252,20 @@ class RedisJournal(Buffered):
             self._stalled = True
 
     def _write(self, batch: dict[bytes, Entry]) -> None:
-        """One MULTI/EXEC transaction: each entry's hash (and expiry), and the set that counts them."""
-        pipe = self._client.pipeline(transaction=True)
+        """One atomic write of the batch: each entry's two values (and expiry), and the set that counts them."""
+        values: dict[str, bytes] = {}
         for fp, entry in batch.items():
             key = self._key(fp)
-            pipe.delete(key)
-            fields: dict[str, Any] = {f: v for f, v in zip(_FIELDS, entry, strict=True) if v is not None}
-            pipe.hset(key, mapping=fields)
-            if self._ttl is not None:
-                pipe.expire(key, self._ttl)
+            values[key] = _encode(entry)
+            if entry.body is not None:
+                values[key + _BODY] = entry.body
+        if self._ttl is None:  # one MSET for them all
+            pipe = self._client.pipeline(transaction=False)
+            pipe.mset(values)
+        else:
+            pipe = self._client.pipeline(transaction=True)
+            for key, value in values.items():
+                pipe.set(key, value, ex=self._ttl)
         pipe.sadd(self._set, *batch)
         if self._ttl is not None:
             pipe.expire(self._set, self._ttl)
@@ -262,21 +274,17 @@ class RedisJournal(Buffered):
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """The entries for those of ``fps`` that the journal holds, pending ones included."""
         found, rest = self._split(fps)
-        fields = _FIELDS if bodies else _NO_BODY
         for start in range(0, len(rest), _CHUNK):
             chunk = rest[start : start + _CHUNK]
-
-            def fetch(chunk: list[bytes] = chunk) -> list[list[bytes | None]]:
-                pipe = self._client.pipeline(transaction=False)
-                for fp in chunk:
-                    pipe.hmget(self._key(fp), fields)
-                return list(pipe.execute())
-
-            for fp, values in zip(chunk, self._retrying(fetch), strict=True):
-                if values[fields.index("at")] is None:  # no such entry (or it expired)
+            keys = [self._key(fp) for fp in chunk]
+            if bodies:
+                keys += [k + _BODY for k in keys]
+            values = self._retrying(lambda keys=keys: self._client.mget(keys))  # type: ignore[misc]
+            for i, fp in enumerate(chunk):
+                meta = values[i]
+                if meta is None:  # no such entry (or it expired)
                     continue
-                row = dict(zip(fields, values, strict=True))
-                found[fp] = _decode(row)
+                found[fp] = _decode(meta, values[len(chunk) + i] if bodies else None)
         return found
 
     def __len__(self) -> int:
@@ -285,22 +293,24 @@ class RedisJournal(Buffered):
         return int(self._retrying(lambda: self._client.scard(self._set)))
 
 
-def _decode(row: dict[str, bytes | None]) -> Entry:
-    def num(name: str, kind: Callable[[bytes], Any]) -> Any:
-        value = row.get(name)
-        return None if value is None else kind(value)
-
-    def text(name: str) -> str | None:
-        value = row.get(name)
-        return None if value is None else value.decode()
-
-    return Entry(
-        status=num("status", int),
-        error=text("error"),
-        body=row.get("body"),
-        attempts=num("attempts", int) or 0,
-        latency_ms=num("latency_ms", float),
-        at=float(row["at"] or 0),
-        fields_key=text("fields_key"),
-        extracted=row.get("extracted"),
+def _encode(entry: Entry) -> bytes:
+    """An entry but its body: a JSON array, then a newline and the extracted values (JSON) if any."""
+    head = orjson.dumps(
+        [
+            entry.status,
+            entry.error,
+            entry.attempts,
+            entry.latency_ms,
+            entry.at,
+            entry.fields_key,
+            entry.body is not None,
+        ]
     )
+    return head + b"\n" + entry.extracted if entry.extracted is not None else head
+
+
+def _decode(meta: bytes, body: bytes | None) -> Entry:
+    head, _, extracted = meta.partition(b"\n")
+    status, error, attempts, latency_ms, at, fields_key, has_body = orjson.loads(head)
+    # A body left from an earlier entry under the same key belongs to that one, not this.
+    return Entry(status, error, body if has_body else None, attempts, latency_ms, at, fields_key, extracted or None)

@@ -64,8 +64,8 @@ def test_a_rerun_takes_every_call_from_redis(
     assert run_cli(["run", str(cfg), "-q"]) == 0
     first = pl.read_parquet(tmp_path / "out.parquet")
     assert len(server.state.call_times) == 40
-    # one hash per call, plus the set that counts them; named after the output
-    assert len(keys(redis_url)) == 41
+    # per call its record and its body, plus the set that counts them; named after the output
+    assert len(keys(redis_url)) == 2 * 40 + 1
     assert all(k.startswith(b"enrich:journal:out.parquet:") for k in keys(redis_url))
     assert not (tmp_path / "out.parquet.journal").exists()  # no SQLite file beside it
 
@@ -129,7 +129,7 @@ def test_ttl_sets_an_expiry_on_every_entry(
     cfg = config(tmp_path, server, f"{redis_url}?prefix=acme-people&ttl=2d", rows=10)
     assert run_cli(["run", str(cfg), "-q"]) == 0
     found = keys(redis_url)
-    assert len(found) == 11 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
+    assert len(found) == 2 * 10 + 1 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
     client = redis.Redis.from_url(redis_url)
     try:
         ttls = [client.ttl(k) for k in found]
@@ -145,7 +145,7 @@ def test_dry_run_writes_nothing_to_redis(
     cfg = config(tmp_path, server, True, rows=20)  # the journal given on the command line
     assert run_cli(["run", str(cfg), "-q", "--limit", "5", "--journal", redis_url]) == 0
     held = keys(redis_url)
-    assert len(held) == 6
+    assert len(held) == 2 * 5 + 1
     capsys.readouterr()
     assert run_cli(["run", str(cfg), "--dry-run", "--journal", redis_url]) == 0
     assert "in the journal       5" in capsys.readouterr().out
@@ -185,9 +185,7 @@ def test_entries_never_hold_the_token(tmp_path: Path, serve: Serve, redis_url: s
     client = redis.Redis.from_url(redis_url)
     try:
         raw = b"".join(
-            b"".join(k + v for k, v in client.hgetall(key).items())
-            for key in client.scan_iter("enrich:journal:*")
-            if client.type(key) == b"hash"
+            client.get(key) or b"" for key in client.scan_iter("enrich:journal:*") if client.type(key) == b"string"
         )
     finally:
         client.close()
@@ -281,3 +279,20 @@ def test_redis_stopped_mid_run_holds_the_calls_stops_resumably_and_the_rerun_pay
     print(f"the rerun repeated {repeated} calls; bound {after_stop + concurrency + per_write}")
     assert 0 <= repeated <= after_stop + concurrency + per_write
     assert pl.read_parquet(tmp_path / "out.parquet")["_http_status"].to_list() == [200] * rows
+
+
+def test_an_entry_replaced_by_one_without_a_body_does_not_keep_the_old_body(redis_url: str) -> None:
+    from enrich.journal import Entry
+
+    fp = bytes.fromhex("00ff" * 8)
+    with redis_journal.RedisJournal.open(f"{redis_url}?prefix=replace") as journal:
+        journal.put(fp, Entry(200, None, b'{"a": 1}', 1, 3.5, 1000.0, '[["a","a"]]', b"[1]"))
+        journal.flush()
+        assert journal.lookup([fp]) == {fp: Entry(200, None, b'{"a": 1}', 1, 3.5, 1000.0, '[["a","a"]]', b"[1]")}
+        # The call made again (--retry-failed, --fresh) and lost its connection: no body now.
+        journal.put(fp, Entry(None, "connection reset", None, 3, None, 2000.0))
+        journal.flush()
+        assert len(journal) == 1
+    with redis_journal.RedisJournal.open(f"{redis_url}?prefix=replace") as again:  # as another process sees it
+        assert again.lookup([fp]) == {fp: Entry(None, "connection reset", None, 3, None, 2000.0)}
+        assert again.lookup([fp], bodies=False)[fp].error == "connection reset"
