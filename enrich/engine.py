@@ -106,6 +106,9 @@ class Summary:
     latency_p95_ms: float | None = None
     rate_limit: float | None = None  # calls per second allowed by the config
     max_error_rate: float | None = None
+    # Slots of a shared limit given up because this process reached them late (a busy machine):
+    # capacity lost so that no second goes over the limit.
+    late_slots: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -257,6 +260,7 @@ class _Tally:
     cached: int = 0
     deduped: int = 0
     logins: int = 0
+    late_slots: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
 
 
@@ -383,6 +387,7 @@ async def call_pass(
         if stop is not None:
             raise stop
         tally.logins = tokens.logins if tokens else 0
+        tally.late_slots = getattr(client.limiter, "rebooked", 0)
     report(force=True)
     return counters, tally
 
@@ -683,6 +688,7 @@ def _summary(
         latency_p95_ms=_percentile(tally.latencies, 0.95),
         rate_limit=config.rate_limit.per_second if config.rate_limit else None,
         max_error_rate=config.max_error_rate,
+        late_slots=tally.late_slots,
     )
 
 
