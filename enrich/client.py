@@ -324,7 +324,9 @@ class Client:
                     async with self.session.request(
                         req.method, url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
                     ) as resp:
-                        status, reason = resp.status, resp.reason or ""
+                        # The reason phrase as text that encodes: aiohttp keeps bytes that are not
+                        # UTF-8 as lone surrogates, which neither SQLite nor JSON can store.
+                        status, reason = resp.status, (resp.reason or "").encode("utf-8", "replace").decode()
                         response_headers = resp.headers  # read below only when needed
                         # What resp.read() does, but never holding more than max_response_bytes (+ one chunk).
                         content, chunks, size = resp.content, [], 0

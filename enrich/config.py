@@ -325,7 +325,8 @@ class Config:
             if schema[col].is_nested():
                 raise ConfigError(
                     f"{self.source}: `skip_if_filled` names {col!r}, a {schema[col]} column of {table}; "
-                    "list columns that hold single values (text, numbers, dates)."
+                    "it can name only columns that hold single values (text, numbers, dates). Leave it out of "
+                    "`skip_if_filled`, or give the output column another name in `fields`."
                 )
         if self.when is None:
             return
@@ -829,9 +830,14 @@ def journal_location(value: str, loc: str, redactor: Redactor) -> Path | str:
     ttl = url.query.get("ttl")
     if ttl is not None:
         try:
-            parse_duration(ttl)
+            seconds = parse_duration(ttl)
         except ValueError as exc:
             raise ConfigError(f"{loc}: ttl={ttl!r} in the journal URL: {exc}.") from None
+        if seconds < 1:
+            raise ConfigError(
+                f"{loc}: ttl={ttl!r} in the journal URL is under a second, which Redis cannot keep. "
+                "Give whole seconds or more (ttl=30d), or leave ttl out to keep entries for good."
+            )
     return value
 
 

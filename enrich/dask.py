@@ -19,11 +19,18 @@ them, or the run is refused before anything is computed:
 - the rate limit: ``rate_limit: {rate: ..., shared: redis://..., key: ...}`` books every
   partition's calls against one limit. A per-process limit would let N partitions together
   call N times the rate (``per_partition_limit=True`` accepts that, knowingly);
-- the journal, when one is kept: a ``redis://`` URL (``journal:`` in the config, or the
-  ``journal`` argument). Dask re-runs the tasks of a worker that died; the rerun finds the
-  calls the dead worker finished in Redis and does not pay for them again. A SQLite file
-  cannot be shared by processes on several machines. ``journal: false`` (or none at all)
-  keeps each partition's calls in memory only.
+- the journal: a ``redis://`` URL (``journal:`` in the config, or the ``journal`` argument;
+  without ``?prefix=`` it is named after the config's output, as ``enrich run`` names it).
+  Dask re-runs the tasks of a worker that died; the rerun finds the calls the dead worker
+  finished in Redis and does not pay for them again. A SQLite file cannot be shared by
+  processes on several machines, and none at all would make every compute and every re-run
+  task pay again, so both are refused; ``journal=False`` (or ``journal: false``) accepts
+  in-memory journals, one per partition, knowingly.
+
+One run's partitions share its start time (``RunOptions.started_at``), so with ``fresh`` or
+``retry_failed`` a call made by any of them, or by a task that died, is not made again.
+``max_error_rate`` and ``errors_out`` are for ``enrich run``; here the ``_error`` column
+tells which rows failed.
 
 The field columns are text (the ``string`` dtype: numbers and booleans as a CSV output writes
 them, lists and objects as JSON) unless ``dtypes`` names another (``{"employees": "Int64"}``):
@@ -33,7 +40,9 @@ Dask frame needs one type per column before it is computed. Needs ``pip install 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +54,7 @@ from .redis_journal import is_redis_url
 if TYPE_CHECKING:
     import dask.dataframe as dd
     import pandas as pd
+    import polars as pl
 
 # The columns the engine adds besides the fields, and their pandas dtypes (nullable).
 _FIXED_DTYPES = {STATUS_COLUMN: "Int64", ERROR_COLUMN: "string", ATTEMPTS_COLUMN: "Int64", LATENCY_COLUMN: "Float64"}
@@ -53,7 +63,7 @@ _FIXED_DTYPES = {STATUS_COLUMN: "Int64", ERROR_COLUMN: "string", ATTEMPTS_COLUMN
 def enrich(
     ddf: dd.DataFrame,
     config: Config | str | Path | dict[str, Any],
-    journal: str | bool | None = None,
+    journal: str | Path | bool | None = None,
     *,
     dtypes: Mapping[str, str] | None = None,
     options: RunOptions | None = None,
@@ -79,6 +89,8 @@ def enrich(
             "enrich.dask.enrich takes no `limit` or `shard`: Dask splits the work into partitions. "
             "Enrich `ddf.head(N, compute=False)` or a subset of `ddf.partitions` instead."
         )
+    if options.started_at is None:  # one run: every partition, and any re-run of one, shares its start
+        options = replace(options, started_at=time.time())
     location = _shared_journal(config, journal)
     _check_limit(config, per_partition_limit)
     meta = ddf._meta
@@ -92,23 +104,40 @@ def enrich(
     )
 
 
-def _shared_journal(config: Config, journal: str | bool | None) -> str | None:
-    """The Redis journal every partition uses, or ``None`` for in-memory journals (``journal=False``,
-    or none in the argument or the config)."""
+def _shared_journal(config: Config, journal: str | Path | bool | None) -> str | None:
+    """The Redis journal every partition uses, or ``None`` when told to keep none (``journal=False``
+    or ``journal: false``): in-memory journals, one per partition."""
     if journal is False or (journal is None and not config.use_journal):
         return None
     if journal is True or journal is None:
         chosen = config.journal
-    else:
+        where = f"{config.source}: `journal:`"
+    elif isinstance(journal, str):
         chosen = journal_location(journal, "enrich.dask.enrich(journal=...)", config.redactor)
-    if chosen is None or is_redis_url(chosen):
-        return chosen if isinstance(chosen, str) else None
-    raise ConfigError(
-        f"{config.source}: the journal {chosen} is a file, which the processes of a Dask cluster cannot share. "
-        'Keep it in Redis (`journal: "redis://HOST:6379/0?prefix=NAME"`, or enrich.dask.enrich(..., '
-        'journal="redis://...")), or set `journal: false` (journal=False) to keep each partition\'s calls in '
-        "memory only."
+        where = "enrich.dask.enrich(journal=...)"
+    else:
+        chosen, where = Path(journal), "enrich.dask.enrich(journal=...)"
+    fix = (
+        'Keep it in Redis (`journal: "redis://HOST:6379/0?prefix=NAME"` in the config, or '
+        'enrich.dask.enrich(..., journal="redis://...")), or pass journal=False (or set `journal: false`) '
+        "to keep each partition's calls in memory only, paid again by every compute and every re-run task."
     )
+    if chosen is None:
+        raise ConfigError(
+            f"{config.source} names no journal, and on a Dask cluster the file beside the output cannot be "
+            f"shared by the workers: a task re-run after its worker died would pay for its calls again. {fix}"
+        )
+    if not is_redis_url(chosen):
+        raise ConfigError(
+            f"{where}: the journal {chosen} is a file, which the workers of a Dask cluster cannot share. {fix}"
+        )
+    assert isinstance(chosen, str)
+    from yarl import URL
+
+    url = URL(chosen)
+    if "prefix" not in url.query:  # as `enrich run` names it, so the two share one journal
+        chosen = str(url.update_query(prefix=config.output.name if config.output else "enrich"))
+    return chosen
 
 
 def _check_limit(config: Config, per_partition_limit: bool) -> None:
@@ -124,13 +153,26 @@ def _check_limit(config: Config, per_partition_limit: bool) -> None:
 
 
 def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None) -> dict[str, str]:
-    """The pandas dtype of each output column, in output order."""
+    """The pandas dtype of each output column, in output order; each must hold missing values
+    (a skipped or failed row has none), so numpy's bool and integer dtypes are refused."""
+    import pandas as pd
+
     types = {name: _FIXED_DTYPES.get(name, "string") for name in config.output_columns}
     for name, dtype in (dtypes or {}).items():
         if name not in types:
             raise ConfigError(
                 f"dtypes names {name!r}, which is not an output column of {config.source}. "
                 f"The output columns are: {', '.join(types)}."
+            )
+        try:
+            kind = pd.api.types.pandas_dtype(dtype)
+        except TypeError as exc:
+            raise ConfigError(f"dtypes[{name!r}]: {dtype!r} is not a pandas dtype ({exc}).") from None
+        if getattr(kind, "kind", None) in ("b", "i", "u") and not isinstance(kind, pd.api.extensions.ExtensionDtype):
+            nullable = "boolean" if kind.kind == "b" else "Int64"
+            raise ConfigError(
+                f"dtypes[{name!r}]: {dtype!r} cannot hold a missing value, which a row that failed or was "
+                f"skipped has. Use {nullable!r}, its nullable form."
             )
         types[name] = dtype
     return types
@@ -150,13 +192,25 @@ def _partition(
     out = part.copy(deep=False)
     for name, dtype in types.items():
         column = result[name]
-        if dtype == "string":  # text as the CSV output has it: 42, 1.5, true, JSON for the rest
-            column = column.cast(pl.String)
         try:
-            out[name] = pd.Series(column.to_list(), index=part.index, dtype=dtype)
-        except (TypeError, ValueError) as exc:
+            # Text as the CSV output has it: 42, 1.5, true, and JSON for lists and objects.
+            values = _as_text(column) if _is_text(dtype) else column.to_list()
+            out[name] = pd.Series(values, index=part.index, dtype=dtype)
+        except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
             raise InputError(
                 f"the output column {name!r} cannot be {dtype} in a partition starting at index "
                 f'{part.index[0]!r}: {exc}. Name another dtype for it in dtypes= ("string" takes every value).'
             ) from None
     return out
+
+
+def _is_text(dtype: str) -> bool:
+    import pandas as pd
+
+    return dtype != "object" and pd.api.types.is_string_dtype(pd.api.types.pandas_dtype(dtype))
+
+
+def _as_text(column: pl.Series) -> list[str | None]:
+    import polars as pl
+
+    return column.cast(pl.String).to_list()  # the engine's columns are scalars, or JSON text already

@@ -55,6 +55,7 @@ from .redis_journal import RedisJournal, is_redis_url, shown_url
 from .template import TemplateValueError
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
+HOLD_SECONDS = 0.05  # how often a held worker asks the journal again
 NOT_CALLED = "not called yet: no result in the journal; run `enrich run` to make the call"
 
 
@@ -67,6 +68,10 @@ class RunOptions:
     retry_failed: bool = False  # call again the rows whose last result was a failure
     refresh_older_than: float | None = None  # seconds: call again results older than this
     shard: tuple[int, int] | None = None  # (I, N): only the rows of shard I of N
+    # When "this run" began (time.time()): results written since then are this run's, never made
+    # again by `fresh` or `retry_failed`. None: when this call began. Tasks of one run (Dask
+    # partitions, and their re-runs after a worker died) share it.
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +279,7 @@ async def call_pass(
     spool: PlanSpool | None = None,
 ) -> tuple[Counters, _Tally]:
     """Make every call the journal lacks; each finished call is written to the journal."""
-    started_wall = time.time()
+    started_wall = options.started_at if options.started_at is not None else time.time()
     started = time.perf_counter()
     counters = Counters()
     tally = _Tally()
@@ -306,6 +311,8 @@ async def call_pass(
         async def worker() -> None:
             while (item := await queue.get()) is not None:
                 fp, request = item
+                while journal.holding():  # the journal cannot save now: a call made would be lost
+                    await asyncio.sleep(HOLD_SECONDS)
                 outcome = await client.call(request)
                 journal.put(fp, _entry(outcome, config, key))
                 in_flight.discard(fp)
@@ -369,7 +376,7 @@ async def call_pass(
                 await asyncio.sleep(FLUSH_SECONDS)
                 journal.flush()
 
-        flushing = asyncio.create_task(flusher())
+        flushing = asyncio.create_task(flusher()) if not journal.writes_through else None
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -382,7 +389,8 @@ async def call_pass(
             # __context__, a cycle that cannot be pickled (a Dask worker sends errors pickled).
             stop = _first_leaf(group_error)
         finally:
-            flushing.cancel()
+            if flushing is not None:
+                flushing.cancel()
             journal.flush()
         if stop is not None:
             raise stop

@@ -84,10 +84,16 @@ class Buffered:
     """What every journal shares: finished calls held in memory and written by ``flush`` every
     ``FLUSH_ROWS`` entries or ``FLUSH_SECONDS``; look-ups see the pending ones too."""
 
+    writes_through = False  # True: each put is saved by itself, and no periodic flush is needed
+
     def __init__(self) -> None:
         self._pending: dict[bytes, Entry] = {}
         self._last_flush = time.monotonic()
         self.written = 0
+
+    def holding(self) -> bool:
+        """Whether the run should hold its next call until the journal can save again."""
+        return False
 
     def put(self, fp: bytes, entry: Entry) -> None:
         """Record a finished call; written by the next ``flush`` (at most ``FLUSH_SECONDS`` later)."""

@@ -3,11 +3,12 @@
 ``journal: "redis://host:6379/0?prefix=acme-people&ttl=30d"`` keeps the fingerprint-keyed
 record of finished calls in Redis instead of the SQLite file beside the output, so a task
 re-run on another machine (Dask, Spark and Kubernetes all re-run a dead worker's tasks)
-finds the calls already made. Each entry is two strings: ``enrich:journal:<prefix>:<fp hex>``
-(status, error, attempts, timings and the values extracted: JSON) and ``...:<fp hex>:body``
-(the response body), so a write is one MSET and 500 look-ups one MGET, and deciding what to
-call reads no body. ``prefix`` defaults to the output file's name; ``ttl`` makes entries
-expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
+finds the calls already made. Each entry is one string under ``enrich:journal:<prefix>:<fp
+hex>`` (its figures as JSON, the values extracted, the body), so a write is one MSET and 500
+look-ups one MGET, and an entry is never half there (Redis evicting keys under memory
+pressure takes a whole entry, which is then called again: run Redis with ``maxmemory-policy
+noeviction`` to keep every call). ``prefix`` defaults to the output file's name; ``ttl`` makes
+entries expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
 
     journal = RedisJournal.open("redis://127.0.0.1:6379/0?prefix=people")
     known = journal.lookup([fp1, fp2])     # as Journal.lookup, entries not yet written included
@@ -18,15 +19,15 @@ expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counti
 Written through, not every half second as the SQLite file is: a background thread writes
 each finished call as soon as it is put (after at most ``GATHER_SECONDS`` for another to join
 it), together with whatever finished during the previous write (one MSET per round trip,
-never blocking the event loop). A process killed at any
-moment (a Dask worker, a preempted pod) loses only the calls in flight and those finished
-during the last round trip to Redis, so the task's rerun elsewhere pays for little more than
-what was in flight.
+never blocking the event loop). A process killed at any moment (a Dask worker, a preempted
+pod) loses only the calls in flight and those finished during the last round trip to Redis,
+so the task's rerun elsewhere pays for little more than what was in flight. While a write
+goes unanswered for ``STALL_AFTER``, ``holding()`` tells the engine to send no new call.
 
 No lock: many processes write one journal by design (an entry is the same whoever writes
 it). The entries hold what the engine gives them: bodies already masked of secrets, and no
 auth header (an Entry has none). Fail closed, as the shared limit does: when Redis cannot be
-reached for ``FAIL_AFTER`` seconds, the next ``put`` or ``flush`` raises ``JournalUnavailable``
+reached for ``FAIL_AFTER`` seconds, the next ``put``, ``holding`` or ``flush`` raises ``JournalUnavailable``
 and the run stops (exit 3), resumable.
 """
 
@@ -45,11 +46,10 @@ from .journal import Buffered, Entry
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
 GATHER_SECONDS = 0.002  # a write waits up to this long for one more finished call: fewer round trips
-STALL_AFTER = 1.0  # seconds a write may go unanswered before the run holds its next call
+STALL_AFTER = 0.25  # seconds a write may go unanswered before the run holds its next call
 SCHEMES = ("redis://", "rediss://")
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
 _CHUNK = 500  # fingerprints per MGET on look-up
-_BODY = ":body"  # the key of an entry's body: the entry's key and this
 T = TypeVar("T")
 
 
@@ -72,6 +72,8 @@ class JournalUnavailable(RunAborted):
 
 class RedisJournal(Buffered):
     """The ``Journal`` interface (``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) over Redis."""
+
+    writes_through = True  # the writer thread saves each call: no periodic flush
 
     def __init__(self, url: str, readonly: bool = False) -> None:
         from yarl import URL
@@ -173,24 +175,24 @@ class RedisJournal(Buffered):
     def put(self, fp: bytes, entry: Entry) -> None:
         """Hand a finished call to the writer thread; raises ``JournalUnavailable`` once Redis has gone."""
         with self._changed:
-            if self._failure is not None:
-                self._failure_told = True
-                raise self._failure
+            if self._client is None or self._closing:
+                raise RuntimeError("put on a closed journal")
+            self._raise_failure()
             self._pending[fp] = entry
             if self._readonly:
                 return
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_all, name="enrich-redis-journal", daemon=True)
+                self._writer.start()
             self._changed.notify()
-            # Redis is not answering: hold the run here (no new call goes out) until the writer
-            # gets through or gives up, so an outage costs the calls in flight, not FAIL_AFTER
-            # seconds of paid calls that nobody could save.
-            while self._is_stalled() and self._failure is None:
-                self._changed.wait(0.1)
-            if self._failure is not None:
-                self._failure_told = True
-                raise self._failure
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_all, name="enrich-redis-journal", daemon=True)
-            self._writer.start()
+
+    def holding(self) -> bool:
+        """Whether to hold the next call: Redis has not answered a write for ``STALL_AFTER`` (an
+        outage should cost the calls in flight, not seconds of paid calls nobody can save).
+        Raises ``JournalUnavailable`` once the writer has given up."""
+        with self._changed:
+            self._raise_failure()
+            return self._stalled or bool(self._writing and time.monotonic() - self._write_started > STALL_AFTER)
 
     def flush(self) -> None:
         """Wait until every call handed to ``put`` is in Redis."""
@@ -200,72 +202,74 @@ class RedisJournal(Buffered):
         with self._changed:
             while (self._pending or self._writing) and self._failure is None:
                 self._changed.wait()
-            if self._failure is not None:
-                self._failure_told = True
-                raise self._failure
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        """Raise why the writer stopped, if it has (with ``_changed`` held)."""
+        if self._failure is not None:
+            self._failure_told = True
+            raise self._failure
 
     def _held(self) -> Mapping[bytes, Entry]:
         with self._changed:
             return {**self._writing, **self._pending} if self._writing else dict(self._pending)
 
     def _write_all(self) -> None:
-        """The writer thread: whatever is pending, in one pipeline, until closed."""
+        """The writer thread: whatever is pending, in one transaction, until closed. However it
+        ends, a failure is recorded and every waiter woken: nothing waits on a dead writer."""
         import redis.exceptions
 
-        while True:
-            with self._changed:
-                while not self._pending and not self._closing:
-                    self._changed.wait()
-                if not self._pending:
-                    return
-                if not self._closing:  # let a call finishing now join this write (the next put wakes it)
-                    self._changed.wait(GATHER_SECONDS)
-                batch, self._pending, self._writing = self._pending, {}, self._pending
-                self._write_started = time.monotonic()
-            try:
+        failure: JournalUnavailable | None = None
+        try:
+            while True:
+                with self._changed:
+                    while not self._pending and not self._closing:
+                        self._changed.wait()
+                    if not self._pending:
+                        return
+                    if not self._closing:  # let a call finishing now join this write (the next put wakes it)
+                        self._changed.wait(GATHER_SECONDS)
+                    batch, self._pending, self._writing = self._pending, {}, self._pending
+                    self._write_started = time.monotonic()
                 self._retrying(lambda batch=batch: self._write(batch), self._stall)  # type: ignore[misc]
-            except JournalUnavailable as exc:
-                failure = exc
-            except redis.exceptions.RedisError as exc:  # e.g. out of memory, read-only replica
-                failure = JournalUnavailable(
-                    f"Redis at {self.path}, which holds the journal, refused a write: {exc}. The run stopped; "
-                    "fix Redis, then run the same command again: the calls already saved there are not made again."
-                )
-            else:
                 with self._changed:
                     self._writing = {}
                     self._stalled = False
                     self.written += len(batch)
                     self._changed.notify_all()
-                continue
+        except JournalUnavailable as exc:
+            failure = exc
+        except redis.exceptions.RedisError as exc:  # e.g. out of memory, read-only replica
+            failure = JournalUnavailable(
+                f"Redis at {self.path}, which holds the journal, refused a write: {exc}. The run stopped; "
+                "fix Redis, then run the same command again: the calls already saved there are not made again."
+            )
+        except BaseException as exc:  # a bug: stop the run, never leave it waiting on this thread
+            failure = JournalUnavailable(
+                f"the journal's writer to Redis at {self.path} failed: {type(exc).__name__}: {exc}. The run "
+                "stopped; run the same command again (the calls already saved are not made again), and please "
+                "report this with --debug output."
+            )
+        finally:
             with self._changed:
-                self._failure = failure
+                if failure is not None:
+                    self._failure = failure
+                elif self._pending or self._writing:  # ended with calls unsaved, and no reason known
+                    self._failure = JournalUnavailable(f"the journal's writer to Redis at {self.path} stopped.")
                 self._changed.notify_all()
-            return
-
-    def _is_stalled(self) -> bool:
-        """Redis failed the writer's last attempt, or its write has gone unanswered for ``STALL_AFTER``."""
-        return self._stalled or bool(self._writing and time.monotonic() - self._write_started > STALL_AFTER)
 
     def _stall(self) -> None:
         with self._changed:
             self._stalled = True
 
     def _write(self, batch: dict[bytes, Entry]) -> None:
-        """One atomic write of the batch: each entry's two values (and expiry), and the set that counts them."""
-        values: dict[str, bytes] = {}
-        for fp, entry in batch.items():
-            key = self._key(fp)
-            values[key] = _encode(entry)
-            if entry.body is not None:
-                values[key + _BODY] = entry.body
-        if self._ttl is None:  # one MSET for them all
-            pipe = self._client.pipeline(transaction=False)
-            pipe.mset(values)
+        """One MULTI/EXEC transaction: each entry's value (with its expiry), and the set that counts them."""
+        pipe = self._client.pipeline(transaction=True)
+        if self._ttl is None:
+            pipe.mset({self._key(fp): _encode(entry) for fp, entry in batch.items()})
         else:
-            pipe = self._client.pipeline(transaction=True)
-            for key, value in values.items():
-                pipe.set(key, value, ex=self._ttl)
+            for fp, entry in batch.items():
+                pipe.set(self._key(fp), _encode(entry), ex=self._ttl)
         pipe.sadd(self._set, *batch)
         if self._ttl is not None:
             pipe.expire(self._set, self._ttl)
@@ -277,14 +281,10 @@ class RedisJournal(Buffered):
         for start in range(0, len(rest), _CHUNK):
             chunk = rest[start : start + _CHUNK]
             keys = [self._key(fp) for fp in chunk]
-            if bodies:
-                keys += [k + _BODY for k in keys]
             values = self._retrying(lambda keys=keys: self._client.mget(keys))  # type: ignore[misc]
-            for i, fp in enumerate(chunk):
-                meta = values[i]
-                if meta is None:  # no such entry (or it expired)
-                    continue
-                found[fp] = _decode(meta, values[len(chunk) + i] if bodies else None)
+            for fp, value in zip(chunk, values, strict=True):
+                if value is not None:  # else: no such entry (or it expired)
+                    found[fp] = _decode(value, bodies)
         return found
 
     def __len__(self) -> int:
@@ -294,7 +294,8 @@ class RedisJournal(Buffered):
 
 
 def _encode(entry: Entry) -> bytes:
-    """An entry but its body: a JSON array, then a newline and the extracted values (JSON) if any."""
+    """One entry as one value: a JSON array of its figures, a newline, the extracted values
+    (JSON, no newline in it; empty when none), a newline, then the body as it came."""
     head = orjson.dumps(
         [
             entry.status,
@@ -306,11 +307,13 @@ def _encode(entry: Entry) -> bytes:
             entry.body is not None,
         ]
     )
-    return head + b"\n" + entry.extracted if entry.extracted is not None else head
+    return b"%s\n%s\n%s" % (head, entry.extracted or b"", entry.body or b"")
 
 
-def _decode(meta: bytes, body: bytes | None) -> Entry:
-    head, _, extracted = meta.partition(b"\n")
+def _decode(value: bytes, bodies: bool = True) -> Entry:
+    head, _, rest = value.partition(b"\n")
+    extracted, _, body = rest.partition(b"\n")
     status, error, attempts, latency_ms, at, fields_key, has_body = orjson.loads(head)
-    # A body left from an earlier entry under the same key belongs to that one, not this.
-    return Entry(status, error, body if has_body else None, attempts, latency_ms, at, fields_key, extracted or None)
+    return Entry(
+        status, error, body if has_body and bodies else None, attempts, latency_ms, at, fields_key, extracted or None
+    )

@@ -117,7 +117,7 @@ def test_partitions_keep_order_index_values_and_dtypes(serve: Serve, demo_env: d
     ddf = dd.from_pandas(pdf, npartitions=3)
     assert ddf.npartitions == 3
 
-    lazy = enrich.dask.enrich(ddf, config)
+    lazy = enrich.dask.enrich(ddf, config, journal=False)
     assert server.state.calls == 0 and server.state.logins == 0  # lazy: nothing ran yet
     assert list(lazy.columns) == [
         "email",
@@ -157,7 +157,7 @@ def test_partitions_keep_order_index_values_and_dtypes(serve: Serve, demo_env: d
 
     # A dtype for a field column: that dtype, the same values.
     before = server.state.calls
-    typed = enrich.dask.enrich(ddf, config, dtypes={"size": "Int64"})
+    typed = enrich.dask.enrich(ddf, config, journal=False, dtypes={"size": "Int64"})
     assert str(typed.dtypes["size"]) == "Int64"
     typed_out = typed.compute(scheduler="threads")
     assert str(typed_out.dtypes["size"]) == "Int64"
@@ -170,7 +170,7 @@ def test_partitions_keep_order_index_values_and_dtypes(serve: Serve, demo_env: d
 def test_a_dtype_the_values_cannot_take_fails_naming_the_column(serve: Serve, demo_env: dict[str, str]) -> None:
     server = serve(create_app(DemoSettings()))
     ddf = dd.from_pandas(shuffled_people(12), npartitions=2)
-    lazy = enrich.dask.enrich(ddf, demo_config(server.url), dtypes={"name": "Int64"})
+    lazy = enrich.dask.enrich(ddf, demo_config(server.url), journal=False, dtypes={"name": "Int64"})
     assert str(lazy.dtypes["name"]) == "Int64"
     with pytest.raises(InputError) as caught:
         lazy.compute(scheduler="threads")
@@ -187,6 +187,10 @@ def test_a_dtype_the_values_cannot_take_fails_naming_the_column(serve: Serve, de
         ("unshared rate limit", ["is kept by each process", "shared:", "redis://", "per_partition_limit=True"]),
         ("journal file argument", ["is a file", "redis://", "journal: false"]),
         ("journal file in config", ["is a file", "redis://", "journal: false"]),
+        ("no journal", ["names no journal", "cannot be shared", "redis://", "journal=False"]),
+        ("journal path object", ["is a file", "redis://", "journal=False"]),
+        ("numpy bool dtype", ["'bool' cannot hold a missing value", "'boolean'"]),
+        ("numpy int dtype", ["'int64' cannot hold a missing value", "'Int64'"]),
         ("dtypes of no output column", ["'employees'", "not an output column", "name, title, size, _http_status"]),
         ("limit", ["`limit`", "partitions"]),
         ("shard", ["`shard`", "partitions"]),
@@ -198,13 +202,22 @@ def test_refused_before_any_call(
     server = serve(create_app(DemoSettings()))
     ddf = dd.from_pandas(people(12, tmp_path), npartitions=2)
     config = demo_config(server.url)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"journal": False}
     if case == "unshared rate limit":
         config["rate_limit"] = {"rate": "20/s", "burst": 2}
     elif case == "journal file argument":
         kwargs["journal"] = str(tmp_path / "people.journal")
     elif case == "journal file in config":
         config["journal"] = str(tmp_path / "people.journal")
+        del kwargs["journal"]
+    elif case == "no journal":
+        del kwargs["journal"]
+    elif case == "journal path object":
+        kwargs["journal"] = tmp_path / "people.journal"
+    elif case == "numpy bool dtype":
+        kwargs["dtypes"] = {"name": "bool"}
+    elif case == "numpy int dtype":
+        kwargs["dtypes"] = {"size": "int64"}
     elif case == "dtypes of no output column":
         kwargs["dtypes"] = {"size": "Int64", "employees": "Int64"}
     elif case == "limit":
@@ -228,7 +241,7 @@ def test_per_partition_limit_and_a_redis_journal_are_accepted(
     pdf = people(12, tmp_path)
     ddf = dd.from_pandas(pdf, npartitions=2)
     limited = demo_config(server.url, rate_limit={"rate": "50/s", "burst": 2})
-    out = enrich.dask.enrich(ddf, limited, per_partition_limit=True).compute(scheduler="threads")
+    out = enrich.dask.enrich(ddf, limited, journal=False, per_partition_limit=True).compute(scheduler="threads")
     assert out["_http_status"].tolist() == [200] * 12
     assert server.state.calls == 12
 
@@ -248,7 +261,9 @@ def test_a_failed_login_raises_auth_error_without_the_secret(
     wrong = "wrong-secret-9d41c7e2"
     monkeypatch.setenv("DEMO_CLIENT_ID", "demo-client")
     monkeypatch.setenv("DEMO_CLIENT_SECRET", wrong)
-    lazy = enrich.dask.enrich(dd.from_pandas(people(12, tmp_path), npartitions=2), demo_config(server.url))
+    lazy = enrich.dask.enrich(
+        dd.from_pandas(people(12, tmp_path), npartitions=2), demo_config(server.url), journal=False
+    )
     with pytest.raises(AuthError) as caught:
         lazy.compute(scheduler="threads")
     message = str(caught.value)
@@ -278,7 +293,7 @@ def test_two_workers_share_one_limit_measured_at_the_api(
         server.url, rate_limit={"rate": f"{rate}/s", "burst": burst, "shared": redis_url, "key": "dask-limit"}
     )
     pdf = people(rows, tmp_path)
-    lazy = enrich.dask.enrich(dd.from_pandas(pdf, npartitions=4), config)
+    lazy = enrich.dask.enrich(dd.from_pandas(pdf, npartitions=4), config, journal=False)
     with _cluster() as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         pids: dict[str, int] = client.run(os.getpid)
@@ -317,7 +332,9 @@ def test_a_failed_login_on_a_worker_reaches_the_client_as_auth_error(
     wrong = "wrong-secret-3b80f1aa"
     monkeypatch.setenv("DEMO_CLIENT_ID", "demo-client")
     monkeypatch.setenv("DEMO_CLIENT_SECRET", wrong)
-    lazy = enrich.dask.enrich(dd.from_pandas(people(12, tmp_path), npartitions=2), demo_config(server.url))
+    lazy = enrich.dask.enrich(
+        dd.from_pandas(people(12, tmp_path), npartitions=2), demo_config(server.url), journal=False
+    )
     with _cluster() as cluster, Client(cluster) as client, pytest.raises(Exception) as caught:
         client.compute(lazy).result(timeout=60)
     print(f"\nat the client: {type(caught.value).__module__}.{type(caught.value).__qualname__}: {caught.value}")
@@ -418,3 +435,37 @@ def test_journal_false_keeps_partitions_in_memory_and_a_bad_journal_url_is_refus
         enrich.dask.enrich(ddf, cfg, journal=f"{redis_url}?ttl=bogus")
     assert "enrich.dask.enrich(journal=...)" in str(refused.value)
     assert server.state.calls == 2 * calls
+
+
+def test_one_runs_partitions_share_its_start_so_fresh_pays_each_call_once(
+    serve: Serve, demo_env: dict[str, str], redis_url: str
+) -> None:
+    server = serve(create_app(DemoSettings()))
+    cfg = demo_config(server.url, journal=f"{redis_url}?prefix=fresh")
+    cfg.pop("rate_limit", None)
+    pdf = pd.DataFrame({"email": [f"user{i}@example.com" for i in range(8)], "domain": ["example.com"] * 8})
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    enrich.dask.enrich(ddf, cfg).compute(scheduler="sync")
+    assert server.state.calls == 8
+    fresh = enrich.dask.enrich(ddf, cfg, options=RunOptions(fresh=True))
+    fresh.compute(scheduler="sync")
+    assert server.state.calls == 16  # fresh: every call made again
+    # The same lazy result computed again (or a partition re-run after its worker died): the
+    # calls it made belong to this run, so fresh does not make them a third time.
+    again = fresh.compute(scheduler="sync")
+    assert server.state.calls == 16
+    assert again["_http_status"].tolist() == [200 if person_for(e) else 404 for e in pdf["email"]]
+
+
+def test_a_list_column_named_by_skip_if_filled_is_refused_up_front(serve: Serve, demo_env: dict[str, str]) -> None:
+    import pyarrow as pa
+
+    server = serve(create_app(DemoSettings()))
+    cfg = demo_config(server.url, fields={"tags": "$.person.tags[*]"}, skip_if_filled=["tags"])
+    cfg.pop("rate_limit", None)
+    pdf = pd.DataFrame({"email": ["user1@example.com", "user2@example.com"], "domain": ["example.com"] * 2})
+    # A list column, as dd.read_parquet gives one.
+    pdf["tags"] = pd.Series([["kept", "by hand"], ["also"]], dtype=pd.ArrowDtype(pa.list_(pa.string())))
+    with pytest.raises(ConfigError, match=r"`skip_if_filled` names 'tags', a List\(String\) column .* single values"):
+        enrich.dask.enrich(dd.from_pandas(pdf, npartitions=1), cfg, journal=False)
+    assert server.state.calls == 0

@@ -64,8 +64,8 @@ def test_a_rerun_takes_every_call_from_redis(
     assert run_cli(["run", str(cfg), "-q"]) == 0
     first = pl.read_parquet(tmp_path / "out.parquet")
     assert len(server.state.call_times) == 40
-    # per call its record and its body, plus the set that counts them; named after the output
-    assert len(keys(redis_url)) == 2 * 40 + 1
+    # one value per call, plus the set that counts them; named after the output
+    assert len(keys(redis_url)) == 40 + 1
     assert all(k.startswith(b"enrich:journal:out.parquet:") for k in keys(redis_url))
     assert not (tmp_path / "out.parquet.journal").exists()  # no SQLite file beside it
 
@@ -129,7 +129,7 @@ def test_ttl_sets_an_expiry_on_every_entry(
     cfg = config(tmp_path, server, f"{redis_url}?prefix=acme-people&ttl=2d", rows=10)
     assert run_cli(["run", str(cfg), "-q"]) == 0
     found = keys(redis_url)
-    assert len(found) == 2 * 10 + 1 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
+    assert len(found) == 10 + 1 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
     client = redis.Redis.from_url(redis_url)
     try:
         ttls = [client.ttl(k) for k in found]
@@ -145,7 +145,7 @@ def test_dry_run_writes_nothing_to_redis(
     cfg = config(tmp_path, server, True, rows=20)  # the journal given on the command line
     assert run_cli(["run", str(cfg), "-q", "--limit", "5", "--journal", redis_url]) == 0
     held = keys(redis_url)
-    assert len(held) == 2 * 5 + 1
+    assert len(held) == 5 + 1
     capsys.readouterr()
     assert run_cli(["run", str(cfg), "--dry-run", "--journal", redis_url]) == 0
     assert "in the journal       5" in capsys.readouterr().out
@@ -217,6 +217,7 @@ def test_redis_unreachable_stops_resumably_naming_the_url_without_its_password(
     [
         ("redis://", "is not a Redis URL"),  # no host
         ("redis://127.0.0.1:6379/0?ttl=soon", "ttl='soon' in the journal URL"),
+        ("redis://127.0.0.1:6379/0?ttl=0.5s", "is under a second, which Redis cannot keep"),
     ],
 )
 def test_bad_journal_urls_are_config_errors(journal: str, expected: str, demo_env: dict[str, str]) -> None:
@@ -296,3 +297,54 @@ def test_an_entry_replaced_by_one_without_a_body_does_not_keep_the_old_body(redi
     with redis_journal.RedisJournal.open(f"{redis_url}?prefix=replace") as again:  # as another process sees it
         assert again.lookup([fp]) == {fp: Entry(None, "connection reset", None, 3, None, 2000.0)}
         assert again.lookup([fp], bodies=False)[fp].error == "connection reset"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_reason_phrase_that_is_not_utf8_is_stored_as_text(tmp_path: Path, redis_url: str, kind: str) -> None:
+    """aiohttp keeps a reason phrase's non-UTF-8 bytes as lone surrogates; stored as they are,
+    they broke SQLite's insert and the Redis writer's JSON. Now the error reads `Erreur ?`."""
+    import socketserver
+    import threading
+
+    class Latin1(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            self.wfile.write(b"HTTP/1.1 500 Erreur \xe9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Latin1) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            src = known_people(tmp_path, rows=3)
+            cfg = write_config(
+                tmp_path / "c.yaml",
+                {
+                    "input": str(src),
+                    "output": str(tmp_path / "out.csv"),
+                    "journal": redis_url if kind == "redis" else str(tmp_path / "j.journal"),
+                    "request": {"url": f"http://127.0.0.1:{server.server_address[1]}/p/{{{{email}}}}"},
+                    "fields": {"name": "name"},
+                    "retry": {"attempts": 1},
+                },
+            )
+            assert run_cli(["run", str(cfg), "-q"]) == 0
+        finally:
+            server.shutdown()
+    out = pl.read_csv(tmp_path / "out.csv")
+    assert out["_error"].to_list() == ["HTTP 500 Erreur ?"] * 3
+
+
+def test_a_writer_that_fails_on_an_entry_stops_the_run_instead_of_hanging_it(redis_url: str) -> None:
+    from enrich.journal import Entry
+
+    journal = redis_journal.RedisJournal.open(f"{redis_url}?prefix=broken")
+    journal.put(b"\x01" * 16, Entry(500, "cannot be encoded: \udce9", None, 1, 1.0, 1000.0))
+    started = time.monotonic()
+    with pytest.raises(RunAborted, match=r"journal's writer to Redis at .* failed: TypeError"):
+        journal.flush()
+    assert time.monotonic() - started < 5
+    with pytest.raises(RunAborted):
+        journal.holding()  # the engine's next call is not made
+    journal.close()  # told once already: closes quietly
+    with pytest.raises(RuntimeError, match="closed"):
+        journal.put(b"\x02" * 16, Entry(200, None, b"{}", 1, 1.0, 1000.0))
