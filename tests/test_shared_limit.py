@@ -156,3 +156,42 @@ def test_the_readme_xargs_recipe_shards_under_one_shared_limit(tmp_path: Path, s
     assert merged.height == 80 and merged["email"].to_list() == pl.read_csv(tmp_path / "in.csv")["email"].to_list()
     assert len(server.state.call_times) == 80  # each row called once, across the four shards
     assert busiest_second(server.state.call_times) <= 40 + 1
+
+
+def test_a_429_seen_by_one_process_pauses_every_process(tmp_path: Path, serve: Serve, redis_url: str) -> None:
+    """Two shard processes at 20/s: the API answers the 30th call with 429 and Retry-After: 1.
+    Both processes stop starting calls for that second; only the starts already booked (at most
+    the four workers' slots, 200 ms at 20/s) arrive after it; then the run goes on and ends."""
+    arrivals: list[float] = []
+    throttled_at: list[float] = []
+
+    async def person(request: web.Request) -> web.Response:
+        arrivals.append(time.monotonic())
+        if len(arrivals) == 30:
+            throttled_at.append(arrivals[-1])
+            return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "1"})
+        return web.json_response({"name": request.match_info["email"]})
+
+    app = web.Application()
+    app.router.add_get("/p/{email}", person)
+    server = serve(app)
+    src = known_people(tmp_path, rows=80)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": str(src),
+            "output": str(tmp_path / "out.parquet"),
+            "request": {"url": server.url + "/p/{{email}}"},
+            "fields": {"name": "name"},
+            "concurrency": 2,
+            "rate_limit": {"rate": "20/s", "shared": redis_url, "key": "pause"},
+        },
+    )
+    run_shards(cfg, 2)
+    assert len(arrivals) == 81  # every row once, and the throttled one again
+    (t429,) = throttled_at
+    during = [t - t429 for t in arrivals if t429 < t < t429 + 0.95]
+    print(f"\narrivals in the second after the 429: {[round(d, 3) for d in during]}")
+    assert all(d < 0.3 for d in during), during  # only starts booked before the pause
+    merged = pl.concat([pl.read_parquet(p) for p in sorted(tmp_path.glob("out.shard-*.parquet"))])
+    assert merged["_http_status"].to_list() == [200] * 80
