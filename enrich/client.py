@@ -324,9 +324,7 @@ class Client:
                     async with self.session.request(
                         req.method, url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
                     ) as resp:
-                        # The reason phrase as text that encodes: aiohttp keeps bytes that are not
-                        # UTF-8 as lone surrogates, which neither SQLite nor JSON can store.
-                        status, reason = resp.status, (resp.reason or "").encode("utf-8", "replace").decode()
+                        status, reason = resp.status, resp.reason or ""
                         response_headers = resp.headers  # read below only when needed
                         # What resp.read() does, but never holding more than max_response_bytes (+ one chunk).
                         content, chunks, size = resp.content, [], 0
@@ -401,7 +399,11 @@ class Client:
                 if not self.follow_redirects:
                     message = f"HTTP {status}: redirect not followed (request.follow_redirects is false)"
                     return Outcome(status, None, message, attempt, latency_ms)
-                target = req.url.join(URL(location))
+                try:
+                    target = req.url.join(URL(location))
+                except ValueError:  # UnicodeError included: a host that is not a host name
+                    message = f"HTTP {status}: redirected to {location!r}, which is not a URL; not followed"
+                    return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
                 if target.origin() != req.url.origin():
                     # Followed, it would carry the auth header and secret headers to another server.
                     message = f"HTTP {status}: redirected to another origin ({target.origin()}), not followed"

@@ -122,6 +122,11 @@ def _shared_journal(config: Config, journal: str | Path | bool | None) -> str | 
         'enrich.dask.enrich(..., journal="redis://...")), or pass journal=False (or set `journal: false`) '
         "to keep each partition's calls in memory only, paid again by every compute and every re-run task."
     )
+    if chosen is None and journal is True and not config.use_journal:
+        raise ConfigError(
+            f"journal=True, but {config.source} says `journal: false`. Name the Redis journal: "
+            'journal="redis://HOST:6379/0?prefix=NAME", or pass journal=False.'
+        )
     if chosen is None:
         raise ConfigError(
             f"{config.source} names no journal, and on a Dask cluster the file beside the output cannot be "
@@ -168,8 +173,10 @@ def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None) -> dict[str
             kind = pd.api.types.pandas_dtype(dtype)
         except TypeError as exc:
             raise ConfigError(f"dtypes[{name!r}]: {dtype!r} is not a pandas dtype ({exc}).") from None
-        if getattr(kind, "kind", None) in ("b", "i", "u") and not isinstance(kind, pd.api.extensions.ExtensionDtype):
-            nullable = "boolean" if kind.kind == "b" else "Int64"
+        if getattr(kind, "kind", None) in ("b", "i", "u", "S") and not isinstance(
+            kind, pd.api.extensions.ExtensionDtype
+        ):
+            nullable = {"b": "boolean", "S": "string"}.get(kind.kind, "Int64")
             raise ConfigError(
                 f"dtypes[{name!r}]: {dtype!r} cannot hold a missing value, which a row that failed or was "
                 f"skipped has. Use {nullable!r}, its nullable form."
@@ -207,7 +214,9 @@ def _partition(
 def _is_text(dtype: str) -> bool:
     import pandas as pd
 
-    return dtype != "object" and pd.api.types.is_string_dtype(pd.api.types.pandas_dtype(dtype))
+    kind = pd.api.types.pandas_dtype(dtype)
+    plain_object = not isinstance(kind, pd.api.extensions.ExtensionDtype) and kind.kind == "O"
+    return not plain_object and pd.api.types.is_string_dtype(kind)
 
 
 def _as_text(column: pl.Series) -> list[str | None]:

@@ -391,8 +391,12 @@ async def call_pass(
         finally:
             if flushing is not None:
                 flushing.cancel()
-            journal.flush()
+            if stop is None:
+                journal.flush()
         if stop is not None:
+            # Save what finished; the stop is what the user must read, whatever the journal says.
+            with contextlib.suppress(Exception):
+                journal.flush()
             raise stop
         tally.logins = tokens.logins if tokens else 0
         tally.late_slots = getattr(client.limiter, "rebooked", 0)
@@ -461,7 +465,12 @@ def _entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
             extracted = orjson.dumps([f.get(doc) for f in config.fields])
         except orjson.JSONEncodeError:  # leave it to pass 2, which reads the body
             extracted = None
-    return Entry(outcome.status, outcome.error, body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted)
+    error = outcome.error
+    if error is not None and not error.isascii():
+        # As text that encodes: aiohttp keeps a header's bytes that are not UTF-8 (a reason
+        # phrase, a Content-Type) as lone surrogates, which neither SQLite nor JSON can store.
+        error = error.encode("utf-8", "replace").decode()
+    return Entry(outcome.status, error, body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted)
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

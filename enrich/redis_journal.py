@@ -8,7 +8,9 @@ hex>`` (its figures as JSON, the values extracted, the body), so a write is one 
 look-ups one MGET, and an entry is never half there (Redis evicting keys under memory
 pressure takes a whole entry, which is then called again: run Redis with ``maxmemory-policy
 noeviction`` to keep every call). ``prefix`` defaults to the output file's name; ``ttl`` makes
-entries expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting.
+entries expire. A set ``enrich:journal:<prefix>:fps`` lists the fingerprints, for counting, and
+``enrich:journal:<prefix>:epoch`` holds a token set by the first run: every write and look-up
+checks it, so a Redis that lost the journal mid-run (restarted empty, flushed) stops the run.
 
     journal = RedisJournal.open("redis://127.0.0.1:6379/0?prefix=people")
     known = journal.lookup([fp1, fp2])     # as Journal.lookup, entries not yet written included
@@ -50,6 +52,28 @@ STALL_AFTER = 0.25  # seconds a write may go unanswered before the run holds its
 SCHEMES = ("redis://", "rediss://")
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
 _CHUNK = 500  # fingerprints per MGET on look-up
+# The values of KEYS without their bodies (up to the second newline), read from their first
+# 4 KB where that holds them: deciding what to call needs no body, and bodies can be large.
+_HEADS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('GETRANGE', key, 0, 4095)
+  if value == '' then
+    value = false
+  else
+    local first = string.find(value, '\\n', 1, true)
+    local second = first and string.find(value, '\\n', first + 1, true)
+    if not second then
+      value = redis.call('GET', key)
+      first = string.find(value, '\\n', 1, true)
+      second = first and string.find(value, '\\n', first + 1, true)
+    end
+    if second then value = string.sub(value, 1, second) end
+  end
+  out[i] = value
+end
+return out
+"""
 T = TypeVar("T")
 
 
@@ -68,6 +92,10 @@ def shown_url(url: str) -> str:
 
 class JournalUnavailable(RunAborted):
     """Redis, which holds the journal, cannot be reached: the run stops, resumable."""
+
+
+class JournalLost(JournalUnavailable):
+    """Redis answers, but without the journal this run was writing: it restarted empty or was flushed."""
 
 
 class RedisJournal(Buffered):
@@ -96,6 +124,11 @@ class RedisJournal(Buffered):
         self._client: Any = redis.Redis.from_url(str(plain), socket_timeout=5, socket_connect_timeout=5)
         self._base = f"enrich:journal:{prefix}:"
         self._set = self._base + "fps"
+        # Gone or changed under a run: Redis lost the journal (restarted empty, flushed); checked
+        # with every write and look-up, so a run never takes lost calls for calls not yet made.
+        self._epoch_key = self._base + "epoch"
+        self._epoch: bytes | None = None  # None: not checked (a read-only journal)
+        self._heads = self._client.register_script(_HEADS)
         self._readonly = readonly
         super().__init__()
         # The writer thread takes `_pending` whole into `_writing`, writes it, and empties it;
@@ -111,9 +144,19 @@ class RedisJournal(Buffered):
 
     @classmethod
     def open(cls, url: str) -> RedisJournal:
-        """Connect (checking Redis answers, so a wrong URL stops the run before any call)."""
+        """Connect (checking Redis answers, so a wrong URL stops the run before any call), and
+        learn the journal's epoch: a token set once per journal, by the first run that opens it."""
+        import secrets
+
         journal = cls(url)
-        journal._retrying(journal._client.ping)
+
+        def epoch() -> bytes:
+            pipe = journal._client.pipeline(transaction=True)
+            pipe.set(journal._epoch_key, secrets.token_hex(8), nx=True, ex=journal._ttl)
+            pipe.get(journal._epoch_key)
+            return bytes(pipe.execute()[1])
+
+        journal._epoch = journal._retrying(epoch)
         return journal
 
     @classmethod
@@ -258,6 +301,15 @@ class RedisJournal(Buffered):
                     self._failure = JournalUnavailable(f"the journal's writer to Redis at {self.path} stopped.")
                 self._changed.notify_all()
 
+    def _check_epoch(self, epoch: bytes | None) -> None:
+        if self._epoch is not None and epoch != self._epoch:
+            raise JournalLost(
+                f"Redis at {self.path} lost the journal while this run used it (Redis restarted without "
+                "persistence, or the database was flushed): the calls saved there are gone, and would be taken "
+                "for calls not yet made. The run stopped. Keep Redis's data across restarts (appendonly yes), "
+                "then run the same command again: the calls lost are made again."
+            )
+
     def _stall(self) -> None:
         with self._changed:
             self._stalled = True
@@ -265,6 +317,7 @@ class RedisJournal(Buffered):
     def _write(self, batch: dict[bytes, Entry]) -> None:
         """One MULTI/EXEC transaction: each entry's value (with its expiry), and the set that counts them."""
         pipe = self._client.pipeline(transaction=True)
+        pipe.get(self._epoch_key)
         if self._ttl is None:
             pipe.mset({self._key(fp): _encode(entry) for fp, entry in batch.items()})
         else:
@@ -273,15 +326,18 @@ class RedisJournal(Buffered):
         pipe.sadd(self._set, *batch)
         if self._ttl is not None:
             pipe.expire(self._set, self._ttl)
-        pipe.execute()
+            pipe.expire(self._epoch_key, self._ttl)
+        self._check_epoch(pipe.execute()[0])
 
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """The entries for those of ``fps`` that the journal holds, pending ones included."""
         found, rest = self._split(fps)
+        fetch = self._client.mget if bodies else lambda keys: self._heads(keys=keys)
         for start in range(0, len(rest), _CHUNK):
             chunk = rest[start : start + _CHUNK]
-            keys = [self._key(fp) for fp in chunk]
-            values = self._retrying(lambda keys=keys: self._client.mget(keys))  # type: ignore[misc]
+            keys = [*(self._key(fp) for fp in chunk), self._epoch_key]
+            *values, epoch = self._retrying(lambda keys=keys: fetch(keys))  # type: ignore[misc]
+            self._check_epoch(epoch)
             for fp, value in zip(chunk, values, strict=True):
                 if value is not None:  # else: no such entry (or it expired)
                     found[fp] = _decode(value, bodies)

@@ -191,6 +191,8 @@ def test_a_dtype_the_values_cannot_take_fails_naming_the_column(serve: Serve, de
         ("journal path object", ["is a file", "redis://", "journal=False"]),
         ("numpy bool dtype", ["'bool' cannot hold a missing value", "'boolean'"]),
         ("numpy int dtype", ["'int64' cannot hold a missing value", "'Int64'"]),
+        ("numpy bytes dtype", ["'S' cannot hold a missing value", "'string'"]),
+        ("journal=True against journal: false", ["journal=True", "says `journal: false`", "redis://"]),
         ("dtypes of no output column", ["'employees'", "not an output column", "name, title, size, _http_status"]),
         ("limit", ["`limit`", "partitions"]),
         ("shard", ["`shard`", "partitions"]),
@@ -218,6 +220,11 @@ def test_refused_before_any_call(
         kwargs["dtypes"] = {"name": "bool"}
     elif case == "numpy int dtype":
         kwargs["dtypes"] = {"size": "int64"}
+    elif case == "numpy bytes dtype":
+        kwargs["dtypes"] = {"title": "S"}
+    elif case == "journal=True against journal: false":
+        config["journal"] = False
+        kwargs["journal"] = True
     elif case == "dtypes of no output column":
         kwargs["dtypes"] = {"size": "Int64", "employees": "Int64"}
     elif case == "limit":

@@ -64,8 +64,8 @@ def test_a_rerun_takes_every_call_from_redis(
     assert run_cli(["run", str(cfg), "-q"]) == 0
     first = pl.read_parquet(tmp_path / "out.parquet")
     assert len(server.state.call_times) == 40
-    # one value per call, plus the set that counts them; named after the output
-    assert len(keys(redis_url)) == 40 + 1
+    # one value per call, plus the set that counts them and the epoch; named after the output
+    assert len(keys(redis_url)) == 40 + 2
     assert all(k.startswith(b"enrich:journal:out.parquet:") for k in keys(redis_url))
     assert not (tmp_path / "out.parquet.journal").exists()  # no SQLite file beside it
 
@@ -129,7 +129,7 @@ def test_ttl_sets_an_expiry_on_every_entry(
     cfg = config(tmp_path, server, f"{redis_url}?prefix=acme-people&ttl=2d", rows=10)
     assert run_cli(["run", str(cfg), "-q"]) == 0
     found = keys(redis_url)
-    assert len(found) == 10 + 1 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
+    assert len(found) == 10 + 2 and all(k.startswith(b"enrich:journal:acme-people:") for k in found)
     client = redis.Redis.from_url(redis_url)
     try:
         ttls = [client.ttl(k) for k in found]
@@ -145,7 +145,7 @@ def test_dry_run_writes_nothing_to_redis(
     cfg = config(tmp_path, server, True, rows=20)  # the journal given on the command line
     assert run_cli(["run", str(cfg), "-q", "--limit", "5", "--journal", redis_url]) == 0
     held = keys(redis_url)
-    assert len(held) == 5 + 1
+    assert len(held) == 5 + 2
     capsys.readouterr()
     assert run_cli(["run", str(cfg), "--dry-run", "--journal", redis_url]) == 0
     assert "in the journal       5" in capsys.readouterr().out
@@ -300,9 +300,20 @@ def test_an_entry_replaced_by_one_without_a_body_does_not_keep_the_old_body(redi
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_a_reason_phrase_that_is_not_utf8_is_stored_as_text(tmp_path: Path, redis_url: str, kind: str) -> None:
-    """aiohttp keeps a reason phrase's non-UTF-8 bytes as lone surrogates; stored as they are,
-    they broke SQLite's insert and the Redis writer's JSON. Now the error reads `Erreur ?`."""
+@pytest.mark.parametrize(
+    ("head", "error"),
+    [
+        (b"HTTP/1.1 500 Erreur \xe9\r\n", "HTTP 500 Erreur ?"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/\xe9tml\r\n", "response is not JSON (HTTP 200, text/?tml)"),
+        (b"HTTP/1.1 302 Found\r\nLocation: http://h\xe9\xff.example/\r\n", "which is not a URL; not followed"),
+    ],
+    ids=["reason", "content-type", "location"],
+)
+def test_response_headers_that_are_not_utf8_give_a_row_error_as_text(
+    tmp_path: Path, redis_url: str, kind: str, head: bytes, error: str
+) -> None:
+    """aiohttp keeps a header's non-UTF-8 bytes as lone surrogates; put in an error as they are,
+    they broke SQLite's insert and the Redis writer's JSON, and every rerun met the same row."""
     import socketserver
     import threading
 
@@ -310,7 +321,7 @@ def test_a_reason_phrase_that_is_not_utf8_is_stored_as_text(tmp_path: Path, redi
         def handle(self) -> None:
             while self.rfile.readline() not in (b"\r\n", b""):
                 pass
-            self.wfile.write(b"HTTP/1.1 500 Erreur \xe9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.wfile.write(head + b"Content-Length: 8\r\nConnection: close\r\n\r\nnot json")
 
     with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Latin1) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -330,8 +341,8 @@ def test_a_reason_phrase_that_is_not_utf8_is_stored_as_text(tmp_path: Path, redi
             assert run_cli(["run", str(cfg), "-q"]) == 0
         finally:
             server.shutdown()
-    out = pl.read_csv(tmp_path / "out.csv")
-    assert out["_error"].to_list() == ["HTTP 500 Erreur ?"] * 3
+    errors = pl.read_csv(tmp_path / "out.csv")["_error"].to_list()
+    assert len(errors) == 3 and all(error in e for e in errors), errors
 
 
 def test_a_writer_that_fails_on_an_entry_stops_the_run_instead_of_hanging_it(redis_url: str) -> None:
@@ -348,3 +359,64 @@ def test_a_writer_that_fails_on_an_entry_stops_the_run_instead_of_hanging_it(red
     journal.close()  # told once already: closes quietly
     with pytest.raises(RuntimeError, match="closed"):
         journal.put(b"\x02" * 16, Entry(200, None, b"{}", 1, 1.0, 1000.0))
+
+
+def test_redis_restarted_empty_mid_run_stops_the_run_instead_of_passing_paid_calls_as_not_made(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    monkeypatch.setenv("DEMO_CLIENT_ID", DEFAULT_CLIENT_ID)
+    monkeypatch.setenv("DEMO_CLIENT_SECRET", DEFAULT_CLIENT_SECRET)
+    rows = 300
+    server = serve(create_app(DemoSettings(latency=0.02)))
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    first, url = start_redis(folder)  # no persistence: a restart comes back empty
+    procs = [first]
+    cfg = config(tmp_path, server, url, rows=rows, concurrency=4)
+
+    def restart_redis() -> None:
+        deadline = time.monotonic() + 30
+        while server.state.calls < 100 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        procs[0].kill()
+        procs[0].wait(10)
+        procs.append(start_redis(folder, port=int(url.rsplit(":", 1)[1].split("/")[0]))[0])
+
+    restarter = threading.Thread(target=restart_redis)
+    restarter.start()
+    try:
+        code = run_cli(["run", str(cfg), "-q"])
+        restarter.join()
+        err = capsys.readouterr().err
+        assert code == 3, err
+        assert "lost the journal while this run used it" in err and "appendonly yes" in err
+        assert not (tmp_path / "out.parquet").exists()  # no output that calls paid for were never made
+        # The rerun makes again the calls that Redis lost, and finishes.
+        assert run_cli(["run", str(cfg), "-q"]) == 0
+        assert pl.read_parquet(tmp_path / "out.parquet")["_http_status"].to_list() == [200] * rows
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_lookups_without_bodies_read_the_record_whole_and_no_body(redis_url: str) -> None:
+    """`bodies=False` (deciding what to call) reads each record from its first 4 KB, or whole
+    when the extracted values are longer; never the body."""
+    from enrich.journal import Entry
+
+    long_values = b'["' + b"v" * 6000 + b'"]'
+    entries = {
+        b"\x0a" * 16: Entry(200, None, b'{"a":\n"line\\nbreaks"}\n' + b"x" * 20_000, 1, 2.0, 1.0, "k", b'["a"]'),
+        b"\x0b" * 16: Entry(200, None, b'{"v": "..."}', 1, 2.0, 1.0, "k", long_values),
+        b"\x0c" * 16: Entry(404, "HTTP 404 Not Found:\nnobody", b"", 3, None, 1.0),
+    }
+    with redis_journal.RedisJournal.open(f"{redis_url}?prefix=heads") as journal:
+        for fp, entry in entries.items():
+            journal.put(fp, entry)
+    with redis_journal.RedisJournal.open(f"{redis_url}?prefix=heads") as journal:
+        assert journal.lookup(entries) == entries
+        assert journal.lookup(entries, bodies=False) == {fp: e._replace(body=None) for fp, e in entries.items()}
+        assert journal.lookup([b"\x0d" * 16], bodies=False) == {}
