@@ -336,8 +336,10 @@ async def call_pass(
                     batch_plans += plans
                     if batch_keep is not None and keep is not None:
                         batch_keep += keep
-                    known = journal.lookup((p.fp for p in plans if p.fp is not None), bodies=False)
-                    finished.clear()  # the look-up above saw every call finished until now
+                    # The look-up sees every call finished before it starts; those finishing while
+                    # it runs (it may wait on Redis) stay in `finished`.
+                    finished.clear()
+                    known = await journal.alookup([p.fp for p in plans if p.fp is not None], bodies=False)
                     queued: set[bytes] = set()
                     for plan in plans:
                         fp = plan.fp

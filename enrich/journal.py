@@ -91,6 +91,13 @@ class Buffered:
         self._last_flush = time.monotonic()
         self.written = 0
 
+    def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
+        raise NotImplementedError
+
+    async def alookup(self, fps: Sequence[bytes], bodies: bool = True) -> dict[bytes, Entry]:
+        """``lookup`` from inside the event loop: a local file answers at once, in place."""
+        return self.lookup(fps, bodies)
+
     def holding(self) -> bool:
         """Whether the run should hold its next call until the journal can save again."""
         return False

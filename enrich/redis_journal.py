@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -342,6 +342,13 @@ class RedisJournal(Buffered):
                 if value is not None:  # else: no such entry (or it expired)
                     found[fp] = _decode(value, bodies)
         return found
+
+    async def alookup(self, fps: Sequence[bytes], bodies: bool = True) -> dict[bytes, Entry]:
+        """``lookup`` in a thread: the round trips to Redis do not hold the event loop (and the
+        workers waiting on their rate-limit slots) still."""
+        import asyncio
+
+        return await asyncio.to_thread(self.lookup, fps, bodies)
 
     def __len__(self) -> int:
         """The calls this journal holds (all processes' together)."""

@@ -420,3 +420,19 @@ def test_lookups_without_bodies_read_the_record_whole_and_no_body(redis_url: str
         assert journal.lookup(entries) == entries
         assert journal.lookup(entries, bodies=False) == {fp: e._replace(body=None) for fp, e in entries.items()}
         assert journal.lookup([b"\x0d" * 16], bodies=False) == {}
+
+
+def test_rows_repeated_across_look_ups_are_called_once(
+    tmp_path: Path, serve: Serve, redis_url: str, demo_env: dict[str, str]
+) -> None:
+    """1,500 people, then the same 1,500 again: the second half's look-ups (in a thread, while
+    the first half's calls finish) find every call made or in flight; each person is called once."""
+    server = serve(create_app(DemoSettings(latency=0.005)))
+    cfg = config(tmp_path, server, redis_url, rows=1500, concurrency=32)
+    src = tmp_path / "in.csv"
+    lines = src.read_text("utf-8").splitlines(keepends=True)
+    src.write_text("".join(lines + lines[1:]), "utf-8")
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert server.state.calls == 1500
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert out.height == 3000 and out["_http_status"].to_list() == [200] * 3000
