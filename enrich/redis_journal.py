@@ -239,7 +239,6 @@ class RedisJournal(Buffered):
 
     def flush(self) -> None:
         """Wait until every call handed to ``put`` is in Redis."""
-        self._last_flush = time.monotonic()
         if self._readonly:
             return
         with self._changed:
