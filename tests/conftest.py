@@ -34,6 +34,9 @@ class RunningServer:
         return self.app[STATE]
 
 
+Serve = Callable[[web.Application], RunningServer]  # the `serve` fixture: start an app, get its server
+
+
 class ServerThread:
     """Runs an aiohttp application on 127.0.0.1 (a free port) in a daemon thread; with
     ``ssl_context``, over HTTPS."""

@@ -28,7 +28,7 @@ import jwt
 import pytest
 import yaml
 from aiohttp import web
-from conftest import RunningServer, demo_config
+from conftest import Serve, demo_config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jsonschema import Draft7Validator
@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 URL = "https://api.example.com/v1/people/{{id}}"
 NO_RETRY = RetryConfig(attempts=1)
-Serve = Callable[[web.Application], RunningServer]
 
 
 # --- helpers -------------------------------------------------------------------------------

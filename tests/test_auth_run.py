@@ -16,11 +16,9 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, known_people, run_cli, write_config
+from conftest import RunningServer, Serve, demo_config, known_people, run_cli, write_config
 
 from enrich.demo_server import DemoSettings, create_app
-
-Serve = Callable[[web.Application], RunningServer]
 
 
 def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(

@@ -13,14 +13,13 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, write_config
+from conftest import RunningServer, Serve, demo_config, run_cli, write_config
 
 from enrich import __version__
 from enrich.demo_server import DemoSettings, create_app, person_for
@@ -28,8 +27,6 @@ from enrich.demo_server import DemoSettings, create_app, person_for
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = ROOT / ".venv" / "bin" / "enrich"
 PEOPLE = ROOT / "sample_data" / "people.csv"
-
-Serve = Callable[[web.Application], RunningServer]
 
 
 def record_requests(app: web.Application) -> list[str]:

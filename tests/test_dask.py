@@ -25,7 +25,7 @@ import pandas as pd
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, busiest_second, demo_config, known_people
+from conftest import RunningServer, Serve, busiest_second, demo_config, known_people
 
 import enrich.dask
 import enrich.engine
@@ -33,7 +33,6 @@ from enrich.demo_server import DemoSettings, create_app, person_for
 from enrich.engine import RunOptions
 from enrich.errors import AuthError, ConfigError, InputError
 
-Serve = Callable[[web.Application], RunningServer]
 FIELDS = ["name", "title", "size"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

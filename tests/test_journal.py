@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, run_cli, summary_table, write_config
+from conftest import RunningServer, Serve, run_cli, summary_table, write_config
 from polars.testing import assert_frame_equal
 
 import enrich
@@ -37,7 +37,6 @@ ENRICH = ROOT / ".venv" / "bin" / "enrich"
 NEW = ["_http_status", "_error", "_attempts", "_latency_ms"]
 FAST_RETRY = {"attempts": 2, "backoff": 0.01, "max_backoff": 0.02}
 
-Serve = Callable[[web.Application], RunningServer]
 Answer = Callable[[web.Request, str], Awaitable[web.StreamResponse | None]]
 
 

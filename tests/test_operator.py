@@ -10,18 +10,15 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, write_config
+from conftest import RunningServer, Serve, demo_config, run_cli, write_config
 
 from enrich.demo_server import DEFAULT_CLIENT_SECRET, DemoSettings, create_app, person_for
-
-Serve = Callable[[web.Application], RunningServer]
 
 PEOPLE_CSV = """id,email,domain,country
 1,ada@example.com,example.com,US

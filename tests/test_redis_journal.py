@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -21,6 +20,7 @@ import redis
 from aiohttp import web
 from conftest import (
     RunningServer,
+    Serve,
     demo_child_env,
     demo_config,
     known_people,
@@ -34,7 +34,6 @@ from enrich import redis_journal
 from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app
 from enrich.errors import RunAborted
 
-Serve = Callable[[web.Application], RunningServer]
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
 WRITE_WINDOW = 0.05  # seconds: a generous round trip to a local Redis, writer thread scheduling included

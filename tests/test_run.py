@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 import pytest
 from aiohttp import web
-from conftest import RunningServer, demo_config, run_cli, summary_table, write_config
+from conftest import RunningServer, Serve, demo_config, run_cli, summary_table, write_config
 from polars.testing import assert_frame_equal
 
 import enrich
@@ -30,8 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = ROOT / "sample_data" / "people.csv"
 NEW = ["_http_status", "_error", "_attempts", "_latency_ms"]
 FAST_RETRY = {"attempts": 3, "backoff": 0.01, "max_backoff": 0.05}
-
-Serve = Callable[[web.Application], RunningServer]
 
 
 # --- helpers -------------------------------------------------------------------------------

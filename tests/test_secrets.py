@@ -11,18 +11,15 @@ plain, percent-encoded and JSON-escaped forms.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
 from aiohttp import web
-from conftest import RunningServer, run_cli, write_config
+from conftest import RunningServer, Serve, run_cli, write_config
 
 from enrich.config import load_config
-
-Serve = Callable[[web.Application], RunningServer]
 
 CLIENT_SECRET = "cl1ent-s3cret/+with spaces"
 API_KEY = "ak3y-7Qz/9+wX=="

@@ -13,14 +13,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 from aiohttp import web
 from conftest import (
-    RunningServer,
+    Serve,
     busiest_second,
     demo_child_env,
     demo_config,
@@ -33,7 +32,6 @@ from conftest import (
 from enrich.demo_server import DemoSettings, create_app
 from enrich.shared_limit import SharedRateLimiter
 
-Serve = Callable[[web.Application], RunningServer]
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
 
