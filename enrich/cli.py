@@ -107,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument(
         "--journal", metavar="PATH", help="the journal file (default: <output>.journal), or a redis:// URL to share it"
     )
-    files.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N rows (a trial run)")
+    files.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="only the first N rows (a trial run; without --output it writes <output stem>.first-N<suffix>)",
+    )
+    files.add_argument(
+        "--in-place", action="store_true", help="allow the output to be the input: replace it when the run is done"
+    )
     files.add_argument("--shard", type=_shard, metavar="I/N", help="only shard I of N (0-based), for parallel jobs")
     files.add_argument(
         "--preview", type=_count, default=0, metavar="N", help="print the first N rows of the new columns"
@@ -328,7 +336,13 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
         shard=args.shard,
     )
     job = plan_job(
-        config, args.input, args.output, args.journal, False if calling and args.no_journal else None, options
+        config,
+        args.input,
+        args.output,
+        args.journal,
+        False if calling and args.no_journal else None,
+        options,
+        in_place=args.in_place,
     )
     if calling and args.dry_run is not None:
         return _dry_run(config, job, options, args.dry_run)

@@ -51,11 +51,13 @@ __all__ = [
     "AUTH_KEYS",
     "AUTH_TYPES",
     "AUTH_TYPE_KEYS",
+    "ERRORS_COLUMNS",
     "ERROR_COLUMN",
     "INPUT_TYPES",
     "LATENCY_COLUMN",
     "MAX_RESPONSE_BYTES",
     "METHODS",
+    "REQUEST_COLUMNS",
     "REQUEST_KEYS",
     "RESPONSE_COLUMN",
     "RETRY_KEYS",
@@ -89,6 +91,9 @@ ERROR_COLUMN = "_error"
 ATTEMPTS_COLUMN = "_attempts"  # diagnostics: HTTP attempts the row's call took
 LATENCY_COLUMN = "_latency_ms"  # diagnostics: the last attempt's time to the full response
 ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge` can restore order)
+# The errors file (`errors_out`): the row number, the columns the request reads, then these.
+REQUEST_COLUMNS = ("_request_method", "_request_url", "_request_headers", "_request_body")
+ERRORS_COLUMNS = (ROW_COLUMN, *REQUEST_COLUMNS, STATUS_COLUMN, ERROR_COLUMN, ATTEMPTS_COLUMN)
 _RATE = re.compile(
     # The unit is optional: a bare number is per second (`--rate-limit 20` and `${RATE}` give text).
     r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?)?\s*$",

@@ -42,16 +42,28 @@ from .client import Client, Counters, Outcome, PreparedRequest, prepare, shown
 from .config import (
     ATTEMPTS_COLUMN,
     ERROR_COLUMN,
+    ERRORS_COLUMNS,
     LATENCY_COLUMN,
+    REQUEST_COLUMNS,
     ROW_COLUMN,
     STATUS_COLUMN,
     Config,
     journal_location,
 )
-from .errors import AuthError, ConfigError, InputError, Interrupted, ThrottledTooLong
-from .journal import FLUSH_SECONDS, Entry, Journal
+from .errors import (
+    AuthError,
+    ConfigError,
+    EnrichError,
+    Interrupted,
+    OutputBusy,
+    OutputError,
+    StorageError,
+    ThrottledTooLong,
+)
+from .journal import Entry, Journal
 from .ratelimit import RateLimiter
 from .redis_journal import RedisJournal, is_redis_url, shown_url
+from .tables import changed, content_digest
 from .template import TemplateValueError
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
@@ -219,9 +231,10 @@ class PlanSpool:
         # Removed by the OS when closed, however the run ends.
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
 
-    def write(self, height: int, plans: list[Planned], keep: list[bool] | None) -> None:
+    def write(self, digest: int, plans: list[Planned], keep: list[bool] | None) -> None:
+        """One batch: its ``content_digest``, its rows' plans and the shard mask."""
         errors = {i: p.error for i, p in enumerate(plans) if p.fp is None}
-        record = (height, keep, [p.fp for p in plans], errors)
+        record = (digest, keep, [p.fp for p in plans], errors)
         pickle.dump(record, self._file, protocol=pickle.HIGHEST_PROTOCOL)
 
     def read(self) -> Iterator[tuple[int, list[Planned], list[bool] | None]]:
@@ -229,10 +242,10 @@ class PlanSpool:
         self._file.seek(0)
         while True:
             try:
-                height, keep, fps, errors = pickle.load(self._file)
+                digest, keep, fps, errors = pickle.load(self._file)
             except EOFError:
                 return
-            yield height, [Planned(None, fp, errors.get(i)) for i, fp in enumerate(fps)], keep
+            yield digest, [Planned(None, fp, errors.get(i)) for i, fp in enumerate(fps)], keep
 
     def close(self) -> None:
         self._file.close()
@@ -368,17 +381,11 @@ async def call_pass(
                             await queue.put((fp, plan.request))  # type: ignore[arg-type]
                     report()
                 if spool is not None:
-                    spool.write(batch.height, batch_plans, batch_keep)
+                    spool.write(content_digest(batch), batch_plans, batch_keep)
                 offset += batch.height
             for _ in range(config.concurrency):
                 await queue.put(None)
 
-        async def flusher() -> None:  # commit on time too, not only when calls come back
-            while True:
-                await asyncio.sleep(FLUSH_SECONDS)
-                journal.flush()
-
-        flushing = asyncio.create_task(flusher()) if not journal.writes_through else None
         stop: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -391,8 +398,6 @@ async def call_pass(
             # __context__, a cycle that cannot be pickled (a Dask worker sends errors pickled).
             stop = _first_leaf(group_error)
         finally:
-            if flushing is not None:
-                flushing.cancel()
             if stop is None:
                 journal.flush()
         if stop is not None:
@@ -509,8 +514,11 @@ def build_pass(
     options: RunOptions = RunOptions(),
     spool: PlanSpool | None = None,
     with_failed: bool = False,
+    source: Path | str = "the input table",
 ) -> tuple[Iterator[Built], Counter[str]]:
-    """Yield the output batch by batch, from the journal; the counter fills as batches are taken."""
+    """Yield the output batch by batch, from the journal; the counter fills as batches are taken.
+    With ``spool`` (what the calling pass saw of ``source``), a batch that differs from the one
+    the calls were made for stops the run (``InputChanged``)."""
     failures: Counter[str] = Counter()
     fields = config.fields
     key = fields_key(config)
@@ -546,12 +554,10 @@ def build_pass(
         planned = spool.read() if spool is not None else None
         for batch in batches():
             if planned is not None:
-                height, plans, keep = next(planned, (-1, [], None))
-                if height != batch.height:  # the rows are not those pass 1 saw
-                    raise InputError(
-                        "the input changed while the run was writing its output (a batch of "
-                        f"{batch.height} rows where the calls were made for {height}). Run the same "
-                        "command again: the calls made are in the journal."
+                digest, plans, keep = next(planned, (None, [], None))
+                if digest != content_digest(batch):  # the rows are not those the calls were made for
+                    raise changed(
+                        source, f"rows {offset + 1:,} to {offset + batch.height:,} differ from those the calls were made for"
                     )
             else:
                 plans, keep = _plan_batch(batch, config, options, offset)
@@ -598,15 +604,11 @@ def _failed_rows(
         sent = orjson.dumps(req.headers).decode()
         text = req.body.decode("utf-8", "replace") if req.body else None
         requests.append((req.method, redact(str(req.url)), redact(sent), redact(text) if text else None))
-    method, url, headers, body = ([r[i] for r in requests] for i in range(4))
     return pl.DataFrame(
         [
             pl.Series(ROW_COLUMN, [numbers[i] for i in failed], dtype=pl.Int64),
             *(pl.Series(c, [r[c] for r in rows], dtype=batch.schema[c]) for c in used),
-            pl.Series("method", method, dtype=pl.String),
-            pl.Series("url", url, dtype=pl.String),
-            pl.Series("request_headers", headers, dtype=pl.String),
-            pl.Series("request_body", body, dtype=pl.String),
+            *(pl.Series(name, [r[i] for r in requests], dtype=pl.String) for i, name in enumerate(REQUEST_COLUMNS)),
             pl.Series(STATUS_COLUMN, [results[i][-4] for i in failed], dtype=pl.Int64),
             pl.Series(ERROR_COLUMN, [results[i][-3] for i in failed], dtype=pl.String),
             pl.Series(ATTEMPTS_COLUMN, [results[i][-2] for i in failed], dtype=pl.Int64),
@@ -796,8 +798,15 @@ def plan_job(
     journal: Path | str | None = None,
     use_journal: bool | None = None,
     options: RunOptions = RunOptions(),
+    in_place: bool = False,
 ) -> Job:
-    """Settle the files of a run, and check them against the config before any call."""
+    """Settle the files of a run, and check them against the config before any call.
+
+    ``--shard`` and ``--limit`` without ``--output`` write beside the configured output
+    (``people.shard-0-of-4.parquet``, ``people.first-5.parquet``), so neither replaces a
+    whole run's table; a trial shares the whole run's journal. An output that is the input
+    is refused unless ``in_place``.
+    """
     from .tables import output_format, scan_table
 
     source = input_path or config.input
@@ -814,13 +823,18 @@ def plan_job(
     if options.shard is not None and output is None:  # each shard its own files
         target, errors = (_shard_path(p, options.shard) if p is not None else None for p in (target, errors))
     assert target is not None
+    journal_beside = target  # a trial run (--limit) keeps the whole run's journal: its calls count for it
+    if options.limit is not None and output is None:
+        target, errors = (_trial_path(p, options.limit) if p is not None else None for p in (target, errors))
+    assert target is not None
     schema = scan_table(source, config.input_types).collect_schema()
     config.check_schema(schema, source.name)
+    _check_files(config, source, target, errors, list(schema), options, in_place)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
     if isinstance(journal, str):
         journal = journal_location(journal, "--journal", config.redactor)
-    kept = journal or config.journal or target.with_name(target.name + ".journal")
+    kept = journal or config.journal or journal_beside.with_name(journal_beside.name + ".journal")
     if isinstance(kept, str):  # a Redis journal: named after the output, so every shard shares it
         from yarl import URL
 
@@ -828,6 +842,67 @@ def plan_job(
         if "prefix" not in url.query:
             kept = str(url.update_query(prefix=unsharded.name))
     return Job(source, target, kept if use_journal else None, errors)
+
+
+def _check_files(
+    config: Config,
+    source: Path,
+    target: Path,
+    errors: Path | None,
+    columns: list[str],
+    options: RunOptions,
+    in_place: bool,
+) -> None:
+    """What can be known of the output files before any call: none is a folder, none is the
+    input (unless ``in_place``), and no column of ours clashes with an input column."""
+    for what, path in (("output", target), ("errors_out", errors)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise OutputError(f"{what} {path} is a folder; name a file in it, e.g. {path / ('out' + '.parquet')}.")
+        if _same_file(path, source) and not (in_place and what == "output"):
+            fix = (
+                "Write the output elsewhere (--output PATH), or pass --in-place to replace the input with "
+                "the enriched table (atomically, once every call is made)."
+                if what == "output"
+                else "Name another file for errors_out."
+            )
+            raise OutputError(f"{what} {path} is the input table: the run would overwrite it. {fix}")
+    if options.shard is not None and ROW_COLUMN in columns:
+        raise ConfigError(
+            f"{source.name} has a column named {ROW_COLUMN}, which a shard's output adds (the input row number, for "
+            f"`enrich merge`). Rename that column to run with --shard."
+        )
+    if errors is not None:
+        clash = sorted(set(ERRORS_COLUMNS) & config.columns_used)
+        if clash:
+            raise ConfigError(
+                f"{source.name} has a column named {clash[0]}, which the request uses and the errors file "
+                f"({errors}) writes itself ({', '.join(ERRORS_COLUMNS)}). Rename that input column, or leave "
+                "errors_out out."
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, `..` and all); False when ``a`` does not exist."""
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def writable(path: Path, what: str) -> None:
+    """Make ``path``'s folder and prove a file can be written in it, or raise ``OutputError``
+    (before any call: a folder without permission is found now, not after every call is paid)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the {what} {path}: {exc.strerror or exc} in the folder {path.parent}. Check its "
+            "permissions and free space, or point the file elsewhere."
+        ) from None
 
 
 def journal_label(journal: Path | str | None) -> str:
@@ -849,6 +924,10 @@ def _shard_path(path: Path, shard: tuple[int, int]) -> Path:
     return path.with_name(f"{path.stem}.shard-{index}-of-{count}{path.suffix}")
 
 
+def _trial_path(path: Path, limit: int) -> Path:
+    return path.with_name(f"{path.stem}.first-{limit}{path.suffix}")
+
+
 def run_job(
     config: Config,
     job: Job,
@@ -858,54 +937,104 @@ def run_job(
     """Read the input, make the calls the journal lacks, write the output atomically.
 
     Ctrl-C or SIGTERM stops it with ``Interrupted``: the finished calls stay in the
-    journal, and nothing is written under the output name.
+    journal, and nothing is written under the output name. Whatever stops the run, the
+    summary file says so (``status``), so a scheduler never reads the last good run's.
     """
-    from .tables import OutputWriter, count_rows, iter_batches, scan_table
+    from .tables import InputStamp, count_rows, iter_batches, scan_table
 
-    lf = scan_table(job.input, config.input_types)
-
-    def batches() -> Iterator[pl.DataFrame]:
-        return iter_batches(lf, job.input, options.limit)
-
-    # The total only feeds a progress bar; counting costs a read of the whole input.
-    total = count_rows(lf, job.input, options.limit) if on_progress is not None and options.shard is None else None
-    started = time.perf_counter()
-    with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
-        if isinstance(job.journal, Path):  # the lock is held: what a killed run left is no one's
-            OutputWriter.sweep(job.output)
-            if job.errors_out is not None:
-                OutputWriter.sweep(job.errors_out)
+    with _claim_outputs(job):
         try:
-            counters, tally = run(call_pass(batches, config, journal, options, on_progress, total, spool))
-        except KeyboardInterrupt:
-            journal.flush()
-            kept = (
-                f"{journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; run the same "
-                "command again to resume."
-                if job.journal
-                else "no journal was kept (journal: false), so a rerun starts over."
-            )
-            raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
-        except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
-            journal.flush()
-            raise stop.saved(
-                journal.written,
-                journal_label(job.journal) if job.journal else None,
-                len(journal) if job.journal else None,
-            ) from None
-        except AuthError as stop:  # a login or renewal failed mid-run: resumable too
-            journal.flush()
-            if journal.written and job.journal is not None:
-                raise AuthError(
-                    f"{stop} {journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; "
-                    "run the same command again to resume."
-                ) from None
+            with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
+                stamp = InputStamp.of(job.input)
+                lf = scan_table(job.input, config.input_types)
+
+                def batches() -> Iterator[pl.DataFrame]:
+                    return iter_batches(lf, job.input, options.limit)
+
+                # The total only feeds a progress bar; counting costs a read of the whole input.
+                if on_progress is not None and options.shard is None:
+                    total = count_rows(lf, job.input, options.limit)
+                else:
+                    total = None
+                started = time.perf_counter()
+                counters, tally = _calls(batches, config, journal, job, options, on_progress, total, spool)
+                call_seconds = time.perf_counter() - started
+                stamp.check()
+                failures = _write(
+                    batches, config, journal, options, job.output, spool, job.errors_out, stamp.check, job.input
+                )
+        except (EnrichError, KeyboardInterrupt) as stop:  # the output is ours (locked): say it stopped
+            write_stop(stop, job, config.redactor.redact)
             raise
-        call_seconds = time.perf_counter() - started
-        failures = _write(batches, config, journal, options, job.output, spool, job.errors_out)
-    summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
-    write_summary(summary, job)
+        summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
+        write_summary(summary, job)
     return summary
+
+
+@contextlib.contextmanager
+def _claim_outputs(job: Job) -> Iterator[None]:
+    """Before any call: the files the run writes can be written, no other run writes them (each
+    is locked until the run ends), no summary of an earlier run is left to look like this one's,
+    and what a killed run left beside them is removed (no live run owns it: the lock is held)."""
+    from .locks import hold
+    from .tables import OutputWriter
+
+    locks = []
+    try:
+        for what, path in (("output", job.output), ("errors file", job.errors_out)):
+            if path is None:
+                continue
+            writable(path, what)
+            busy = OutputBusy(
+                f"the {what} {path} is being written by another run. Wait for it to finish (or stop it), "
+                "or write this run's output elsewhere with --output PATH."
+            )
+            locks.append(hold(path, busy))
+            OutputWriter.sweep(path)
+        summary_path(job.output).unlink(missing_ok=True)
+        yield
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _calls(
+    batches: Batches,
+    config: Config,
+    journal: Journal | RedisJournal,
+    job: Job,
+    options: RunOptions,
+    on_progress: ProgressCallback | None,
+    total: int | None,
+    spool: PlanSpool,
+) -> tuple[Counters, _Tally]:
+    """The calling pass of a file job; a stop says what the journal holds and how to resume."""
+    try:
+        return run(call_pass(batches, config, journal, options, on_progress, total, spool))
+    except KeyboardInterrupt:
+        journal.flush()
+        kept = (
+            f"{journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; run the same "
+            "command again to resume."
+            if job.journal
+            else "no journal was kept (journal: false), so a rerun starts over."
+        )
+        raise Interrupted(f"interrupted: {kept} Nothing was written to {job.output}.") from None
+    except ThrottledTooLong as stop:  # resumable: say what the journal holds, and when to come back
+        journal.flush()
+        raise stop.saved(
+            journal.written,
+            journal_label(job.journal) if job.journal else None,
+            len(journal) if job.journal else None,
+        ) from None
+    except AuthError as stop:  # a login or renewal failed mid-run: resumable too
+        journal.flush()
+        if journal.written and job.journal is not None:
+            raise AuthError(
+                f"{stop} {journal.written:,} finished calls are saved in the journal {journal_label(job.journal)}; "
+                "run the same command again to resume."
+            ) from None
+        raise
 
 
 def summary_path(output: Path) -> Path:
@@ -915,19 +1044,44 @@ def summary_path(output: Path) -> Path:
 
 def write_summary(summary: Summary, job: Job) -> Path:
     """Write ``<output>.summary.json`` (atomically) for schedulers and dashboards."""
+    record = _job_record(job, "completed", 1 if summary.over_budget else 0)
+    return _write_json(summary_path(job.output), {**record, **summary.to_dict()})
+
+
+def write_stop(stop: BaseException, job: Job, redact: Callable[[str], str] = str) -> None:
+    """Write ``<output>.summary.json`` for a run that stopped (``status`` aborted or interrupted,
+    its exit code and message), so a scheduler never reads the last good run's summary as this
+    run's. Best effort: the disk may be why the run stopped."""
+    if isinstance(stop, KeyboardInterrupt):
+        status, code, message = "interrupted", Interrupted.exit_code, "interrupted"
+    else:
+        assert isinstance(stop, EnrichError)
+        status = "interrupted" if isinstance(stop, Interrupted) else "aborted"
+        code, message = stop.exit_code, redact(str(stop))
+    with contextlib.suppress(OSError):
+        _write_json(summary_path(job.output), {**_job_record(job, status, code), "error": message})
+
+
+def _job_record(job: Job, status: str, exit_code: int) -> dict[str, Any]:
     import datetime
 
-    data = {
+    return {
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "status": status,
+        "exit_code": exit_code,
         "input": str(job.input),
         "output": str(job.output),
         "journal": journal_label(job.journal) if job.journal else None,
-        **summary.to_dict(),
     }
-    path = summary_path(job.output)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -951,7 +1105,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
         return iter_batches(lf, job.input, options.limit)
 
     started = time.perf_counter()
-    with contextlib.closing(open_journal(job.journal)) as journal:
+    with _claim_outputs(job), contextlib.closing(open_journal(job.journal)) as journal:
         failures = _write(batches, config, journal, options, job.output, errors_out=job.errors_out)
     return _summary(config, Counters(), _Tally(), failures, time.perf_counter() - started)
 
@@ -964,26 +1118,37 @@ def _write(
     output: Path,
     spool: PlanSpool | None = None,
     errors_out: Path | None = None,
+    before_finish: Callable[[], None] | None = None,
+    source: Path | str = "the input table",
 ) -> Counter[str]:
+    """The building pass into the output file (and the errors file); ``before_finish`` runs
+    before either replaces a file (the input-changed check)."""
     from .tables import OutputWriter
 
     escape = config.field_columns if config.escape_formulas else ()
-    built, failures = build_pass(batches, config, journal, options, spool, with_failed=errors_out is not None)
-    writer = OutputWriter(output, escape_formulas=escape)
-    errors = OutputWriter(errors_out) if errors_out is not None else None
+    built, failures = build_pass(batches, config, journal, options, spool, errors_out is not None, source)
+    writer = errors = None
     try:
+        writer = OutputWriter(output, escape_formulas=escape)
+        errors = OutputWriter(errors_out) if errors_out is not None else None
         for batch in built:
             writer.write(batch.frame)
             if errors is not None and batch.failed is not None:
                 errors.write(batch.failed)
-    except BaseException:
-        writer.discard()
+        if before_finish is not None:
+            before_finish()
+        writer.finish()
         if errors is not None:
-            errors.discard()
-        raise
-    writer.finish()
-    if errors is not None:
-        errors.finish()
+            errors.finish()
+    except OSError as exc:  # the disk: full, or the folder's permissions changed under the run
+        raise StorageError(
+            f"cannot write the output {output}: {exc.strerror or exc}. Every call is in the journal: free some "
+            "space (or fix the folder's permissions), then run the same command again; it makes no call."
+        ) from None
+    finally:
+        for part in (writer, errors):
+            if part is not None:
+                part.discard()
     return failures
 
 
@@ -1010,7 +1175,7 @@ def _journal(job: Job) -> Iterator[Journal | RedisJournal]:
     os.close(fd)
     path = Path(name)
     try:
-        with Journal.open(path) as journal:
+        with Journal.open(path, lock=False) as journal:  # a name no other run knows
             yield journal
     finally:
         for leftover in (path, Path(name + "-wal"), Path(name + "-shm")):

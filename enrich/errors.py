@@ -3,9 +3,12 @@
     EnrichError                 base; carries the process exit code
     ├── ConfigError             the YAML config is wrong (exit 2)
     ├── InputError              the input table is missing or unreadable (exit 2)
-    ├── RunAborted              the run cannot go on (exit 3)
+    ├── OutputError             the output, errors file or journal cannot be written, found before any call (exit 2)
+    ├── RunAborted              the run cannot go on (exit 3); a rerun resumes from the journal
     │   ├── AuthError           login failed or gave no token (exit 3)
-    │   ├── JournalBusy         another run holds the journal (exit 3; in journal.py)
+    │   ├── Busy                another run holds the journal or the output (exit 3; JournalBusy, OutputBusy)
+    │   ├── InputChanged        the input file changed while the run read it (exit 3)
+    │   ├── StorageError        the disk failed the run: full, not writable, a damaged journal (exit 3)
     │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after (exit 3)
     │   └── TLSError            the API's certificate cannot be verified, or TLS failed (exit 3)
     └── Interrupted             Ctrl-C or SIGTERM; finished calls are in the journal (exit 130)
@@ -38,6 +41,13 @@ class InputError(EnrichError):
     exit_code = 2
 
 
+class OutputError(EnrichError):
+    """A file the run must write (the output, the errors file, the journal) cannot be written:
+    found before any call, so nothing was paid for."""
+
+    exit_code = 2
+
+
 class RunAborted(EnrichError):
     """The run stopped before it could finish; nothing was written."""
 
@@ -48,15 +58,36 @@ class AuthError(RunAborted):
     """Logging in failed, or the login response held no token."""
 
 
+class Busy(RunAborted):
+    """Another run holds the journal or the output."""
+
+
+class OutputBusy(Busy):
+    """Another run is writing the same output."""
+
+
+class InputChanged(RunAborted):
+    """The input file changed (replaced, edited, re-sorted) while the run read it: its answers
+    would land on the wrong rows, so nothing is written; the calls made are in the journal."""
+
+
+class StorageError(RunAborted):
+    """The disk failed the run after calls were made: full, not writable, or a damaged journal.
+    What the journal saved is kept; the message says what to free or fix."""
+
+
 class ThrottledTooLong(RunAborted):
     """The API answered with a Retry-After longer than ``retry.max_retry_after``: rather than sleep
     for hours, the run stops; the journal keeps the finished calls, so a later run resumes."""
 
     def __init__(self, seconds: float, status: int, limit: float, resume_at: float, saved: str = "") -> None:
         self.seconds, self.status, self.limit, self.resume_at, self._saved = seconds, status, limit, resume_at, saved
+        when = _utc_minute(resume_at)
+        asked = f"{seconds:.0f}s" if seconds < 10 * _YEAR else "longer than ten years"
         super().__init__(
-            f"the API asked to wait {seconds:.0f}s (Retry-After on HTTP {status}), more than "
-            f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again after {_utc_minute(resume_at)}."
+            f"the API asked to wait {asked} (Retry-After on HTTP {status}), more than "
+            f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again "
+            + (f"after {when}." if when else "later: the time it named is too far away to be meant.")
         )
 
     def __reduce__(self) -> tuple[type[ThrottledTooLong], tuple[float, int, float, float, str]]:
@@ -82,12 +113,19 @@ class TLSError(RunAborted):
     would fail the same way, so the run stops at the first one instead of failing each row."""
 
 
-def _utc_minute(epoch: float) -> str:
-    """``2026-11-30 11:00 UTC``: the minute at or after ``epoch``."""
+_YEAR = 365.25 * 86400
+
+
+def _utc_minute(epoch: float) -> str | None:
+    """``2026-11-30 11:00 UTC``: the minute at or after ``epoch``; None past the year 9999
+    (a hostile or broken ``Retry-After: 1e308`` names no time a calendar holds)."""
     import datetime
     import math
 
-    when = datetime.datetime.fromtimestamp(math.ceil(epoch / 60) * 60, datetime.UTC)
+    try:
+        when = datetime.datetime.fromtimestamp(math.ceil(epoch / 60) * 60, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 

@@ -3,35 +3,36 @@
 One SQLite file per output (``out/people.parquet.journal`` by default). Each entry is
 keyed by the fingerprint of a rendered request (method, URL with query, non-auth
 headers, body; never a token) and holds the final status, the error and the response
-body. Writes are buffered and committed every ``FLUSH_ROWS`` entries or
-``FLUSH_SECONDS`` seconds, so a killed run loses at most its last half second of calls.
+body exactly as the API sent it. Written through: a writer thread commits each finished
+call a moment after it is handed over (together with whatever finished meanwhile: a group
+commit), so a killed run loses only the calls in flight, and the event loop never waits on
+the disk.
 
     with Journal.open(Path("out/people.parquet.journal")) as journal:
         known = journal.lookup([fp1, fp2])           # {fp1: Entry(...)} for calls already made
         journal.put(fp3, Entry(200, None, b'{"a": 1}', 1, 12.5, time.time()))
-        journal.flush()
+        journal.flush()                              # wait until everything put is committed
 
-Only one run may write a journal at a time: ``open`` takes an exclusive lock (flock on
-the journal file; SQLite's own locks are separate), released when the process ends,
-however it ends.
+Only one run may write a journal at a time: ``open`` takes an exclusive lock (``locks.py``,
+on a hidden file beside the journal; SQLite's own locks are separate), released when the
+process ends, however it ends. A disk that fills up, or a journal that cannot be written or
+read, stops the run with ``StorageError`` (exit 3): what was committed is kept.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from .errors import RunAborted
+from .errors import Busy, OutputError, RunAborted, StorageError
+from .locks import Lock, hold
 
-FLUSH_ROWS = 500
-FLUSH_SECONDS = 0.5
 _CHUNK = 500  # fingerprints per IN (...) query; SQLite allows 32,766 parameters
 
 _SCHEMA = """
@@ -76,61 +77,215 @@ class Entry(NamedTuple):
         return self.status is None or self.status >= 500 or self.status in (401, 403, 408, 429)
 
 
-class JournalBusy(RunAborted):
+class JournalBusy(Busy):
     """Another run holds this journal."""
 
 
-class Buffered:
-    """What every journal shares: finished calls held in memory and written by ``flush`` every
-    ``FLUSH_ROWS`` entries or ``FLUSH_SECONDS``; look-ups see the pending ones too."""
+class WriteThrough:
+    """What both journals share: each finished call handed to a writer thread, which saves it
+    at once together with whatever finished while the last write ran (a group commit). Look-ups
+    see the calls handed over and not yet saved. The writer records any failure and wakes every
+    waiter: the next ``put``, ``holding`` or ``flush`` raises it, and the run stops.
 
-    writes_through = False  # True: each put is saved by itself, and no periodic flush is needed
+    A subclass says how to save a batch (``_save``), what a failure means to the user
+    (``_failure_of``), and how to find entries (``lookup``).
+    """
 
-    def __init__(self) -> None:
+    # A write waits up to this long for one more finished call to join it (fewer round trips).
+    GATHER_SECONDS = 0.0
+    # Seconds a write may go unanswered before the run holds its next call (None: never).
+    STALL_AFTER: float | None = None
+    path: Any = None  # what messages show
+
+    def __init__(self, threaded: bool = True) -> None:
         self._pending: dict[bytes, Entry] = {}
-        self._last_flush = time.monotonic()
+        self._writing: dict[bytes, Entry] = {}
+        # Failures that no API answered (the request could not be sent): seen by this run's
+        # look-ups, so its output shows them, but never saved: a rerun tries those calls again.
+        self._unsaved: dict[bytes, Entry] = {}
+        self._changed = threading.Condition()  # guards the dicts above and the state below
+        self._threaded = threaded  # False: `put` saves in place (a journal in memory)
+        self._writer: threading.Thread | None = None
+        self._failure: RunAborted | None = None  # why the writer stopped
+        self._failure_told = False
+        self._closing = False
+        self._stalled = False  # the writer is retrying a write that was not answered
+        self._write_started = 0.0
         self.written = 0
+
+    # --- what a subclass provides ---------------------------------------------------------
+
+    def _save(self, batch: dict[bytes, Entry]) -> None:
+        raise NotImplementedError
+
+    def _failure_of(self, exc: BaseException) -> RunAborted:
+        raise NotImplementedError
 
     def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         raise NotImplementedError
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> None:
+        """Hand a finished call to the writer (saved a moment later). With ``saved=False`` the
+        entry is only remembered for this run's look-ups (a request that could not be sent)."""
+        with self._changed:
+            if self._closing:
+                raise RuntimeError("put on a closed journal")
+            self._raise_failure()
+            if not saved:
+                self._unsaved[fp] = entry
+                return
+            self._unsaved.pop(fp, None)
+            self._pending[fp] = entry
+            if not self._threaded:
+                batch, self._pending = self._pending, {}
+                self._save_or_fail(batch)
+                self.written += len(batch)
+                return
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_all, name="enrich-journal", daemon=True)
+                self._writer.start()
+            self._changed.notify()
+
+    def _save_or_fail(self, batch: dict[bytes, Entry]) -> None:
+        try:
+            self._save(batch)
+        except Exception as exc:
+            self._failure = self._failure_of(exc)
+            self._raise_failure()
+
+    def holding(self) -> bool:
+        """Whether to hold the next call: a write has gone unanswered for ``STALL_AFTER`` (an
+        outage should cost the calls in flight, not seconds of paid calls nobody can save).
+        Raises the writer's failure once it has given up."""
+        with self._changed:
+            self._raise_failure()
+            if self.STALL_AFTER is None:
+                return False
+            return self._stalled or bool(self._writing and time.monotonic() - self._write_started > self.STALL_AFTER)
+
+    def flush(self) -> None:
+        """Wait until every call handed to ``put`` is saved; raise the writer's failure if it has one."""
+        with self._changed:
+            while (self._pending or self._writing) and self._failure is None and self._writer_alive():
+                self._changed.wait(0.5)
+            self._raise_failure()
+
+    def _writer_alive(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def _stop_writer(self) -> None:
+        """Save what is pending, then end the writer thread; raise its failure if not yet told."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        if self._writer is not None:
+            self._writer.join()
+        if self._failure is not None and not self._failure_told:
+            self._failure_told = True
+            raise self._failure  # calls finished at the end were not saved: say so
+
+    def _raise_failure(self) -> None:
+        """Raise why the writer stopped, if it has (with ``_changed`` held)."""
+        if self._failure is not None:
+            self._failure_told = True
+            raise self._failure
+
+    def _stall(self) -> None:
+        with self._changed:
+            self._stalled = True
+
+    def _write_all(self) -> None:
+        """The writer thread: whatever is pending, in one write, until closed. However it ends, a
+        failure is recorded and every waiter woken: nothing waits on a dead writer."""
+        failure: RunAborted | None = None
+        try:
+            while True:
+                with self._changed:
+                    while not self._pending and not self._closing:
+                        self._changed.wait()
+                    if not self._pending:
+                        return
+                    if self.GATHER_SECONDS and not self._closing:
+                        self._changed.wait(self.GATHER_SECONDS)  # let a call finishing now join this write
+                    batch, self._pending, self._writing = self._pending, {}, self._pending
+                    self._write_started = time.monotonic()
+                self._save(batch)
+                with self._changed:  # removed only once saved: a look-up finds it in one place or the other
+                    self._writing = {}
+                    self._stalled = False
+                    self.written += len(batch)
+                    self._changed.notify_all()
+        except BaseException as exc:
+            failure = self._failure_of(exc)
+        finally:
+            with self._changed:
+                if failure is not None:
+                    self._failure = failure
+                elif self._pending or self._writing:  # ended with calls unsaved, and no reason known
+                    self._failure = StorageError(f"the journal's writer for {self.path} stopped.")
+                self._changed.notify_all()
+
+    # --- reading ----------------------------------------------------------------------------
 
     async def alookup(self, fps: Sequence[bytes], bodies: bool = True) -> dict[bytes, Entry]:
         """``lookup`` from inside the event loop: a local file answers at once, in place."""
         return self.lookup(fps, bodies)
 
-    def holding(self) -> bool:
-        """Whether the run should hold its next call until the journal can save again."""
-        return False
-
-    def put(self, fp: bytes, entry: Entry) -> None:
-        """Record a finished call; written by the next ``flush`` (at most ``FLUSH_SECONDS`` later)."""
-        self._pending[fp] = entry
-        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        raise NotImplementedError
-
     def _held(self) -> Mapping[bytes, Entry]:
-        """The finished calls not yet written where look-ups find them."""
-        return self._pending
+        """The finished calls not (yet) saved where look-ups find them."""
+        with self._changed:
+            if not self._writing and not self._unsaved:
+                return dict(self._pending)
+            return {**self._unsaved, **self._writing, **self._pending}
 
     def _split(self, fps: Iterable[bytes]) -> tuple[dict[bytes, Entry], list[bytes]]:
-        """The pending entries among ``fps`` (each once), and the fingerprints left to look up."""
+        """The held entries among ``fps`` (each once), and the fingerprints left to look up."""
         wanted = list(dict.fromkeys(fps))
         held = self._held()
         found = {fp: held[fp] for fp in wanted if fp in held}
         return found, [fp for fp in wanted if fp not in found]
 
 
-class Journal(Buffered):
-    """A SQLite journal of finished calls, written by one run at a time."""
+# SQLite's words for a disk that cannot take more, and for a file that is not what it was.
+_FULL = ("database or disk is full", "no space left")
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "corrupt")
 
-    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None) -> None:
-        super().__init__()
-        self._conn = conn
+
+def _storage_problem(path: Path | None, exc: BaseException, doing: str) -> str:
+    """What went wrong with the journal file, and what to do, for ``exc`` raised while ``doing``."""
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+    lowered = text.lower()
+    if any(word in lowered for word in _FULL):
+        return (
+            f"the disk holding the journal {path} is full ({text}) while {doing}. Free some space, then run "
+            "the same command again: every call the journal saved is kept and not made again."
+        )
+    if any(word in lowered for word in _DAMAGED):
+        return (
+            f"the journal {path} is damaged ({text}) while {doing}. Move it aside to start over (the calls it "
+            "held will be made again), or put back a copy from a backup."
+        )
+    if "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
+        return (
+            f"the journal {path} cannot be written ({text}) while {doing}. Check the permissions of the file "
+            "and its folder, then run the same command again."
+        )
+    return f"the journal {path} failed ({text}) while {doing}. Run the same command again once the disk is fixed."
+class Journal(WriteThrough):
+    """A SQLite journal of finished calls, written by one run at a time.
+
+    A file journal has two connections: the writer thread's, and the one look-ups use (WAL lets
+    them read while a write commits). A journal in memory (``path`` None) is saved in place.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock: Lock | None = None) -> None:
+        super().__init__(threaded=path is not None)
+        self._conn: sqlite3.Connection | None = conn
+        self._write_conn: sqlite3.Connection | None = None
         self.path = path
-        self._lock_fd = lock_fd
+        self._lock = lock
 
     @classmethod
     def open_readonly(cls, path: Path | None) -> Journal:
@@ -146,50 +301,64 @@ class Journal(Buffered):
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None)
             conn.execute("SELECT fp, status, error, attempts, latency_ms, at, fields_key, extracted FROM calls LIMIT 1")
         except sqlite3.DatabaseError as exc:
-            raise RunAborted(
+            raise OutputError(
                 f"cannot read the journal {path}: {exc}. If the file is not an enrich journal, "
                 "point --journal elsewhere."
             ) from None
-        return cls(conn, path, None)
+        return cls(conn, path)
 
     @classmethod
-    def open(cls, path: Path | None) -> Journal:
-        """Open (creating if needed) the journal at ``path``; ``None`` keeps it in memory."""
-        lock_fd = None
+    def open(cls, path: Path | None, lock: bool = True) -> Journal:
+        """Open (creating if needed) the journal at ``path``; ``None`` keeps it in memory.
+        ``lock=False`` for a file no other run can know of (a run's temporary journal)."""
+
+        held = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                raise JournalBusy(
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(
+                    f"cannot create the folder {path.parent} for the journal ({exc.strerror or exc}). Point the "
+                    "output (or --journal) at a folder you can write."
+                ) from None
+        if path is not None and lock:
+            held = hold(
+                path,
+                JournalBusy(
                     f"the journal {path} is in use by another run. Wait for that run to finish "
                     "(or stop it), or give this one its own journal with --journal PATH."
-                ) from None
+                ),
+            )
+        conn = None
         try:
             conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
             if path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives the process being killed; a power cut may undo the
                 # last commits (the last moments of calls), never corrupt the file. FULL would fsync
-                # every half second, in the event loop.
+                # every commit.
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
             if "extracted" not in columns:  # a journal from before extracted values were kept
                 conn.execute("ALTER TABLE calls ADD COLUMN fields_key TEXT")
                 conn.execute("ALTER TABLE calls ADD COLUMN extracted BLOB")
-        except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(NameError, sqlite3.Error):
-                conn.close()
-            if lock_fd is not None:
-                os.close(lock_fd)
-            raise RunAborted(
-                f"cannot open the journal {path}: {exc}. If the file is not an enrich journal, "
-                "point --journal elsewhere; to start over, move or delete it."
-            ) from None
-        return cls(conn, path, lock_fd)
+            conn.execute("SELECT count(*) FROM calls").fetchone()  # reads every page of the index
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            if held is not None:
+                held.release()
+            text = str(exc).lower()
+            if any(word in text for word in _DAMAGED):
+                raise OutputError(
+                    f"cannot open the journal {path}: {exc}. If the file is not an enrich journal, point "
+                    "--journal elsewhere; if it is damaged, move it aside to start over (the calls it held will "
+                    "be made again), or put back a copy from a backup."
+                ) from None
+            raise OutputError(_storage_problem(path, exc, "opening it")) from None
+        return cls(conn, path, held)
 
     def __enter__(self) -> Journal:
         return self
@@ -200,7 +369,7 @@ class Journal(Buffered):
         self.close()
 
     def close(self, remove_if_empty: bool = False) -> None:
-        """Commit what is pending, close the database and release the lock.
+        """Save what is pending, close the database and release the lock.
 
         ``remove_if_empty`` deletes the files when this run wrote nothing (a run whose login
         failed leaves no empty journal behind), while the lock is still held.
@@ -208,39 +377,50 @@ class Journal(Buffered):
         if self._conn is None:
             return
         try:
-            self.flush()
+            self._stop_writer()
         finally:
-            self._conn.close()
-            self._conn = None  # type: ignore[assignment]
+            for conn in (self._write_conn, self._conn):
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+            self._conn = self._write_conn = None
             if remove_if_empty and self.written == 0 and self.path is not None:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
-    def flush(self) -> None:
-        """Commit every pending entry in one transaction."""
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return
-        rows = [(fp, *e) for fp, e in self._pending.items()]
-        self._conn.execute("BEGIN")
+    def _save(self, batch: dict[bytes, Entry]) -> None:
+        """One transaction (on the writer thread's own connection, for a file)."""
+        conn = self._conn if not self._threaded else self._write_conn
+        if conn is None:
+            conn = self._write_conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.executemany(
+            conn.executemany(
                 "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [(fp, *e) for fp, e in batch.items()],
             )
-            self._conn.execute("COMMIT")
-        except BaseException:  # a second Ctrl-C/SIGTERM can land here: undo, keep the entries pending
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        self.written += len(rows)
-        self._pending.clear()
 
-    def _select(self, columns: str, fps: Sequence[bytes]) -> Iterator[tuple]:
+    def _failure_of(self, exc: BaseException) -> RunAborted:
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            return StorageError(_storage_problem(self.path, exc, "saving a finished call"))
+        return StorageError(
+            f"the journal's writer for {self.path} failed: {type(exc).__name__}: {exc}. Run the same command "
+            "again (the calls already saved are not made again), and please report this with --debug output."
+        )
+
+    def _select(self, columns: str, fps: Sequence[bytes]) -> Iterator[tuple[Any, ...]]:
+        assert self._conn is not None, "look-up on a closed journal"
         for start in range(0, len(fps), _CHUNK):
             chunk = fps[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -254,10 +434,17 @@ class Journal(Buffered):
         found, rest = self._split(fps)
         columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted"
         make = Entry._make
-        found.update((row[0], make(row[1:])) for row in self._select(columns, rest))
+        try:
+            found.update((row[0], make(row[1:])) for row in self._select(columns, rest))
+        except sqlite3.Error as exc:
+            raise StorageError(_storage_problem(self.path, exc, "looking up finished calls")) from None
         return found
 
     def __len__(self) -> int:
         self.flush()
-        (count,) = self._conn.execute("SELECT count(*) FROM calls").fetchone()
+        assert self._conn is not None
+        try:
+            (count,) = self._conn.execute("SELECT count(*) FROM calls").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(_storage_problem(self.path, exc, "counting the calls it holds")) from None
         return int(count)

@@ -35,20 +35,17 @@ and the run stops (exit 3), resumable.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import orjson
 
 from .errors import RunAborted
-from .journal import Buffered, Entry
+from .journal import Entry, WriteThrough
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
-GATHER_SECONDS = 0.002  # a write waits up to this long for one more finished call: fewer round trips
-STALL_AFTER = 0.25  # seconds a write may go unanswered before the run holds its next call
 SCHEMES = ("redis://", "rediss://")
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
 _CHUNK = 500  # fingerprints per MGET on look-up
@@ -98,10 +95,11 @@ class JournalLost(JournalUnavailable):
     """Redis answers, but without the journal this run was writing: it restarted empty or was flushed."""
 
 
-class RedisJournal(Buffered):
+class RedisJournal(WriteThrough):
     """The ``Journal`` interface (``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) over Redis."""
 
-    writes_through = True  # the writer thread saves each call: no periodic flush
+    GATHER_SECONDS = 0.002  # a write waits up to this long for one more finished call: fewer round trips
+    STALL_AFTER = 0.25  # seconds a write may go unanswered before the run holds its next call
 
     def __init__(self, url: str, readonly: bool = False) -> None:
         from yarl import URL
@@ -131,16 +129,6 @@ class RedisJournal(Buffered):
         self._heads = self._client.register_script(_HEADS)
         self._readonly = readonly
         super().__init__()
-        # The writer thread takes `_pending` whole into `_writing`, writes it, and empties it;
-        # `_changed` guards both and wakes the writer (a put) and the waiters (a write done).
-        self._changed = threading.Condition()
-        self._writing: dict[bytes, Entry] = {}
-        self._failure: JournalUnavailable | None = None  # why the writer stopped
-        self._failure_told = False  # raised by put or flush already
-        self._closing = False
-        self._stalled = False  # the writer is retrying: Redis did not answer its last write
-        self._write_started = 0.0
-        self._writer: threading.Thread | None = None
 
     @classmethod
     def open(cls, url: str) -> RedisJournal:
@@ -203,102 +191,41 @@ class RedisJournal(Buffered):
         if self._client is None:
             return
         try:
-            with self._changed:
-                self._closing = True
-                self._changed.notify_all()
-            if self._writer is not None:
-                self._writer.join()  # it writes what is pending first (or gives up after FAIL_AFTER)
-            if self._failure is not None and not self._failure_told:
-                self._failure_told = True
-                raise self._failure  # calls finished at the end were not saved: say so
+            self._stop_writer()  # it writes what is pending first (or gives up after FAIL_AFTER)
         finally:
             self._client.close()
             self._client = None
 
-    def put(self, fp: bytes, entry: Entry) -> None:
-        """Hand a finished call to the writer thread; raises ``JournalUnavailable`` once Redis has gone."""
-        with self._changed:
-            if self._client is None or self._closing:
-                raise RuntimeError("put on a closed journal")
-            self._raise_failure()
-            self._pending[fp] = entry
-            if self._readonly:
-                return
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_all, name="enrich-redis-journal", daemon=True)
-                self._writer.start()
-            self._changed.notify()
-
-    def holding(self) -> bool:
-        """Whether to hold the next call: Redis has not answered a write for ``STALL_AFTER`` (an
-        outage should cost the calls in flight, not seconds of paid calls nobody can save).
-        Raises ``JournalUnavailable`` once the writer has given up."""
-        with self._changed:
-            self._raise_failure()
-            return self._stalled or bool(self._writing and time.monotonic() - self._write_started > STALL_AFTER)
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> None:
+        """Hand a finished call to the writer thread; raises ``JournalUnavailable`` once Redis has gone.
+        A read-only journal (``--dry-run``) only remembers it."""
+        if self._client is None:
+            raise RuntimeError("put on a closed journal")
+        super().put(fp, entry, saved=saved and not self._readonly)
 
     def flush(self) -> None:
         """Wait until every call handed to ``put`` is in Redis."""
-        if self._readonly:
-            return
-        with self._changed:
-            while (self._pending or self._writing) and self._failure is None:
-                self._changed.wait()
-            self._raise_failure()
+        if not self._readonly:
+            super().flush()
 
-    def _raise_failure(self) -> None:
-        """Raise why the writer stopped, if it has (with ``_changed`` held)."""
-        if self._failure is not None:
-            self._failure_told = True
-            raise self._failure
+    def _save(self, batch: dict[bytes, Entry]) -> None:
+        self._retrying(lambda: self._write(batch), self._stall)
 
-    def _held(self) -> Mapping[bytes, Entry]:
-        with self._changed:
-            return {**self._writing, **self._pending} if self._writing else dict(self._pending)
-
-    def _write_all(self) -> None:
-        """The writer thread: whatever is pending, in one transaction, until closed. However it
-        ends, a failure is recorded and every waiter woken: nothing waits on a dead writer."""
+    def _failure_of(self, exc: BaseException) -> RunAborted:
         import redis.exceptions
 
-        failure: JournalUnavailable | None = None
-        try:
-            while True:
-                with self._changed:
-                    while not self._pending and not self._closing:
-                        self._changed.wait()
-                    if not self._pending:
-                        return
-                    if not self._closing:  # let a call finishing now join this write (the next put wakes it)
-                        self._changed.wait(GATHER_SECONDS)
-                    batch, self._pending, self._writing = self._pending, {}, self._pending
-                    self._write_started = time.monotonic()
-                self._retrying(lambda batch=batch: self._write(batch), self._stall)  # type: ignore[misc]
-                with self._changed:
-                    self._writing = {}
-                    self._stalled = False
-                    self.written += len(batch)
-                    self._changed.notify_all()
-        except JournalUnavailable as exc:
-            failure = exc
-        except redis.exceptions.RedisError as exc:  # e.g. out of memory, read-only replica
-            failure = JournalUnavailable(
+        if isinstance(exc, JournalUnavailable):
+            return exc
+        if isinstance(exc, redis.exceptions.RedisError):  # e.g. out of memory, read-only replica
+            return JournalUnavailable(
                 f"Redis at {self.path}, which holds the journal, refused a write: {exc}. The run stopped; "
                 "fix Redis, then run the same command again: the calls already saved there are not made again."
             )
-        except BaseException as exc:  # a bug: stop the run, never leave it waiting on this thread
-            failure = JournalUnavailable(
-                f"the journal's writer to Redis at {self.path} failed: {type(exc).__name__}: {exc}. The run "
-                "stopped; run the same command again (the calls already saved are not made again), and please "
-                "report this with --debug output."
-            )
-        finally:
-            with self._changed:
-                if failure is not None:
-                    self._failure = failure
-                elif self._pending or self._writing:  # ended with calls unsaved, and no reason known
-                    self._failure = JournalUnavailable(f"the journal's writer to Redis at {self.path} stopped.")
-                self._changed.notify_all()
+        return JournalUnavailable(  # a bug: stop the run, never leave it waiting on this thread
+            f"the journal's writer to Redis at {self.path} failed: {type(exc).__name__}: {exc}. The run "
+            "stopped; run the same command again (the calls already saved are not made again), and please "
+            "report this with --debug output."
+        )
 
     def _check_epoch(self, epoch: bytes | None) -> None:
         if self._epoch is not None and epoch != self._epoch:
@@ -308,10 +235,6 @@ class RedisJournal(Buffered):
                 "for calls not yet made. The run stopped. Keep Redis's data across restarts (appendonly yes), "
                 "then run the same command again: the calls lost are made again."
             )
-
-    def _stall(self) -> None:
-        with self._changed:
-            self._stalled = True
 
     def _write(self, batch: dict[bytes, Entry]) -> None:
         """One MULTI/EXEC transaction: each entry's value (with its expiry), and the set that counts them."""

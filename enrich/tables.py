@@ -10,12 +10,13 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
 
-from .errors import InputError
+from .errors import InputChanged, InputError
 
 READ_FORMATS = {
     ".csv": "csv",
@@ -118,6 +119,49 @@ def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFra
     if fmt in ("parquet", "ndjson") and overrides:
         lf = lf.with_columns(pl.col(c).cast(t) for c, t in overrides.items() if c in schema)
     return lf
+
+
+@dataclass(frozen=True, slots=True)
+class InputStamp:
+    """What identifies the input file's content without reading it: device, inode, size and
+    modification time. A run reads its input twice (calls, then output); a file replaced or
+    rewritten in between would put answers on the wrong rows, so the run checks it is unchanged.
+
+        stamp = InputStamp.of(Path("people.csv"))
+        ...
+        stamp.check()            # raises InputChanged if the file is not the one stamped
+    """
+
+    path: Path
+    stat: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, path: Path) -> InputStamp:
+        st = path.stat()
+        return cls(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+    def check(self) -> None:
+        try:
+            now = InputStamp.of(self.path).stat
+        except OSError:
+            now = None
+        if now != self.stat:
+            raise changed(self.path, "it was replaced, edited or removed")
+
+
+def content_digest(batch: pl.DataFrame) -> int:
+    """A 64-bit digest of a batch's values in their order: the calling pass records it, the
+    building pass compares it, so a file rewritten in place (same name, size and time) is found too."""
+    return int(batch.with_row_index().hash_rows().sum())
+
+
+def changed(path: Path | str, how: str) -> InputChanged:
+    """The stop for an input that changed during the run."""
+    return InputChanged(
+        f"the input {path} changed while the run read it ({how}): its answers would land on the wrong rows, so "
+        "nothing was written. The calls made are saved in the journal: run the same command again once the "
+        "file stays as it is (work on a copy if another program writes it)."
+    )
 
 
 def _first_line(exc: BaseException) -> str:

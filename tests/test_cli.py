@@ -164,7 +164,11 @@ def test_wrong_credentials_exit_3_and_nothing_is_called_or_written(
     assert "not-the-secret" not in err
     assert seen == ["/auth/token"]  # no enrichment call
     assert not out_path.exists()
-    assert not out_path.parent.exists() or list(out_path.parent.iterdir()) == []
+    # Only the summary, saying the run stopped (a scheduler must not take an older one for it).
+    assert [p.name for p in out_path.parent.iterdir()] == ["result.parquet.summary.json"]
+    stop = json.loads((out_path.parent / "result.parquet.summary.json").read_text())
+    assert (stop["status"], stop["exit_code"]) == ("aborted", 3)
+    assert stop["error"] == err.removeprefix("error: ").rstrip("\n")
 
 
 def test_token_path_finding_nothing_names_the_path_and_the_keys(
@@ -492,7 +496,10 @@ def test_aborted_run_leaves_the_existing_output_untouched(
     cfg = write_config(tmp_path / "demo.yaml", demo_config(server.url))
     for name in previous:
         assert run_cli(["run", str(cfg), "--input", str(PEOPLE), "--output", str(out_dir / name)]) == 3
-    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == previous  # untouched, and no temp files
+    files = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    stops = {name: json.loads(files.pop(f"{name}.summary.json")) for name in previous}
+    assert files == previous  # untouched, and no temp files
+    assert {name: stop["status"] for name, stop in stops.items()} == dict.fromkeys(previous, "aborted")
 
 
 def test_successful_run_replaces_the_output_and_leaves_no_temp_files(

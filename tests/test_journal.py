@@ -9,6 +9,7 @@ real aiohttp server on 127.0.0.1 that counts the calls it gets per distinct requ
 from __future__ import annotations
 
 import asyncio
+import json
 import bisect
 import os
 import re
@@ -30,7 +31,6 @@ from polars.testing import assert_frame_equal
 
 import enrich
 from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from enrich.journal import FLUSH_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = ROOT / ".venv" / "bin" / "enrich"
@@ -210,9 +210,14 @@ def check_items_output(out: pl.DataFrame, table: pl.DataFrame) -> None:
 
 
 def leftovers(directory: Path, output: Path) -> list[str]:
-    """Files named after the output other than its journal: the output itself, temp files, parts."""
+    """Files named after the output other than its journal and the (empty, hidden) lock files:
+    the output itself, temp files, parts."""
     return sorted(
-        p.name for p in directory.iterdir() if output.name in p.name and not p.name.startswith(output.name + ".journal")
+        p.name
+        for p in directory.iterdir()
+        if output.name in p.name
+        and not p.name.startswith(output.name + ".journal")
+        and not (p.name.startswith(".") and p.name.endswith(".lock"))
     )
 
 
@@ -250,21 +255,14 @@ def test_resume_after_sigkill_repeats_only_the_calls_not_yet_committed(
     assert set(repeated) <= {p for _, p in before}
 
     # What a SIGKILL can lose: the calls in flight (at most `concurrency`; they never reached the
-    # journal) and the calls finished since the journal's last commit. The journal commits at least
-    # every FLUSH_SECONDS (0.5 s: on the next finished call, and on a timer), so those are the calls
-    # of the last half second: at most the call rate times 0.5 s. The rate is measured at the server
-    # over the first run, as the most calls that arrived in any half second (so a slow start does
-    # not understate it); one more round of `concurrency` calls covers the gap between the flush
-    # deadline and the finished call that triggers the commit (the workers may finish together).
-    assert FLUSH_SECONDS <= 0.5
+    # journal) and the calls whose answer came back during the journal's last commit (the writer
+    # commits each finished call a moment later, so at most one more call per worker).
+    bound = 2 * concurrency
     times = [t for t, _ in before]
-    per_flush = max(bisect.bisect_right(times, t + FLUSH_SECONDS) - i for i, t in enumerate(times))
-    bound = concurrency + per_flush + concurrency
     average = (len(times) - 1) / (times[-1] - times[0])
     print(
-        f"\nSIGKILL after {len(before)} calls ({average:.0f} calls/s on average, at most {per_flush} in any "
-        f"{FLUSH_SECONDS}s): {len(repeated)} calls repeated by the rerun; bound {bound} = {concurrency} in flight "
-        f"+ {per_flush} in 0.5 s + {concurrency}"
+        f"\nSIGKILL after {len(before)} calls ({average:.0f} calls/s on average, {concurrency} in flight): "
+        f"{len(repeated)} calls repeated by the rerun; bound {bound}"
     )
     assert len(repeated) <= bound, (len(repeated), bound)
     # and the rerun took the rest from the journal
@@ -308,7 +306,9 @@ def test_interrupt_saves_the_finished_calls_and_writes_no_output(
     saved = int(found.group(1).replace(",", ""))
     assert (found.group(2), found.group(3)) == (str(job.journal), str(job.out))
     assert not job.out.exists()
-    assert leftovers(tmp_path, job.out) == []
+    assert leftovers(tmp_path, job.out) == [f"{job.out.name}.summary.json"]  # which says the run stopped
+    stop = json.loads((tmp_path / f"{job.out.name}.summary.json").read_text())
+    assert (stop["status"], stop["exit_code"], stop["error"]) == ("interrupted", 130, err.rstrip("\n"))
     assert journal_rows(job.journal) == saved  # what it says is saved is in the file
 
     rerun_started = time.monotonic()
@@ -1000,18 +1000,23 @@ def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
     # rows would silently get other rows' results, so it stops and says to run again.
     from enrich.config import config_from_dict
     from enrich.engine import Planned, PlanSpool, RunOptions, build_pass
-    from enrich.errors import InputError
+    from enrich.errors import InputChanged
     from enrich.journal import Journal
+    from enrich.tables import content_digest
 
     config = config_from_dict({"request": {"url": "http://127.0.0.1:9/v1/items/{{id}}"}})
-    spool = PlanSpool()
-    spool.write(3, [Planned(None, None, "no request")] * 3, None)
-    table = pl.DataFrame({"id": ["a", "b"]})
-    with Journal.open(None) as journal:
-        frames, _ = build_pass(lambda: iter([table]), config, journal, RunOptions(), spool)
-        with pytest.raises(InputError, match="the input changed while the run was writing its output"):
-            list(frames)
-    spool.close()
+    seen = pl.DataFrame({"id": ["a", "b"]})
+    for now, same in ((seen, True), (seen.reverse(), False), (seen.head(1), False)):
+        spool = PlanSpool()
+        spool.write(content_digest(seen), [Planned(None, None, "no request")] * 2, None)
+        with Journal.open(None) as journal:
+            frames, _ = build_pass(lambda now=now: iter([now]), config, journal, RunOptions(), spool, source="in.csv")
+            if same:
+                assert len(list(frames)) == 1
+            else:
+                with pytest.raises(InputChanged, match=r"the input in.csv changed while the run read it \(rows 1 to"):
+                    list(frames)
+        spool.close()
 
 
 def test_a_run_sweeps_what_a_killed_run_left_beside_the_output(

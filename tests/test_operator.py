@@ -383,11 +383,11 @@ def test_errors_out_holds_the_failed_rows_with_the_request_redacted(
         (1, unknown, 404, 1),
         (2, None, None, 0),
     ]
-    assert rows[0]["method"] == "GET"
-    assert rows[0]["url"] == f"{server.url}/v1/people/{unknown.replace('@', '%40')}?domain=example.com"
-    assert json.loads(rows[0]["request_headers"]) == {"Authorization": "Bearer ***"}
+    assert rows[0]["_request_method"] == "GET"
+    assert rows[0]["_request_url"] == f"{server.url}/v1/people/{unknown.replace('@', '%40')}?domain=example.com"
+    assert json.loads(rows[0]["_request_headers"]) == {"Authorization": "Bearer ***"}
     assert rows[0]["_error"].startswith("HTTP 404 Not Found: ")
-    assert rows[1]["url"] is None and "column 'email' is empty" in rows[1]["_error"]
+    assert rows[1]["_request_url"] is None and "column 'email' is empty" in rows[1]["_error"]
     assert DEFAULT_CLIENT_SECRET.encode() not in errors.read_bytes()
 
 

@@ -488,7 +488,11 @@ def test_failed_relogin_aborts_the_run_and_writes_nothing(
     assert state["failed_logins"] >= 1
     assert out_path.read_text(encoding="utf-8") == "previous run\n"
     # the calls made before the abort are kept in the journal, for the rerun
-    assert sorted(p.name for p in out_path.parent.iterdir()) == ["result.csv", "result.csv.journal"]
+    assert sorted(p.name for p in out_path.parent.iterdir()) == [
+        "result.csv",
+        "result.csv.journal",
+        "result.csv.summary.json",  # status aborted, exit code 3
+    ]
 
 
 def never_accepting_api(serve: Serve) -> tuple[RunningServer, dict[str, int]]:
