@@ -557,7 +557,8 @@ def build_pass(
                 digest, plans, keep = next(planned, (None, [], None))
                 if digest != content_digest(batch):  # the rows are not those the calls were made for
                     raise changed(
-                        source, f"rows {offset + 1:,} to {offset + batch.height:,} differ from those the calls were made for"
+                        source,
+                        f"rows {offset + 1:,} to {offset + batch.height:,} differ from those the calls were made for",
                     )
             else:
                 plans, keep = _plan_batch(batch, config, options, offset)

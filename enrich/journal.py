@@ -273,6 +273,8 @@ def _storage_problem(path: Path | None, exc: BaseException, doing: str) -> str:
             "and its folder, then run the same command again."
         )
     return f"the journal {path} failed ({text}) while {doing}. Run the same command again once the disk is fixed."
+
+
 class Journal(WriteThrough):
     """A SQLite journal of finished calls, written by one run at a time.
 

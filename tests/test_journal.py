@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import bisect
 import os
 import re
 import signal
