@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -32,8 +33,9 @@ from typing import Any, NamedTuple
 import aiohttp
 import orjson
 
-from .config import AuthConfig, RetryConfig, client_basic
+from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig, client_basic, format_size
 from .errors import AuthError
+from .http import read_body
 from .redact import Redactor
 
 # Refresh this share of a token's lifetime before it ends: at most MAX_MARGIN seconds, and at
@@ -43,6 +45,11 @@ MAX_MARGIN = 60.0
 MIN_MARGIN = 0.5
 # How much of a body `auth.refresh_on.body` searches: error bodies are short, answers may be long.
 BODY_SCAN = 4096
+# A token said to live less than this is used as if it lived this long: `expires_in: 1e-9` from a
+# server would otherwise mean a login per call. A token that does expire sooner is rejected, and
+# a rejection renews it at once.
+MIN_LIFETIME = 2.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 2.1
 
 
@@ -129,6 +136,7 @@ class TokenManager:
         retry: RetryConfig | None = None,
         timeout: float = 30.0,
         *,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -136,6 +144,7 @@ class TokenManager:
         self.redactor = redactor
         self.retry = retry or RetryConfig()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.max_response_bytes = max_response_bytes
         self.generation = 0
         self.logins = 0  # tokens fetched or signed (a static secret counts none)
         self._clock = clock
@@ -242,6 +251,8 @@ class TokenManager:
             token, lifetime = await self._request(session, json=cfg.body, headers=dict(cfg.headers))
         if lifetime is None:
             lifetime = jwt_lifetime(token, self._wall())
+        if lifetime is not None:
+            lifetime = max(lifetime, MIN_LIFETIME)
         self._install(token, lifetime, started)
 
     def _install(self, token: str, lifetime: float | None, started: float) -> None:
@@ -313,7 +324,7 @@ class TokenManager:
                     timeout=self.timeout,
                     allow_redirects=False,
                 ) as resp:
-                    body = await resp.read()
+                    body, cut = await read_body(resp, self.max_response_bytes)
                     status, reason = resp.status, resp.reason or ""
                     response_headers, cookies = resp.headers, resp.cookies
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -332,6 +343,11 @@ class TokenManager:
                 continue
             break
         self.logins += 1
+        if cut:
+            raise AuthError(
+                f"{what} failed: the response of {cfg.url} (HTTP {status}) is larger than "
+                f"{format_size(self.max_response_bytes)} (max_response_bytes), which no token needs. Check {where}."
+            )
         if 300 <= status < 400:
             target = response_headers.get("Location", "")
             raise AuthError(
@@ -374,6 +390,12 @@ class TokenManager:
                 )
             token = morsel.value
         self.redactor.add_token(token)
+        if _CONTROL.search(token):  # it cannot go in a header: every call would fail here, none reach the API
+            raise AuthError(
+                f"{what} succeeded (HTTP {status}) but the token holds a line break or control character, which "
+                f"no HTTP header can carry. Check {where} and where the token is taken from "
+                "(auth.token_path, auth.token_header or auth.token_cookie)."
+            )
         lifetime = _seconds(cfg.get_expires_in(doc)) if cfg.get_expires_in is not None and doc is not None else None
         return token, lifetime
 

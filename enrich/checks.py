@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -80,14 +81,28 @@ def _method(value: Any, loc: str, default: str) -> str:
     return method
 
 
-def _number(value: Any, loc: str, *, minimum: float, integer: bool = False, what: str = "a number") -> Any:
+def _number(
+    value: Any,
+    loc: str,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    integer: bool = False,
+    what: str = "a number",
+) -> Any:
+    """A finite number of at least ``minimum`` (and at most ``maximum``): ``.nan`` and ``.inf``
+    are refused, since no setting means "no limit" by them (a NaN timeout would mean none)."""
     if isinstance(value, str):  # from ${VAR} or the command line: numbers arrive as text
         with contextlib.suppress(ValueError):
             value = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise ConfigError(f"{loc} must be {what}, got {value!r}.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{loc} must be {what}, got {value!r}, which is not a finite number.")
     if value < minimum:
         raise ConfigError(f"{loc} must be at least {minimum:g}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{loc} must be at most {maximum:,g}, got {value!r}.")
     return value
 
 

@@ -5,10 +5,11 @@
 
 Retried: the statuses in ``retry.statuses`` (429, 500, 502, 503, 504 by default),
 timeouts and connection errors, with exponential backoff and full jitter, honouring
-Retry-After (seconds or an HTTP date). A 429 pauses every worker through the shared
-limiter. A 401 refreshes the token once for all workers and the call is sent again.
+Retry-After (seconds or an HTTP date). A 429 or 503 pauses every worker through the
+shared limiter. A 401 refreshes the token once for all workers and the call is sent again.
 POST and PATCH may have taken effect when no clear answer came back, so they are
-retried only on 429 or when connecting failed, unless the config opts in.
+retried only on 429 or 503 (the server says it did not act) or when connecting failed,
+unless the config opts in.
 
 Two answers stop the whole run instead of one row (``_halt``): a Retry-After longer than
 ``retry.max_retry_after``, and a TLS failure. No new call starts, the calls in flight
@@ -24,7 +25,6 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple, NoReturn
 
 import aiohttp
@@ -34,6 +34,7 @@ from yarl import URL
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
 from .errors import AuthError, RunAborted, ThrottledTooLong, TLSError
+from .http import read_body, retry_after_seconds
 from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
@@ -49,6 +50,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Methods that may change something each time they are sent: not retried when the first try
 # may have reached the API (see Client._retry_unsent_only).
 _NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
+# Answers that say the server did not act on the request (RFC 9110 15.5.30 and 15.6.4): safe to
+# send again whatever the method, and a sign to slow everyone down, not only this worker.
+_NOT_ACTED = frozenset({429, 503})
 _JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -86,6 +90,9 @@ class Outcome(NamedTuple):
     attempts: int
     latency_ms: float | None
     doc: Any = None  # the parsed body, for extracting fields without parsing it again
+    # The request failed here, before any API saw it (it could not be sent): not an answer to
+    # keep, so the journal does not save it and a rerun tries again.
+    local: bool = False
 
 
 @dataclass(slots=True)
@@ -191,25 +198,6 @@ def shown(req: PreparedRequest, auth: AuthConfig | None) -> PreparedRequest:
     headers, params = auth.sent_as(MASK)
     url = req.url.extend_query(params) if params else req.url
     return req._replace(url=url, headers={**req.headers, **headers})
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Parse a Retry-After header: seconds or an HTTP date. ``None`` when absent or garbage."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, seconds)
-    return seconds if seconds >= 0 and seconds == seconds else None  # NaN fails the last test
 
 
 def _tls_problem(url: URL, exc: aiohttp.ClientSSLError) -> str:
@@ -326,23 +314,16 @@ class Client:
                     ) as resp:
                         status, reason = resp.status, resp.reason or ""
                         response_headers = resp.headers  # read below only when needed
-                        # What resp.read() does, but never holding more than max_response_bytes (+ one chunk).
-                        content, chunks, size = resp.content, [], 0
-                        while chunk := await content.readany():
-                            size += len(chunk)
-                            if size > self.max_response_bytes:
-                                resp.close()  # the rest is never read; the connection is not reused
-                                break
-                            chunks.append(chunk)
-                        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                        body, cut = await read_body(resp, self.max_response_bytes)
                 finally:
                     self._active -= 1
             except aiohttp.ClientSSLError as exc:  # every call to this origin would fail the same way
                 await self._halt(TLSError(self.redactor.redact(_tls_problem(req.url, exc))))
             except aiohttp.InvalidURL as exc:
-                return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None)
+                return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None, local=True)
             except ValueError as exc:  # aiohttp refuses a header or URL it cannot send: this row fails
-                return Outcome(None, None, self.redactor.redact(f"cannot send the request: {exc}"), attempt, None)
+                message = self.redactor.redact(f"cannot send the request: {exc}")
+                return Outcome(None, None, message, attempt, None, local=True)
             except TimeoutError as exc:
                 status, error = None, f"timed out after {self.timeout_s:g}s"
                 latency_ms = (time.perf_counter() - started) * 1000
@@ -385,12 +366,12 @@ class Client:
                     await self._halt(ThrottledTooLong(wait, status, limit, time.time() + wait))
                 if attempt >= attempts:
                     break
-                if status != 429 and self._retry_unsent_only(req):  # a 429 was refused; a 5xx may have done it
+                if status not in _NOT_ACTED and self._retry_unsent_only(req):  # another 5xx may have done it
                     return Outcome(status, None, self._not_retried(error, req), attempt, latency_ms)
                 if wait is None:
                     wait = self.retry.backoff_for(attempt)
-                if status == 429:
-                    self.counters.throttled += 1
+                if status in _NOT_ACTED:
+                    self.counters.throttled += status == 429
                     self.limiter.pause(wait)  # every worker waits; acquire() honours it
                 else:
                     await asyncio.sleep(wait)
@@ -420,7 +401,7 @@ class Client:
             if not 200 <= status < 300:
                 message = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
-            if size > self.max_response_bytes:
+            if cut:
                 return Outcome(status, None, self._too_large, attempt, latency_ms)
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)

@@ -55,6 +55,8 @@ __all__ = [
     "ERROR_COLUMN",
     "INPUT_TYPES",
     "LATENCY_COLUMN",
+    "MAX_ATTEMPTS",
+    "MAX_CONCURRENCY",
     "MAX_RESPONSE_BYTES",
     "METHODS",
     "REQUEST_COLUMNS",
@@ -86,6 +88,10 @@ __all__ = [
 INPUT_TYPES = ("str", "int", "float", "bool")
 RESPONSE_COLUMN = "response"
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+# More workers than this only hold memory and file descriptors: no API answers 10,000 calls at
+# once from one process (shard the run instead).
+MAX_CONCURRENCY = 10_000
+MAX_ATTEMPTS = 100
 STATUS_COLUMN = "_http_status"
 ERROR_COLUMN = "_error"
 ATTEMPTS_COLUMN = "_attempts"  # diagnostics: HTTP attempts the row's call took
@@ -363,6 +369,11 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ..
             _key_lines(value_node, path, out)
 
 
+# A config is a few hundred values; far more means YAML anchors and aliases that multiply (an
+# "alias bomb": a few lines that expand to billions of values), which would take the machine.
+MAX_CONFIG_VALUES = 100_000
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -372,9 +383,16 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}") from None
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
+        if root is not None and _expanded_size(root) > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{path}: the YAML expands to more than {MAX_CONFIG_VALUES:,} values through its anchors and "
+                "aliases (&name / *name), far more than any config holds. Write the values out, or remove the "
+                "aliases that repeat other aliases."
+            )
+        data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -384,10 +402,38 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: the YAML is malformed: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply to be a config.") from None
+    finally:
+        loader.dispose()
     lines: dict[tuple[str, ...], int] = {}
     if root is not None:
         _key_lines(root, (), lines)
     return data, lines
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds once every alias is expanded, counted without
+    expanding them (each node is counted once and reused: linear in the file's size)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            if known < 0:  # still being counted: the node contains itself
+                raise yaml.YAMLError("an alias refers to a value that contains it (a loop), which no config needs")
+            return known
+        sizes[id(node)] = -1
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total = min(total, MAX_CONFIG_VALUES + 1)
+        return total
+
+    return size(root)
 
 
 def _expand_env(value: Any, where: Any, path: tuple[str, ...], redactor: Redactor, env: Mapping[str, str]) -> Any:
@@ -626,7 +672,12 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         output=Path(str(data["output"])) if data.get("output") else None,
         fields=fields_,
         concurrency=_number(
-            data.get("concurrency", 16), where("concurrency"), minimum=1, integer=True, what="a whole number"
+            data.get("concurrency", 16),
+            where("concurrency"),
+            minimum=1,
+            maximum=MAX_CONCURRENCY,
+            integer=True,
+            what="a whole number",
         ),
         rate_limit=(
             _shared_rate(data["rate_limit"], where, redactor)
@@ -857,7 +908,12 @@ def _retry(value: Any, where: _Locator) -> RetryConfig:
         out = replace(
             out,
             attempts=_number(
-                retry["attempts"], where("retry", "attempts"), minimum=1, integer=True, what="a whole number"
+                retry["attempts"],
+                where("retry", "attempts"),
+                minimum=1,
+                maximum=MAX_ATTEMPTS,
+                integer=True,
+                what="a whole number",
             ),
         )
 

@@ -327,7 +327,7 @@ async def call_pass(
                 while journal.holding():  # the journal cannot save now: a call made would be lost
                     await asyncio.sleep(HOLD_SECONDS)
                 outcome = await client.call(request)
-                journal.put(fp, _entry(outcome, config, key))
+                journal.put(fp, _entry(outcome, config, key), saved=not outcome.local)
                 in_flight.discard(fp)
                 finished.add(fp)  # until the next batch's look-up, which will see it
                 tally.rows += 1
@@ -442,7 +442,17 @@ async def _client(config: Config, counters: Counters | None = None) -> AsyncIter
             retry=config.retry,
             timeout=config.timeout,
             limiter=limiter,
-            tokens=TokenManager(config.auth, config.redactor, config.retry, config.timeout) if config.auth else None,
+            tokens=(
+                TokenManager(
+                    config.auth,
+                    config.redactor,
+                    config.retry,
+                    config.timeout,
+                    max_response_bytes=config.max_response_bytes,
+                )
+                if config.auth
+                else None
+            ),
             redactor=config.redactor,
             counters=counters,
             follow_redirects=config.request.follow_redirects,

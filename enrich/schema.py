@@ -29,6 +29,8 @@ from .config import (
     AUTH_TYPE_KEYS,
     AUTH_TYPES,
     INPUT_TYPES,
+    MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
     METHODS,
     SIGNING_ALGORITHMS,
     Config,
@@ -69,11 +71,12 @@ def _method(description: str, default: str) -> Schema:
     return {"description": description, "enum": [*METHODS, *(m.lower() for m in METHODS)], "default": default}
 
 
-def _whole_number(description: str, default: int) -> Schema:
+def _whole_number(description: str, default: int, maximum: int) -> Schema:
     return {
         "description": description,
         "type": ["integer", "string"],
         "minimum": 1,
+        "maximum": maximum,
         "default": default,
         "pattern": _INTEGER_TEXT,
     }
@@ -329,7 +332,7 @@ def _retry() -> Schema:
         "minimum": 1,
         "additionalProperties": False,
         "properties": {
-            "attempts": _whole_number("Tries per row, the first included.", defaults.attempts),
+            "attempts": _whole_number("Tries per row, the first included.", defaults.attempts, MAX_ATTEMPTS),
             "backoff": _seconds(
                 "The first backoff in seconds; it doubles each try, with full jitter.", defaults.backoff
             ),
@@ -406,7 +409,7 @@ def config_schema() -> Schema:
                 "additionalProperties": {"type": "string", "pattern": _NOT_BLANK},
                 "examples": ["person.name, company.domain", {"title": "person.employment.title"}],
             },
-            "concurrency": _whole_number("Requests in flight.", _default(Config, "concurrency")),
+            "concurrency": _whole_number("Requests in flight.", _default(Config, "concurrency"), MAX_CONCURRENCY),
             "rate_limit": {
                 "description": "Requests started per second, minute or hour, across all workers: N/s, N/min, N/h, or a number (per second); or a mapping with `shared` for one limit across processes. Default: no limit.",
                 "anyOf": [

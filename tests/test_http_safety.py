@@ -721,7 +721,8 @@ def test_the_library_stops_the_same_way(serve: Serve) -> None:
 
 def counting_api(serve: Serve, header: str = "Idempotency-Key") -> tuple[RunningServer, dict[str, list]]:
     """Counts the attempts per row (and the idempotency key of each); the first attempt of a row
-    fails as its id says: e503, e429, slow (past the timeout) or drop (connection closed unanswered)."""
+    fails as its id says: e500, e503, e429, slow (past the timeout) or drop (connection closed
+    unanswered)."""
     attempts: dict[str, list[str | None]] = {}
 
     async def item(request: web.Request) -> web.StreamResponse:
@@ -729,8 +730,10 @@ def counting_api(serve: Serve, header: str = "Idempotency-Key") -> tuple[Running
         kind = request.match_info["id"]
         attempts.setdefault(kind, []).append(request.headers.get(header))
         if len(attempts[kind]) == 1:
+            if kind == "e500":
+                return web.json_response({"error": "broke"}, status=500)
             if kind == "e503":
-                return web.json_response({"error": "busy"}, status=503)
+                return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "0"})
             if kind == "e429":
                 return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "0"})
             if kind == "slow":
@@ -745,17 +748,18 @@ def counting_api(serve: Serve, header: str = "Idempotency-Key") -> tuple[Running
     return serve(app), attempts
 
 
-KINDS = ["e503", "e429", "slow", "drop", "ok"]
-RETRIED = {"e503": (2, None), "e429": (2, None), "slow": (2, None), "drop": (2, None), "ok": (1, None)}
+KINDS = ["e500", "e503", "e429", "slow", "drop", "ok"]
+RETRIED = {k: (1, None) if k == "ok" else (2, None) for k in KINDS}
 
 
-def only_429(method: str) -> dict[str, tuple[int, str | None]]:
+def only_refusals(method: str) -> dict[str, tuple[int, str | None]]:
     why = (
         f" (not retried: a {method} may already have taken effect; set request.idempotency_key, or "
         "retry.non_idempotent: true, to retry it)"
     )
     return {
-        "e503": (1, 'HTTP 503 Service Unavailable: {"error": "busy"}' + why),
+        "e500": (1, 'HTTP 500 Internal Server Error: {"error": "broke"}' + why),
+        "e503": (2, None),  # RFC 9110 15.6.4: the server could not handle it, so did nothing
         "e429": (2, None),  # a 429 is a refusal: nothing was done
         "slow": (1, "timed out after 0.3s" + why),
         "drop": (1, "connection error: Server disconnected" + why),
@@ -766,8 +770,8 @@ def only_429(method: str) -> dict[str, tuple[int, str | None]]:
 @pytest.mark.parametrize(
     ("method", "request_keys", "retry_keys", "expected"),
     [
-        pytest.param("POST", {}, {}, only_429("POST"), id="POST: only a 429 is retried"),
-        pytest.param("PATCH", {}, {}, only_429("PATCH"), id="PATCH: the same"),
+        pytest.param("POST", {}, {}, only_refusals("POST"), id="POST: only a 429 or 503 is retried"),
+        pytest.param("PATCH", {}, {}, only_refusals("PATCH"), id="PATCH: the same"),
         pytest.param("POST", {}, {"non_idempotent": True}, RETRIED, id="POST, retry.non_idempotent: true"),
         pytest.param("POST", {"idempotency_key": "{{id}}"}, {}, RETRIED, id="POST with an idempotency key"),
         pytest.param(
