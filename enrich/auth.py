@@ -4,17 +4,28 @@ Every kind of ``auth.type`` comes down to a token and where it goes (a header, a
 cookie, a query parameter). ``credentials()`` gives what to add to a call; it fetches
 a new token shortly before the current one expires (the lifetime the API states at
 ``auth.expires_in_path``, else the JWT's own ``exp``), once however many workers ask.
-A call the API rejects (401, or what ``auth.refresh_on`` lists) asks ``refresh(seen)``,
-which fetches a new token once: the other workers wait for it, and a stale rejection
-of a token that was already replaced triggers nothing.
+A call the API rejects (401, or what ``auth.refresh_on`` lists) asks ``rejected()``
+whether to send it again, which tells apart three cases by what the other calls with
+the same token did:
+
+- the token was **rotated** (revoked after some uses, or replaced on the server): calls
+  got through with it before, and the calls sent after the rejection are rejected too.
+  A new token is fetched once (the other workers wait for it) and the call is sent
+  again, for as long as each new token gets some call through.
+- the **record was refused** for itself (often a 403 under ``refresh_on``): a call sent
+  after the rejection got through with the same token. The row fails with the API's
+  answer; no login.
+- a **fresh token is rejected** before any call got through with it: fetching again
+  cannot help, and the run stops (``AuthError``), as it does for a rejected fixed key.
 
     tokens = TokenManager(config.auth, redactor)
     creds = await tokens.credentials(session)       # Credentials(1, {"Authorization": "Bearer eyJ..."}, {})
+    ticket = tokens.sending(creds.generation)       # just before the request goes out
     ...                                             # send the call with creds.headers and creds.params
-    if tokens.is_rejection(status, body):
-        await tokens.refresh(session, creds.generation)   # then send it again
-    else:
-        tokens.accepted(creds.generation)
+    rejected = tokens.is_rejection(status, body)
+    tokens.answered(ticket, accepted=not rejected)
+    if rejected and await tokens.rejected(session, ticket):
+        ...                                         # send it again (with the current token)
 
 Claims read from a token are hints for timing only: a token without ``exp``, with
 ``alg: none`` or not a JWT at all works the same, refreshed on rejection only.
@@ -23,6 +34,7 @@ Claims read from a token are hints for timing only: a token without ``exp``, wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -51,6 +63,13 @@ BODY_SCAN = 4096
 MIN_LIFETIME = 2.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 2.1
+
+
+class Ticket(NamedTuple):
+    """One request sent with a token: its generation, and its place in the order of sends."""
+
+    generation: int
+    seq: int
 
 
 class Credentials(NamedTuple):
@@ -150,6 +169,13 @@ class TokenManager:
         self._clock = clock
         self._wall = wall_clock
         self._accepted = 0  # the newest generation a call got through with
+        # What the calls sent with the current token came to, to tell a rotated token from a
+        # refused record: calls on the wire, and the latest send (by order) accepted and rejected.
+        self._seq = 0
+        self._in_flight = 0
+        self._last_ok = -1
+        self._last_rejected = -1
+        self._moved = asyncio.Event()  # set (and replaced) whenever one of those changes
         self._token: str | None = None
         self._creds = _NONE
         self._header: tuple[int, str, str] | None = None
@@ -184,6 +210,59 @@ class TokenManager:
         """A call sent with this generation's token was not rejected."""
         if generation > self._accepted:
             self._accepted = generation
+
+    def sending(self, generation: int) -> Ticket:
+        """A request with this generation's token goes out now; ``answered`` must follow."""
+        self._seq += 1
+        if generation == self.generation:
+            self._in_flight += 1
+        return Ticket(generation, self._seq)
+
+    def answered(self, ticket: Ticket, accepted: bool | None) -> None:
+        """What came of a ``sending``: accepted, rejected, or no answer (``None``: a timeout)."""
+        if accepted:
+            self.accepted(ticket.generation)
+        if ticket.generation != self.generation:
+            return  # an older token's call: nothing to learn about the current one
+        self._in_flight -= 1
+        if accepted:
+            self._last_ok = max(self._last_ok, ticket.seq)
+        elif accepted is not None:
+            self._last_rejected = max(self._last_rejected, ticket.seq)
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    async def rejected(
+        self, session: aiohttp.ClientSession, ticket: Ticket, answer: str = "", resent: bool = False
+    ) -> bool:
+        """A call sent with ``ticket`` was rejected: whether to send it again (with the token
+        current when this returns), having fetched a new one if the token was rotated. False:
+        the record itself was refused, and the row fails with the API's answer. Raises
+        ``AuthError`` when no token can help (a fixed secret or a fresh token rejected).
+
+        ``resent``: this call was already sent again after a rejection; if the token it was
+        rejected with now got no call through either, the call is refused for itself (and a
+        token that is bad for every call stops the run at the next call's rejection).
+        """
+        mark = self._seq  # calls sent from now on show what the token is worth after this rejection
+        deadline = self._clock() + self.timeout.total + 1.0 if self.timeout.total else math.inf
+        while True:
+            if self.generation != ticket.generation:
+                return True  # replaced meanwhile: send it with the new one
+            if self._last_ok > mark:
+                return False  # a later call got through with this token: this record was refused
+            proven = self._accepted >= ticket.generation
+            if proven and self._last_rejected > mark:
+                break  # and later calls are rejected too: rotated
+            if self._in_flight <= 0 or self._clock() >= deadline:
+                break
+            moved = self._moved
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), max(0.0, deadline - self._clock()))
+        if self._accepted < ticket.generation and resent:
+            return False  # its own fresh token refused it, and no other call used it: refused for itself
+        await self.refresh(session, ticket.generation, answer)
+        return True
 
     def header(self) -> tuple[int, str, str]:
         """The token's generation, and the header name and value to send with a call.
@@ -260,6 +339,9 @@ class TokenManager:
         self.redactor.add_token(token)
         self._token = token
         self.generation += 1
+        self._in_flight, self._last_ok, self._last_rejected = 0, -1, -1
+        self._moved.set()
+        self._moved = asyncio.Event()
         headers, params = self.config.sent_as(token)
         self._creds = Credentials(self.generation, headers, params)
         self._header = (self.generation, *next(iter(headers.items()))) if headers else None

@@ -454,7 +454,7 @@ def _duration_text(seconds: float) -> str:
 
 
 def _validate(args: argparse.Namespace, log: _Log) -> int:
-    from .tables import output_format, scan_table
+    from .tables import check_utf8, output_format, scan_table, value_types
 
     config = _load(args, log)
     source = args.input or config.input
@@ -464,8 +464,11 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
     if source is None:
         lines.append("  input      not set (give --input PATH to check its columns)")
     else:
-        schema = scan_table(source, config.input_types).collect_schema()
-        config.check_schema(schema, source.name)
+        lf = scan_table(source, config.input_types)
+        schema = lf.collect_schema()
+        check_utf8(source)
+        types = value_types(lf, config.columns_read, config.input_types)
+        config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
         lines.append(f"  input      {source} ({len(schema)} columns; the ones used are there)")
     used = sorted(config.columns_used)
     lines.append(f"  columns    {', '.join(used) if used else 'none'} (used by the request)")
@@ -507,13 +510,16 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
     from .errors import ConfigError
     from .extract import response_tree
     from .preflight import apreview
-    from .tables import scan_table
+    from .tables import check_utf8, scan_table, value_types
 
     config = _load(args, log)
     source = args.input or config.input
     if source is None:
         raise ConfigError(f"{args.config}: no input table. Set `input:` in the config or pass --input PATH.")
-    config.check_schema(scan_table(source, config.input_types).collect_schema(), source.name)
+    lf = scan_table(source, config.input_types)
+    check_utf8(source)
+    types = value_types(lf, config.columns_read, config.input_types)
+    config.check_schema({c: types.get(c, t) for c, t in lf.collect_schema().items()}, source.name)
     previews = run(apreview(config, source, args.rows))
     out: list[str] = []
     for p in previews:
@@ -553,16 +559,19 @@ def _schema() -> int:
 def _init(args: argparse.Namespace, log: _Log) -> int:
     from .errors import ConfigError
     from .starter import starter_config
-    from .tables import scan_table
+    from .tables import check_utf8, scan_table, value_types
 
     target = args.config or Path(f"{args.input.stem}.yaml")
     if target.exists() and not args.force:
         raise ConfigError(f"{target} already exists. Pick another name with --config PATH, or pass --force.")
     if not args.input.is_file():
         raise ConfigError(f"{args.input}: no such file. Give the table to enrich: enrich init path/to/table.csv")
-    schema = scan_table(args.input).collect_schema()
+    lf = scan_table(args.input)
+    check_utf8(args.input)
+    schema = lf.collect_schema()
+    types = value_types(lf, schema.names())  # a CSV's columns are text; the starter sees their kinds
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(starter_config(args.input, dict(schema)), encoding="utf-8")
+    target.write_text(starter_config(args.input, {c: types.get(c, t) for c, t in schema.items()}), encoding="utf-8")
     log(
         "init",
         f"wrote {target} for {args.input} ({len(schema)} columns). Edit the URL and the fields, then "

@@ -39,11 +39,10 @@ from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
 
-# How many times one call may ask for a new token before its 401 is final.
-# How many times one call may ask for a new token before its rejection is final: once. A call
-# rejected again with a fresh token is refused for itself (a 403 for one record), not for the
-# token; a token that is bad for every call is caught by the next call's refresh (AuthError).
-MAX_REFRESHES_PER_CALL = 1
+# How many times one call is sent again after its token was rejected, at most. Each resend needs
+# a token that other calls got through with (TokenManager.rejected), so this bounds only a call
+# that is unlucky through many rotations in a row.
+MAX_RESENDS_PER_CALL = 20
 # Redirects are followed by hand, and only within the API's origin (scheme, host, port).
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -279,7 +278,7 @@ class Client:
     async def call(self, req: PreparedRequest) -> Outcome:
         """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
         attempts = self.retry.attempts
-        attempt = refreshes = redirects = 0
+        attempt = resends = redirects = 0
         error: str | None = None
         status: int | None = None
         latency_ms: float | None = None
@@ -306,6 +305,8 @@ class Client:
             if attempt > 1:
                 self.counters.retries += 1
             started = time.perf_counter()
+            ticket = self.tokens.sending(generation) if self.tokens is not None else None
+            answered = False
             try:
                 self._active += 1
                 try:
@@ -315,8 +316,11 @@ class Client:
                         status, reason = resp.status, resp.reason or ""
                         response_headers = resp.headers  # read below only when needed
                         body, cut = await read_body(resp, self.max_response_bytes)
+                        answered = True
                 finally:
                     self._active -= 1
+                    if ticket is not None and not answered:
+                        self.tokens.answered(ticket, None)  # type: ignore[union-attr]
             except aiohttp.ClientSSLError as exc:  # every call to this origin would fail the same way
                 await self._halt(TLSError(self.redactor.redact(_tls_problem(req.url, exc))))
             except aiohttp.InvalidURL as exc:
@@ -344,19 +348,20 @@ class Client:
                 continue
             latency_ms = (time.perf_counter() - started) * 1000
 
-            if self.tokens is not None:
-                if self.tokens.is_rejection(status, body):  # 401, or what `auth.refresh_on` lists
-                    if refreshes < MAX_REFRESHES_PER_CALL:
-                        refreshes += 1
+            if self.tokens is not None and ticket is not None:
+                rejected = self.tokens.is_rejection(status, body)  # 401, or what `auth.refresh_on` lists
+                self.tokens.answered(ticket, accepted=not rejected)
+                if rejected and resends < MAX_RESENDS_PER_CALL:
+                    answer = f"HTTP {status}" + (f": {self.redactor.snippet(body, 120)}" if body else "")
+                    try:
+                        again = await self.tokens.rejected(self.session, ticket, answer, resent=resends > 0)
+                    except AuthError as exc:
+                        await self._halt(exc)
+                    if again:
+                        resends += 1
                         attempt -= 1  # a rejected token is not the call's fault
-                        answer = f"HTTP {status}" + (f": {self.redactor.snippet(body, 120)}" if body else "")
-                        try:
-                            await self.tokens.refresh(self.session, generation, answer)
-                        except AuthError as exc:
-                            await self._halt(exc)
                         continue
-                else:
-                    self.tokens.accepted(generation)
+                # Not sent again: the record itself was refused, and the row fails with the answer.
             if status in self.retry.statuses:
                 error = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
                 wait = retry_after_seconds(response_headers.get("Retry-After"))

@@ -269,6 +269,12 @@ class Config:
         return frozenset().union(*(t.columns for _, t in self.template_sites))
 
     @property
+    def columns_read(self) -> frozenset[str]:
+        """Every input column the run reads a value of: templates, `when`, `skip_if_filled`, `key`."""
+        when = self.when_expr().meta.root_names() if self.when is not None else ()
+        return self.columns_used | frozenset(when) | frozenset(self.skip_if_filled) | frozenset(self.key)
+
+    @property
     def selects_rows(self) -> bool:
         """Whether `when` or `skip_if_filled` may leave rows without a call."""
         return self.when is not None or bool(self.skip_if_filled)
@@ -620,7 +626,7 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
     templates: dict[str, Template | None] = {}
     for key in ("params", "headers"):
         mapping = _string_map(req.get(key), where("request", key))
-        templates[key] = compile_template(mapping, where("request", key)) if mapping else None
+        templates[key] = compile_template(mapping, where("request", key), typed=False) if mapping else None
     body = _body(req.get("body"), where("request", "body"))
     for key, tmpl in (("params", templates["params"]), ("headers", templates["headers"]), ("body", body)):
         if tmpl is not None:
@@ -655,9 +661,10 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
     if refresh_on is not None and refresh_on.statuses and refresh_on.body is None:
         listed = ", ".join(map(str, sorted(refresh_on.statuses)))
         warnings.append(
-            f"{where('auth', 'refresh_on')} lists HTTP {listed} with no `body` pattern: every such answer, also one "
-            "that refuses a single record, costs a new login. Add `body:` with what the API says for an "
-            'expired token (e.g. body: "token expired") to tell the two apart.'
+            f"{where('auth', 'refresh_on')} lists HTTP {listed} with no `body` pattern: such an answer is taken for "
+            "a rejected token until the calls sent after it get through, so a record the API refuses waits for "
+            "them (and may cost a login). Add `body:` with what the API says for an expired token "
+            '(e.g. body: "token expired") to tell the two apart at once.'
         )
     if not tls.verify:
         warnings.append(
@@ -740,7 +747,7 @@ def _idempotency_key(value: Any, loc: str) -> Template | None:
             f'{loc} must be a template that gives each row its own key, e.g. "{{{{id}}}}" or "order-{{{{order_id}}}}", '
             f"got {value!r}."
         )
-    return compile_template(value, loc)
+    return compile_template(value, loc, typed=False)
 
 
 def _tls(value: Any, where: _Locator) -> TLSConfig:

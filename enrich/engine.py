@@ -29,7 +29,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -63,8 +63,8 @@ from .errors import (
 from .journal import Entry, Journal
 from .ratelimit import RateLimiter
 from .redis_journal import RedisJournal, is_redis_url, shown_url
-from .tables import changed, content_digest
-from .template import TemplateValueError
+from .tables import changed, content_digest, typed_view
+from .template import TemplateValueError, text_key
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
 HOLD_SECONDS = 0.05  # how often a held worker asks the journal again
@@ -200,23 +200,41 @@ def _request_secrets(config: Config) -> Callable[[str], str]:
 
 
 def _plan_batch(
-    batch: pl.DataFrame, config: Config, options: RunOptions, offset: int = 0
+    batch: pl.DataFrame,
+    config: Config,
+    options: RunOptions,
+    offset: int = 0,
+    types: Mapping[str, pl.DataType] | None = None,
 ) -> tuple[list[Planned], list[bool] | None]:
     """Render a batch (whose first row is input row ``offset``). Returns the plans of the rows this
-    run takes, and with a shard the mask of those rows."""
+    run takes, and with a shard the mask of those rows. ``types`` (``tables.value_types``): the
+    text columns whose values are numbers or booleans, as the templates and `when` see them."""
+    typed, reasons = typed_view(batch, types) if types else (batch, None)
     used = sorted(config.columns_used)
-    rows = batch.select(used).rows(named=True) if used else [{}] * batch.height
+    if used:
+        frame = typed.select(used)
+        texts = [c for c in used if types and c in types]
+        if texts:  # the text as read goes into strings, URLs, headers; the value into a JSON body
+            frame = frame.hstack(batch.select(pl.col(c).alias(text_key(c)) for c in texts))
+        rows = frame.rows(named=True)
+    else:
+        rows = [{}] * batch.height
     masked = _request_secrets(config)
     if config.selects_rows:
-        calls = batch.select(config.call_mask().alias("call")).to_series().to_list()
+        calls = typed.select(config.call_mask().alias("call")).to_series().to_list()
         plans = [_plan(config, row, masked) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
     else:
         plans = [_plan(config, row, masked) for row in rows]
+    if reasons is not None:  # a cell not of its column's kind: that row fails (unless left out), the rest go on
+        plans = [
+            Planned(None, None, config.redactor.redact(r)) if r is not None and p is not SKIPPED else p
+            for p, r in zip(plans, reasons, strict=True)
+        ]
     if options.shard is None:
         return plans, None
     index, count = options.shard
     if config.key:  # shard by the key columns' values: stable even when the request changes
-        keys = [_key_hash(values) for values in batch.select(config.key).rows()]
+        keys = [_key_hash(values) for values in typed.select(config.key).rows()]
     else:  # shard by the request: rows with the same request land in the same shard (no request: by row)
         keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else offset + n for n, p in enumerate(plans)]
     keep = [k % count == index for k in keys]
@@ -290,8 +308,10 @@ async def call_pass(
     on_progress: ProgressCallback | None = None,
     total: int | None = None,
     spool: PlanSpool | None = None,
+    types: Mapping[str, pl.DataType] | None = None,
 ) -> tuple[Counters, _Tally]:
-    """Make every call the journal lacks; each finished call is written to the journal."""
+    """Make every call the journal lacks; each finished call is written to the journal.
+    ``types``: the value types of text columns (``tables.value_types``)."""
     started_wall = options.started_at if options.started_at is not None else time.time()
     started = time.perf_counter()
     counters = Counters()
@@ -345,7 +365,7 @@ async def call_pass(
                 # Rendered in slices, so the first calls go out after a few milliseconds, not after
                 # the whole batch is rendered, and rendering overlaps the waits for answers.
                 for start in range(0, max(batch.height, 1), PLAN_ROWS):
-                    plans, keep = _plan_batch(batch.slice(start, PLAN_ROWS), config, options, offset + start)
+                    plans, keep = _plan_batch(batch.slice(start, PLAN_ROWS), config, options, offset + start, types)
                     batch_plans += plans
                     if batch_keep is not None and keep is not None:
                         batch_keep += keep
@@ -525,6 +545,7 @@ def build_pass(
     spool: PlanSpool | None = None,
     with_failed: bool = False,
     source: Path | str = "the input table",
+    types: Mapping[str, pl.DataType] | None = None,
 ) -> tuple[Iterator[Built], Counter[str]]:
     """Yield the output batch by batch, from the journal; the counter fills as batches are taken.
     With ``spool`` (what the calling pass saw of ``source``), a batch that differs from the one
@@ -571,7 +592,7 @@ def build_pass(
                         f"rows {offset + 1:,} to {offset + batch.height:,} differ from those the calls were made for",
                     )
             else:
-                plans, keep = _plan_batch(batch, config, options, offset)
+                plans, keep = _plan_batch(batch, config, options, offset, types)
             numbers = list(range(offset, offset + batch.height))
             offset += batch.height
             kept = batch
@@ -627,16 +648,19 @@ def _failed_rows(
     )
 
 
-def _column(name: str, values: list[Any]) -> pl.Series:
-    """One output column, typed by its values: Int64, Float64, Boolean or String (JSON text)."""
+def _column(name: str, values: list[Any], text: bool = False) -> pl.Series:
+    """One output column, typed by its values: Int64, Float64, Boolean or String (JSON text).
+    ``text``: String whatever the values (a field column that holds the input's text too)."""
     kinds = {type(v) for v in values if v is not None}
     if not kinds:
         return pl.Series(name, values, dtype=pl.String)
-    if kinds == {bool}:
+    if text:
+        pass
+    elif kinds == {bool}:
         return pl.Series(name, values, dtype=pl.Boolean)
-    if kinds == {int} and all(v is None or -(2**63) <= v < 2**63 for v in values):
+    elif kinds == {int} and all(v is None or -(2**63) <= v < 2**63 for v in values):
         return pl.Series(name, values, dtype=pl.Int64)
-    if kinds <= {int, float} and kinds != {int}:
+    elif kinds <= {int, float} and kinds != {int}:
         return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
     return pl.Series(
         name, [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in values], dtype=pl.String
@@ -654,7 +678,10 @@ def assemble(
     """
     names = list(config.field_columns)
     columns = list(zip(*results, strict=True)) if results else [() for _ in range(len(names) + 4)]
-    new = [_column(name, list(col)) for name, col in zip(names, columns[:-4], strict=True)]
+    # A field column the input already has as text (a CSV, filled in part by hand): the API's values
+    # join it as their JSON text, so the input's own values stay exactly as written.
+    text = {n for n in names if df.schema.get(n) == pl.String} if skipped is not None else set()
+    new = [_column(name, list(col), name in text) for name, col in zip(names, columns[:-4], strict=True)]
     new.append(pl.Series(STATUS_COLUMN, list(columns[-4]), dtype=pl.Int64))
     new.append(pl.Series(ERROR_COLUMN, list(columns[-3]), dtype=pl.String))
     if config.diagnostics:
@@ -800,6 +827,8 @@ class Job:
     output: Path
     journal: Path | str | None  # None: no journal kept after the run; str: a redis:// URL (RedisJournal)
     errors_out: Path | None = None  # the failed rows, with their requests
+    # Text columns (CSV) whose values the templates and `when` see as numbers or booleans.
+    value_types: Mapping[str, pl.DataType] = field(default_factory=dict)
 
 
 def plan_job(
@@ -818,7 +847,7 @@ def plan_job(
     whole run's table; a trial shares the whole run's journal. An output that is the input
     is refused unless ``in_place``.
     """
-    from .tables import output_format, scan_table
+    from .tables import check_utf8, output_format, scan_table, value_types
 
     source = input_path or config.input
     if source is None:
@@ -838,8 +867,11 @@ def plan_job(
     if options.limit is not None and output is None:
         target, errors = (_trial_path(p, options.limit) if p is not None else None for p in (target, errors))
     assert target is not None
-    schema = scan_table(source, config.input_types).collect_schema()
-    config.check_schema(schema, source.name)
+    lf = scan_table(source, config.input_types)
+    schema = lf.collect_schema()
+    check_utf8(source)
+    types = value_types(lf, config.columns_read, config.input_types)
+    config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
     _check_files(config, source, target, errors, list(schema), options, in_place)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
@@ -852,7 +884,7 @@ def plan_job(
         url = URL(kept)
         if "prefix" not in url.query:
             kept = str(url.update_query(prefix=unsharded.name))
-    return Job(source, target, kept if use_journal else None, errors)
+    return Job(source, target, kept if use_journal else None, errors, types)
 
 
 def _check_files(
@@ -972,7 +1004,16 @@ def run_job(
                 call_seconds = time.perf_counter() - started
                 stamp.check()
                 failures = _write(
-                    batches, config, journal, options, job.output, spool, job.errors_out, stamp.check, job.input
+                    batches,
+                    config,
+                    journal,
+                    options,
+                    job.output,
+                    spool,
+                    job.errors_out,
+                    stamp.check,
+                    job.input,
+                    job.value_types,
                 )
         except (EnrichError, KeyboardInterrupt) as stop:  # the output is ours (locked): say it stopped
             write_stop(stop, job, config.redactor.redact)
@@ -1021,7 +1062,7 @@ def _calls(
 ) -> tuple[Counters, _Tally]:
     """The calling pass of a file job; a stop says what the journal holds and how to resume."""
     try:
-        return run(call_pass(batches, config, journal, options, on_progress, total, spool))
+        return run(call_pass(batches, config, journal, options, on_progress, total, spool, job.value_types))
     except KeyboardInterrupt:
         journal.flush()
         kept = (
@@ -1117,7 +1158,9 @@ def extract_job(config: Config, job: Job, options: RunOptions = RunOptions()) ->
 
     started = time.perf_counter()
     with _claim_outputs(job), contextlib.closing(open_journal(job.journal)) as journal:
-        failures = _write(batches, config, journal, options, job.output, errors_out=job.errors_out)
+        failures = _write(
+            batches, config, journal, options, job.output, errors_out=job.errors_out, types=job.value_types
+        )
     return _summary(config, Counters(), _Tally(), failures, time.perf_counter() - started)
 
 
@@ -1131,13 +1174,14 @@ def _write(
     errors_out: Path | None = None,
     before_finish: Callable[[], None] | None = None,
     source: Path | str = "the input table",
+    types: Mapping[str, pl.DataType] | None = None,
 ) -> Counter[str]:
     """The building pass into the output file (and the errors file); ``before_finish`` runs
     before either replaces a file (the input-changed check)."""
     from .tables import OutputWriter
 
     escape = config.field_columns if config.escape_formulas else ()
-    built, failures = build_pass(batches, config, journal, options, spool, errors_out is not None, source)
+    built, failures = build_pass(batches, config, journal, options, spool, errors_out is not None, source, types)
     writer = errors = None
     try:
         writer = OutputWriter(output, escape_formulas=escape)

@@ -61,7 +61,7 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     """Render every row, count what a run would call, look the journal up read-only; send nothing,
     write nothing."""
     options = options or RunOptions()
-    from .tables import iter_batches, scan_table
+    from .tables import iter_batches, scan_table, typed_view
 
     lf = scan_table(job.input, config.input_types)
     samples: list[Sample] = []
@@ -71,14 +71,17 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     now = time.time()
     with contextlib.closing(open_journal(job.journal, readonly=True)) as journal:
         for batch in iter_batches(lf, job.input, options.limit):
-            plans, keep = _plan_batch(batch, config, options, offset)
+            plans, keep = _plan_batch(batch, config, options, offset, job.value_types)
             numbers = range(offset, offset + batch.height)
             offset += batch.height
             kept = batch if keep is None else batch.filter(pl.Series(keep, dtype=pl.Boolean))
             if keep is not None:
                 numbers = [n for n, k in zip(numbers, keep, strict=True) if k]  # type: ignore[assignment]
             rows += kept.height
-            matching += int(kept.select(config.when_expr()).to_series().sum()) if config.when else kept.height
+            if config.when:
+                matching += int(typed_view(kept, job.value_types)[0].select(config.when_expr()).to_series().sum())
+            else:
+                matching += kept.height
             fresh = [p.fp for p in plans if p.fp is not None and p.fp not in seen]
             known = journal.lookup(fresh, bodies=False)
             for number, plan in zip(numbers, plans, strict=True):
@@ -122,13 +125,14 @@ class Previewed:
 
 async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Previewed]:
     """Call the API for the first ``rows`` rows a run would call, one at a time; no journal, no output."""
-    from .tables import iter_batches, scan_table
+    from .tables import iter_batches, scan_table, value_types
 
     lf = scan_table(input_path, config.input_types)
+    types = value_types(lf, config.columns_read, config.input_types)
     picked: list[tuple[int, Planned]] = []
     offset = 0
     for batch in iter_batches(lf, input_path, None):
-        plans, _ = _plan_batch(batch, config, RunOptions())
+        plans, _ = _plan_batch(batch, config, RunOptions(), types=types)
         for i, plan in enumerate(plans):
             if plan != SKIPPED and len(picked) < rows:
                 picked.append((offset + i, plan))

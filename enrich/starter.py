@@ -125,7 +125,7 @@ def _input_types(columns: list[str], schema: Mapping[str, pl.DataType]) -> list[
     if not codes:
         return []
     types = ", ".join(f"{_scalar(c)}: str" for c in codes)
-    return [_line(f"# input_types: {{{types}}}", "keep leading zeros: read as text, not numbers")]
+    return [_line(f"# input_types: {{{types}}}", "codes, not numbers: send them as text in a JSON body")]
 
 
 def _column_list(table: str, columns: list[str], usable: list[str]) -> list[str]:

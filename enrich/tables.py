@@ -90,7 +90,12 @@ os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(1 << 20))
 
 
 def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFrame:
-    """A lazy scan of the input: read in batches, never whole (tables larger than memory)."""
+    """A lazy scan of the input: read in batches, never whole (tables larger than memory).
+
+    CSV and TSV columns are read as text, exactly as written (``02134`` stays ``02134``, a
+    30-digit id stays its digits), unless ``types`` (``input_types``) names their type; see
+    ``value_types`` for how their values are still sent typed in a JSON body.
+    """
     fmt = input_format(path)
     if not path.exists():
         raise InputError(f"input file not found: {path}. Check `input` in the config, or pass --input PATH.")
@@ -105,7 +110,7 @@ def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFra
             lf = pl.scan_csv(
                 path,
                 separator="\t" if fmt == "tsv" else ",",
-                infer_schema_length=10_000,
+                infer_schema=False,
                 schema_overrides=overrides or None,
                 raise_if_empty=True,
             )
@@ -164,6 +169,133 @@ def changed(path: Path | str, how: str) -> InputChanged:
     )
 
 
+# What a text cell must look like to be sent as a number or a boolean: exactly that, with no
+# sign but a minus, no leading zero, no space, and few enough digits to survive as a number.
+_INT_TEXT = r"^-?(?:0|[1-9][0-9]{0,17})$"
+_FLOAT_TEXT = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,3})?$"
+_BOOL_TEXT = r"^(?i:true|false)$"
+FLOAT_DIGITS = 15  # a float keeps 15 significant digits exactly; more are text (an id, a phone number)
+SAMPLE_ROWS = 10_000  # rows a column's kind is judged on
+
+
+def value_types(
+    lf: pl.LazyFrame, columns: Iterable[str], declared: Mapping[str, str] | None = None
+) -> dict[str, pl.DataType]:
+    """The kind of values of each text column among ``columns`` (but those ``declared`` in
+    ``input_types``, which keep the type given there), judged on the first rows:
+    Int64 when every value is a whole number written plainly, Float64 when every value is a
+    number, Boolean when every value is true or false (any case). Columns of anything else (a
+    zip code with a leading zero, a 30-digit id, a mix) are left out: they are text.
+
+    A column of numbers is still written to the output as it was read; the kind decides only
+    what a whole JSON value in the request body becomes (``{{employees}}`` sends ``12``, not
+    ``"12"``). ``typed_view`` applies it to each batch.
+    """
+    schema = lf.collect_schema()
+    text = [c for c in dict.fromkeys(columns) if schema.get(c) == pl.String and c not in (declared or {})]
+    if not text:
+        return {}
+    sample = lf.select(text).head(SAMPLE_ROWS).collect()
+    kinds = sample.select(
+        pl.struct(
+            pl.col(c).drop_nulls().len().alias("n"),
+            pl.col(c).str.contains(_INT_TEXT).sum().alias("int"),
+            (pl.col(c).str.contains(_FLOAT_TEXT) & (_digits(pl.col(c)) <= FLOAT_DIGITS)).sum().alias("float"),
+            pl.col(c).str.contains(_BOOL_TEXT).sum().alias("bool"),
+        ).alias(c)
+        for c in text
+    ).row(0, named=True)
+    out: dict[str, pl.DataType] = {}
+    for column, k in kinds.items():
+        if not k["n"]:
+            continue
+        if k["int"] == k["n"]:
+            out[column] = pl.Int64()
+        elif k["float"] == k["n"]:
+            out[column] = pl.Float64()
+        elif k["bool"] == k["n"]:
+            out[column] = pl.Boolean()
+    return out
+
+
+def _digits(text: pl.Expr) -> pl.Expr:
+    """The significant digits of a number written as text (its mantissa, leading zeros left out)."""
+    return text.str.replace(r"[eE].*$", "").str.replace_all(r"[^0-9]", "").str.strip_chars_start("0").str.len_chars()
+
+
+def _as(column: str, kind: pl.DataType) -> pl.Expr:
+    """A text column as values of ``kind``; null where a cell is not written as one."""
+    col = pl.col(column)
+    if kind == pl.Boolean:
+        return pl.when(col.str.contains(_BOOL_TEXT)).then(col.str.to_lowercase() == "true")
+    if kind == pl.Int64:
+        return pl.when(col.str.contains(_INT_TEXT)).then(col.cast(pl.Int64, strict=False))
+    return pl.when(col.str.contains(_FLOAT_TEXT) & (_digits(col) <= FLOAT_DIGITS)).then(
+        col.cast(pl.Float64, strict=False)
+    )
+
+
+def _kind_name(kind: pl.DataType) -> str:
+    return "a whole number" if kind == pl.Int64 else "a number" if kind == pl.Float64 else "true or false"
+
+
+def typed_view(batch: pl.DataFrame, types: Mapping[str, pl.DataType]) -> tuple[pl.DataFrame, list[str | None] | None]:
+    """``batch`` with the columns of ``types`` as values, and for each row the reason it cannot be
+    sent (a cell that is not of its column's kind: a later row of a number column that holds
+    ``n/a``), or None when every row can."""
+    present = {c: t for c, t in types.items() if c in batch.columns}
+    if not present:
+        return batch, None
+    typed = batch.with_columns(_as(c, t).alias(c) for c, t in present.items())
+    bad = pl.any_horizontal(batch[c].is_not_null() & typed[c].is_null() for c in present)
+    if not batch.select(bad).to_series().any():
+        return typed, None
+    reasons: list[str | None] = [None] * batch.height
+    for i in batch.with_row_index().filter(bad)["index"]:
+        column = next(c for c in present if batch[c][i] is not None and typed[c][i] is None)
+        reasons[i] = (
+            f"column {column!r} holds {batch[column][i]!r}, which is not {_kind_name(present[column])} like the "
+            f"column's first rows, so it cannot be sent as one. Set `input_types: {{{column}: str}}` to send "
+            "every value of the column as text."
+        )
+    return typed, reasons
+
+
+def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """Raise ``InputError`` naming the line and byte when a CSV/TSV file is not UTF-8 (an export in
+    Latin-1 or Windows-1252, often): found before any call, not batches into the run. Reads the
+    file once, a chunk at a time."""
+    if input_format(path) not in ("csv", "tsv"):
+        return
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    try:
+        with path.open("rb") as f:
+            while data := f.read(chunk):
+                try:
+                    decoder.decode(data)
+                except UnicodeDecodeError as exc:
+                    # The decoder may hold up to 3 bytes of a character begun in the previous chunk.
+                    bad = data[max(exc.start, 0) : max(exc.start, 0) + 1] or data[:1]
+                    line += data.count(b"\n", 0, max(exc.start, 0))
+                    raise InputError(
+                        f"input {path} is not UTF-8 text: byte 0x{bad.hex()} on line {line:,} (byte {offset + exc.start:,} "
+                        "of the file) is not UTF-8. It was probably saved as Latin-1 or Windows-1252: save it as UTF-8 "
+                        f"(in Excel: CSV UTF-8), or convert it: iconv -f windows-1252 -t utf-8 {path} > utf8.csv"
+                    ) from None
+                line += data.count(b"\n")
+                offset += len(data)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(
+            f"input {path} is not UTF-8 text: it ends in the middle of a character. Save it as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the input {path}: {exc.strerror or exc}") from None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -183,8 +315,8 @@ def iter_batches(
                 yield batch
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(
-            f"cannot read the input {path}: {_first_line(exc)}. If a column's type was guessed wrong, "
-            "set it with `input_types: {column: str}`."
+            f"cannot read the input {path}: {_first_line(exc)}. If a column named in `input_types` holds "
+            "values of another type, read it as text: `input_types: {column: str}`."
         ) from None
     if not produced:
         yield pl.DataFrame(schema=lf.collect_schema())
@@ -303,18 +435,165 @@ def collect_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def merge_shards(parts: list[Path], output: Path) -> int:
-    """Join the outputs of ``--shard I/N`` runs into one table in input order; returns its rows."""
+    """Join the outputs of ``--shard I/N`` runs into one table in input order; returns its rows.
+
+    Before anything is written it checks that the parts are the N shards of one run, each once
+    (from their names, ``people.shard-I-of-N.parquet``), and that their ``_row`` numbers are the
+    input rows 0 to rows-1, each once; otherwise it raises ``InputError`` and writes nothing.
+    The checks read the ``_row`` column alone.
+    """
     from .config import ROW_COLUMN
 
+    _check_shard_names(parts)
     frames = []
     for part in parts:
         lf = scan_table(part)
         if ROW_COLUMN not in lf.collect_schema():
             raise InputError(f"{part} has no {ROW_COLUMN} column: it is not the output of `enrich run --shard I/N`.")
-        frames.append(lf)
+        # A shard with no rows written as CSV has a String _row: as a number, it sorts as one.
+        frames.append(lf.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64, strict=False)))
+    heights = _check_shard_rows(parts, frames)
+    if any(heights):  # a part without rows adds nothing but its columns' types (all String in a CSV)
+        frames = [lf for lf, height in zip(frames, heights, strict=True) if height]
     merged = pl.concat(frames, how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN).collect(engine="streaming")
     write_table(merged, output)
     return merged.height
+
+
+def _shard_of(part: Path) -> tuple[int, int, str, str]:
+    """``(I, N, stem, suffix)`` from a shard output's name, as ``enrich run --shard I/N`` gives it
+    (``people.shard-0-of-3.parquet``: 0, 3, "people", ".parquet"); ``InputError`` otherwise."""
+    import re
+
+    if not part.is_file():
+        what = "is a directory, not a shard output" if part.is_dir() else "not found"
+        raise InputError(
+            f"shard output {part} {what}: name the files `enrich run --shard I/N` wrote (a shell pattern that "
+            "matches no file is passed on as it is)."
+        )
+    found = re.fullmatch(r"(.+)\.shard-(0|[1-9][0-9]*)-of-([1-9][0-9]*)(\.[^.]*)?", part.name)
+    if found is None:
+        raise InputError(
+            f"{part}: enrich cannot tell which shard this is: its name has no `.shard-I-of-N` before the suffix "
+            f"(as in {part.stem}.shard-0-of-4{part.suffix}). Keep the names `enrich run --shard I/N` gives its "
+            "outputs, and merge those files."
+        )
+    stem, index, count, suffix = found.groups()
+    if int(index) >= int(count):
+        raise InputError(
+            f"{part}: shard {index} of {count} cannot be: shards count from 0 to {int(count) - 1}. "
+            "Keep the names `enrich run --shard I/N` gives its outputs, and merge those files."
+        )
+    return int(index), int(count), stem, suffix or ""
+
+
+def _check_shard_names(parts: list[Path]) -> None:
+    """Every part is one shard of the same N, and every shard 0..N-1 is there exactly once."""
+    shards = [_shard_of(part) for part in parts]
+    first, (_, count, stem, suffix) = parts[0], shards[0]
+    seen: dict[int, Path] = {}
+    for part, (index, n, _, _) in zip(parts, shards, strict=True):
+        if n != count:
+            raise InputError(
+                f"{first} is shard {shards[0][0]} of {count} but {part} is shard {index} of {n}: the parts come from "
+                f"runs split in different ways. Merge the shards of one split, all of them "
+                f"(enrich run CONFIG --shard I/N with the same N each time)."
+            )
+        if index in seen:
+            raise InputError(
+                f"shard {index} of {count} is given twice ({seen[index]} and {part}): its rows would be in the "
+                f"output twice. Give each shard once{f', all {count} of them' if count > 1 else ''}."
+            )
+        seen[index] = part
+    missing = [i for i in range(count) if i not in seen]
+    if not missing:
+        return
+    expected = _listing([str(first.with_name(f"{stem}.shard-{i}-of-{count}{suffix}")) for i in missing], len(missing))
+    if len(missing) == 1:
+        raise InputError(
+            f"shard {missing[0]} of {count} is missing ({expected}): run it (enrich run CONFIG --shard "
+            f"{missing[0]}/{count}), then merge all {count}."
+        )
+    raise InputError(
+        f"shards {_listing(missing, len(missing))} of {count} are missing ({expected}): run them "
+        f"(enrich run CONFIG --shard I/{count} for each), then merge all {count}."
+    )
+
+
+def _listing(items: Sequence[object], total: int, first: int = 5) -> str:
+    """``a, b and c``; of more than ``first`` items (``total`` in all), ``a, b, c, d, e and 7 more``."""
+    shown = [str(item) for item in items[:first]]
+    if total > len(shown):
+        return f"{', '.join(shown)} and {total - len(shown):,} more"
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+
+
+def _n_rows(count: int) -> str:
+    return "1 input row is" if count == 1 else f"{count:,} input rows are"
+
+
+def _check_shard_rows(parts: list[Path], frames: list[pl.LazyFrame]) -> list[int]:
+    """The parts' ``_row`` numbers are 0..rows-1, each once (every input row is in exactly one
+    shard). Reads the ``_row`` column alone; returns each part's row count."""
+    from .config import ROW_COLUMN
+
+    row = pl.col(ROW_COLUMN)
+    rows = pl.concat(
+        [lf.select(row, pl.lit(i, dtype=pl.Int32).alias("part")) for i, lf in enumerate(frames)], how="vertical"
+    )
+    per_part, total = pl.collect_all(
+        [
+            rows.group_by("part").agg(n=pl.len(), bad=(row.is_null() | (row < 0)).sum()),
+            rows.select(n=pl.len(), unique=row.drop_nulls().n_unique(), high=row.max()),
+        ],
+        engine="streaming",
+    )
+    heights, bad = [0] * len(parts), [0] * len(parts)
+    for i, n, b in per_part.iter_rows():
+        heights[i], bad[i] = n, b
+    for part, b in zip(parts, bad, strict=True):
+        if b:
+            raise InputError(
+                f"{part}: {b:,} of its rows have a {ROW_COLUMN} that is not an input row number (empty, negative or "
+                f"not a whole number): it was edited, or is not the output of `enrich run --shard I/N`. Run that "
+                "shard again, then merge."
+            )
+    n, unique, high = total.row(0)
+    if unique < n:
+        first = (
+            rows.group_by(ROW_COLUMN)
+            .agg(pl.col("part"))
+            .filter(pl.col("part").list.len() > 1)
+            .sort(ROW_COLUMN)
+            .head(1)
+            .collect()
+        )
+        number, holders = first.row(0)
+        names = list(dict.fromkeys(str(parts[i]) for i in holders))
+        where = f"is more than once in {names[0]}" if len(names) == 1 else f"is in both {names[0]} and {names[1]}"
+        if len(names) > 2:
+            where = f"is in {_listing(names, len(names), first=len(names))}"
+        raise InputError(
+            f"{ROW_COLUMN} {number} {where}: each input row is in one shard of a run, so a part comes from "
+            "another run (or another input). Run the shards again with one config and input, then merge them."
+        )
+    if n and high != n - 1:  # n distinct numbers from 0 to high > n-1: high + 1 - n are missing
+        gaps = (
+            rows.select(row)
+            .sort(ROW_COLUMN)
+            .with_columns(before=row.shift(1, fill_value=-1))
+            .filter(row - pl.col("before") > 1)
+            .head(5)
+            .collect()
+        )
+        absent = [m for start, before in gaps.iter_rows() for m in range(before + 1, min(start, before + 6))]
+        count = high + 1 - n
+        raise InputError(
+            f"{_n_rows(count)} in no part ({ROW_COLUMN} {_listing(absent, count)}; the parts hold {n:,} rows "
+            f"up to {ROW_COLUMN} {high}), though every shard is given: a part is cut short or comes from "
+            "another run. Run the shards again (their journals keep the calls made), then merge them."
+        )
+    return heights
 
 
 # --- CSV injection guard -------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 A string that is exactly one placeholder takes the cell's typed value (an int stays
 an int, a null stays null); any other string gets the values formatted into it.
+A row may carry, beside a column's typed value, the text it was read as (under
+``text_key(column)``, for a CSV column of numbers): that text is what goes into a
+string, a URL, a header or a query parameter, so ``1.50`` is sent as ``1.50``; only a
+whole JSON value in the body (``compile_template(..., typed=True)``) takes the number.
 A placeholder may name a conversion: ``{{zip|str}}``, ``{{size|int}}``,
 ``{{score|float}}``, ``{{active|bool}}``, ``{{tags|json}}`` (parse a JSON-text cell).
 
@@ -60,6 +64,16 @@ def quote_segment(text: str) -> str:
 def quote_query(text: str) -> str:
     """Percent-encode a query key or value the way yarl does: space as ``+``; ``/ ? : @`` and the like kept."""
     return _QUERY_UNSAFE.sub(_escape_query, text)
+
+
+def text_key(column: str) -> str:
+    """The key under which a row holds ``column``'s text as read, when its value is typed."""
+    return "\x00" + column
+
+
+def _text(column: str) -> Render:
+    key = text_key(column)
+    return lambda row: row[key] if key in row else row.get(column)
 
 
 class TemplateValueError(ValueError):
@@ -128,9 +142,12 @@ class Template:
     source: Any = field(repr=False)  # may hold ${VAR} values
 
 
-def _cell(column: str, conversion: str | None, where: str) -> Render:
+def _cell(column: str, conversion: str | None, where: str, typed: bool = True) -> Render:
+    """The value of ``column`` in a row: typed (``typed``), or as the text it was read as (for a
+    string, a URL, a header); ``|str`` is always the text."""
+    cell = _text(column) if not typed or conversion == "str" else lambda row: row.get(column)
     if conversion is None:
-        return lambda row: row.get(column)
+        return cell
     try:
         convert = CONVERSIONS[conversion]
     except KeyError:
@@ -140,7 +157,7 @@ def _cell(column: str, conversion: str | None, where: str) -> Render:
         ) from None
 
     def render(row: Row) -> Any:
-        value = row.get(column)
+        value = cell(row)
         if value is None:
             return None
         try:
@@ -173,15 +190,15 @@ def _parse(text: str, where: str) -> list[str | tuple[str, str | None]]:
     return parts
 
 
-def _compile_string(text: str, where: str) -> Template:
+def _compile_string(text: str, where: str, typed: bool) -> Template:
     parts = _parse(text, where)
     columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
     if not columns:
         return Template(lambda row: text, columns, text)
     only = parts[0]
     if len(parts) == 1 and isinstance(only, tuple):
-        return Template(_cell(only[0], only[1], where), columns, text)
-    pieces = [p if isinstance(p, str) else _cell(p[0], p[1], where) for p in parts]
+        return Template(_cell(only[0], only[1], where, typed), columns, text)
+    pieces = [p if isinstance(p, str) else _cell(p[0], p[1], where, typed=False) for p in parts]
 
     def render(row: Row) -> str:
         return "".join([p if isinstance(p, str) else format_value(p(row)) for p in pieces])
@@ -189,19 +206,23 @@ def _compile_string(text: str, where: str) -> Template:
     return Template(render, columns, text)
 
 
-def compile_template(value: Any, where: str) -> Template:
-    """Compile a YAML value (mapping, list, string or scalar) into a structural template."""
+def compile_template(value: Any, where: str, typed: bool = True) -> Template:
+    """Compile a YAML value (mapping, list, string or scalar) into a structural template.
+
+    ``typed``: a string that is exactly one placeholder takes the cell's typed value (a JSON
+    body); otherwise the text it was read as (query parameters, headers).
+    """
     if isinstance(value, str):
-        return _compile_string(value, where)
+        return _compile_string(value, where, typed)
     if isinstance(value, Mapping):
-        items = [(str(k), compile_template(v, child_of(where, k))) for k, v in value.items()]
+        items = [(str(k), compile_template(v, child_of(where, k), typed)) for k, v in value.items()]
         columns = frozenset().union(*(t.columns for _, t in items))
         if not columns:
             return Template(lambda row: value, columns, value)
         renders = [(k, t.render) for k, t in items]
         return Template(lambda row: {k: r(row) for k, r in renders}, columns, value)
     if isinstance(value, list):
-        elements = [compile_template(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elements = [compile_template(v, f"{where}[{i}]", typed) for i, v in enumerate(value)]
         columns = frozenset().union(*(t.columns for t in elements))
         if not columns:
             return Template(lambda row: value, columns, value)
@@ -299,7 +320,7 @@ def compile_url(text: str, where: str) -> Template:
             seen_scheme = seen_scheme or "://" in part
             in_query = in_query or "?" in part or "#" in part
             continue
-        cell = _cell(part[0], part[1], where)
+        cell = _cell(part[0], part[1], where, typed=False)
         if not seen_scheme and not pieces:
             pieces.append(_raw(cell))
         elif in_query:

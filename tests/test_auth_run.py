@@ -207,8 +207,10 @@ def test_a_login_that_redirects_is_not_followed_and_the_credentials_go_nowhere_e
 def test_one_forbidden_record_fails_its_row_without_stopping_the_run(
     tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`refresh_on: {statuses: [403]}` with no body pattern: a 403 for one record costs one new
-    login and fails that row; the run goes on (and validate warns about the missing pattern)."""
+    """`refresh_on: {statuses: [403]}` with no body pattern, one call at a time: no later call can
+    show the token is still good, so a 403 for one record costs one new login (the call is sent
+    again with it) and fails that row; the run goes on (and validate warns about the missing
+    pattern). With calls in flight, no login at all: test_run's refused-record test."""
     logins: list[str] = []
 
     async def login(request: web.Request) -> web.Response:

@@ -399,7 +399,7 @@ def test_rows_with_the_same_request_make_one_call_and_all_get_the_answer(
         "/v1/items/c@x.io?domain=x.io": 1,
     }
     out = pl.read_parquet(job.out)
-    assert out["n"].to_list() == list(range(9))
+    assert out["n"].to_list() == [str(i) for i in range(9)]  # a CSV's columns come back as written: text
     assert out["got"].to_list() == table["email"].to_list()
     assert out["dom"].to_list() == table["domain"].to_list()
     assert out["_error"].null_count() == 9
@@ -777,7 +777,7 @@ def test_a_table_larger_than_one_batch_keeps_order_and_settles_types_across_batc
 
     assert api.counts() == {f"/v1/items/{i}": 1 for i in range(20)}
     out = pl.read_parquet(job.out)
-    assert out["row"].to_list() == list(range(rows))
+    assert out["row"].to_list() == [str(i) for i in range(rows)]  # an input column, as written in the CSV
     assert out["kk"].to_list() == k
     assert out.schema["kk"] == pl.Int64
     assert out.schema["v"] == pl.Int64  # null in the whole first batch, an int in the second
@@ -890,6 +890,172 @@ def test_a_shard_index_out_of_range_exits_2(
     assert run_cli(job.argv("--shard", "3/3")) == 2
     assert "expected I/N with 0 <= I < N (shards count from 0), got '3/3'" in capsys.readouterr().err
     assert api.n() == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "in.yaml"]
+
+
+def _part(i: int, n: int = 3) -> str:
+    return f"out/people.shard-{i}-of-{n}.parquet"
+
+
+# The parts of a 9-row input split in 3: each file's input row numbers (`_row`).
+EVERY_SHARD: dict[str, list[int]] = {_part(0): [0, 3, 6], _part(1): [1, 4, 7], _part(2): [2, 5, 8]}
+
+
+@pytest.mark.parametrize(
+    ("files", "given", "error"),
+    [
+        # Every shard, given in any order: the rows come back in input order, exit 0.
+        pytest.param(EVERY_SHARD, [_part(2), _part(0), _part(1)], None, id="every-shard-in-any-order"),
+        # CSV parts, one with no rows (its _row is read as text): still sorted as numbers.
+        pytest.param(
+            {
+                "out/people.shard-0-of-3.csv": [2, 10],
+                "out/people.shard-1-of-3.csv": [0, 1, 3, 4, 5, 6, 7, 8, 9, 11],
+                "out/people.shard-2-of-3.csv": [],
+            },
+            ["out/people.shard-0-of-3.csv", "out/people.shard-1-of-3.csv", "out/people.shard-2-of-3.csv"],
+            None,
+            id="csv-parts-one-empty",
+        ),
+        # The reported bug: shards 0 and 2 of 3 merged into 6 of 9 rows, exit 0.
+        pytest.param(
+            EVERY_SHARD,
+            [_part(0), _part(2)],
+            f"error: shard 1 of 3 is missing ({_part(1)}): run it (enrich run CONFIG --shard 1/3), then merge all 3.",
+            id="a-missing-shard",
+        ),
+        # Two shards missing: both named, with the files expected.
+        pytest.param(
+            EVERY_SHARD,
+            [_part(1)],
+            f"error: shards 0 and 2 of 3 are missing ({_part(0)} and {_part(2)}): run them "
+            "(enrich run CONFIG --shard I/3 for each), then merge all 3.",
+            id="two-missing-shards",
+        ),
+        # The reported bug: shard 0 given twice put its rows in the output twice, exit 0.
+        pytest.param(
+            EVERY_SHARD,
+            [_part(0), _part(0), _part(1), _part(2)],
+            f"error: shard 0 of 3 is given twice ({_part(0)} and {_part(0)}): its rows would be in the output "
+            "twice. Give each shard once, all 3 of them.",
+            id="a-repeated-shard",
+        ),
+        # A part of a run split in 4 among the parts of a run split in 3.
+        pytest.param(
+            {**EVERY_SHARD, _part(1, 4): [1, 5]},
+            [_part(0), _part(1, 4), _part(1), _part(2)],
+            f"error: {_part(0)} is shard 0 of 3 but {_part(1, 4)} is shard 1 of 4: the parts come from runs split "
+            "in different ways. Merge the shards of one split, all of them "
+            "(enrich run CONFIG --shard I/N with the same N each time).",
+            id="different-shard-counts",
+        ),
+        # A renamed part: which shard it is cannot be told, so neither can a missing one.
+        pytest.param(
+            {**EVERY_SHARD, "out/people-1.parquet": [1, 4, 7]},
+            [_part(0), "out/people-1.parquet", _part(2)],
+            "error: out/people-1.parquet: enrich cannot tell which shard this is: its name has no `.shard-I-of-N` "
+            "before the suffix (as in people-1.shard-0-of-4.parquet). Keep the names `enrich run --shard I/N` "
+            "gives its outputs, and merge those files.",
+            id="a-name-without-shard-marker",
+        ),
+        # Shard 1 from another run (another input): it holds row 6, which shard 0 holds too.
+        pytest.param(
+            {**EVERY_SHARD, _part(1): [1, 4, 6]},
+            [_part(0), _part(1), _part(2)],
+            f"error: _row 6 is in both {_part(0)} and {_part(1)}: each input row is in one shard of a run, so a part "
+            "comes from another run (or another input). Run the shards again with one config and input, "
+            "then merge them.",
+            id="a-repeated-row",
+        ),
+        # Shard 1 cut short: row 7 is in no part.
+        pytest.param(
+            {**EVERY_SHARD, _part(1): [1, 4]},
+            [_part(0), _part(1), _part(2)],
+            "error: 1 input row is in no part (_row 7; the parts hold 8 rows up to _row 8), though every shard is "
+            "given: a part is cut short or comes from another run. Run the shards again (their journals keep the "
+            "calls made), then merge them.",
+            id="a-gap-in-rows",
+        ),
+    ],
+)
+def test_merge_takes_every_shard_once_and_every_row_once(
+    files: dict[str, list[int]],
+    given: list[str],
+    error: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for name, rows in files.items():
+        part = pl.DataFrame({"v": [f"row {r}" for r in rows], "_row": pl.Series(rows, dtype=pl.Int64)})
+        if name.endswith(".csv"):
+            part.write_csv(name)
+        else:
+            part.write_parquet(name)
+    output = "out/people" + Path(given[0]).suffix
+
+    code = run_cli(["merge", *given, "--output", output])
+
+    err = capsys.readouterr().err
+    if error is not None:
+        assert (code, err) == (2, error + "\n")
+        assert not (tmp_path / output).exists()
+        return
+    rows = sum(len(files[name]) for name in given)
+    assert (code, err) == (0, f"merged {len(given)} shard outputs, {rows} rows -> {output}\n")
+    merged = pl.read_parquet(output) if output.endswith(".parquet") else pl.read_csv(output)
+    assert merged.columns == ["v"]
+    assert merged["v"].to_list() == [f"row {r}" for r in range(rows)]
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        # All three, shuffled: the merged table is the input, in its order.
+        pytest.param([2, 0, 1], None, id="every-shard"),
+        # Shard 1 left out.
+        pytest.param(
+            [0, 2],
+            "error: shard 1 of 3 is missing (out.shard-1-of-3.csv): run it (enrich run CONFIG --shard 1/3), "
+            "then merge all 3.",
+            id="a-missing-shard",
+        ),
+        # Shard 0 given twice, the third given too.
+        pytest.param(
+            [0, 1, 0, 2],
+            "error: shard 0 of 3 is given twice (out.shard-0-of-3.csv and out.shard-0-of-3.csv): its rows would be "
+            "in the output twice. Give each shard once, all 3 of them.",
+            id="a-repeated-shard",
+        ),
+    ],
+)
+def test_merge_checks_the_outputs_of_real_shard_runs(
+    given: list[int],
+    error: str | None,
+    serve: Serve,
+    demo_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = items_api(serve)
+    table = pl.DataFrame({"n": range(30), "id": [f"s{i % 25:02d}" for i in range(30)]})
+    job = make_job(tmp_path, items_config(api, input=str(tmp_path / "in.csv"), output=str(tmp_path / "out.csv")), table)
+    for i in range(3):
+        assert run_cli(["run", str(job.cfg), "--shard", f"{i}/3", "-q"]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+
+    code = run_cli(["merge", *(f"out.shard-{i}-of-3.csv" for i in given), "--output", "merged.csv"])
+
+    err = capsys.readouterr().err
+    if error is not None:
+        assert (code, err) == (2, error + "\n")
+        assert not (tmp_path / "merged.csv").exists()
+        return
+    assert (code, err) == (0, "merged 3 shard outputs, 30 rows -> merged.csv\n")
+    assert pl.read_csv(tmp_path / "merged.csv")["n"].to_list() == list(range(30))
 
 
 # --- 10. no journal ---------------------------------------------------------------------------------

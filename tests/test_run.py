@@ -12,6 +12,7 @@ import math
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_csv_to_parquet_keeps_every_row_in_order_with_typed_columns(
     )
     assert run_cli(["run", str(cfg)]) == 0
 
-    inp = pl.read_csv(PEOPLE, infer_schema_length=None)
+    inp = pl.read_csv(PEOPLE, infer_schema=False)  # the input columns, exactly as written: text
     out = pl.read_parquet(tmp_path / "people.parquet")
     check_demo_output(out, inp)
     assert out.schema["company_size"] == pl.Int64
@@ -468,6 +469,78 @@ def test_invalidated_tokens_are_refreshed_once_under_concurrency(
     table = summary_table(capsys.readouterr().err, out_path)
     assert table["rows"] == f"{rows} ok, 0 failed, 0 skipped"
     assert table["auth"] == "2 logins, 1 token refresh"
+
+
+def revoking_api(serve: Serve, uses: int, refuse: frozenset[int] = frozenset()) -> tuple[RunningServer, dict]:
+    """Each token is revoked once ``uses`` calls got through with it (token rotation); the ids in
+    ``refuse`` are answered 403 whatever the token (records this account may not read)."""
+    state: dict[str, Any] = {"logins": 0, "used": Counter(), "revoked_401": 0, "refused_403": 0}
+
+    async def login(request: web.Request) -> web.Response:
+        state["logins"] += 1
+        return web.json_response({"access_token": f"t{state['logins']}.{secrets.token_hex(8)}"})
+
+    async def item(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        await asyncio.sleep(0.002)  # keep many calls in flight at once
+        if state["used"][token] >= uses:
+            state["revoked_401"] += 1
+            return web.json_response({"error": "token revoked"}, status=401)
+        item_id = int(request.match_info["id"])
+        if item_id in refuse:
+            state["refused_403"] += 1
+            return web.json_response({"error": "not allowed to read this record"}, status=403)
+        state["used"][token] += 1
+        return web.json_response({"id": item_id})
+
+    app = web.Application()
+    app.router.add_post("/auth/token", login)
+    app.router.add_get("/v1/items/{id}", item)
+    return serve(app), state
+
+
+@pytest.mark.parametrize(
+    ("uses", "concurrency", "rows"),
+    [
+        pytest.param(30, 8, 600, id="revoked after 30 uses, 8 in flight"),
+        pytest.param(10, 16, 1500, id="revoked after 10 uses, 16 in flight: more in flight than uses"),
+    ],
+)
+def test_a_rotated_token_costs_no_row(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str], uses: int, concurrency: int, rows: int
+) -> None:
+    # A token other calls got through with, then rejected, was rotated: a new one is fetched (once,
+    # whatever the number of workers that saw the 401) and the call sent again, however often.
+    server, state = revoking_api(serve, uses)
+    out_path = run_enrich(tmp_path, auth_config(server, concurrency=concurrency), pl.DataFrame({"id": range(rows)}))
+    out = pl.read_csv(out_path)
+    assert out["_error"].drop_nulls().to_list() == []
+    assert out["got"].to_list() == list(range(rows))
+    assert state["revoked_401"] > 0  # the rotations did happen under the run
+    # One login per token's worth of calls (each token serves `uses` rows), not one per 401.
+    assert rows // uses <= state["logins"] <= rows // uses + 1
+    assert summary_table(capsys.readouterr().err, out_path)["rows"] == f"{rows} ok, 0 failed, 0 skipped"
+
+
+def test_a_record_refused_with_a_good_token_fails_its_row_and_costs_no_login(
+    serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `refresh_on: {statuses: [403]}` counts a 403 as a rejected token; when calls sent after it get
+    # through with the same token, the record was refused, not the token: the row fails, no login.
+    refused = frozenset(range(5, 200, 20))
+    server, state = revoking_api(serve, uses=10**6, refuse=refused)
+    config = auth_config(server, concurrency=8)
+    config["auth"]["refresh_on"] = {"statuses": [403]}
+    out_path = run_enrich(tmp_path, config, pl.DataFrame({"id": range(200)}))
+    out = pl.read_csv(out_path)
+    failed = out.filter(pl.col("_error").is_not_null())
+    assert failed["id"].to_list() == sorted(refused)
+    assert failed["_http_status"].to_list() == [403] * len(refused)
+    assert all(e.startswith("HTTP 403 Forbidden: ") for e in failed["_error"])
+    assert state["logins"] == 1
+    warning, _, rest = capsys.readouterr().err.partition("\n")
+    assert "refresh_on lists HTTP 403 with no `body` pattern" in warning
+    assert summary_table(rest, out_path)["auth"] == "1 login, 0 token refreshes"
 
 
 def test_failed_relogin_aborts_the_run_and_writes_nothing(
