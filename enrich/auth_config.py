@@ -23,12 +23,11 @@ from typing import Any
 from .checks import _ENV, _HEADER_NAME, _check_keys, _check_url, _Locator, _method, _number, _path, _str, _string_map
 from .errors import ConfigError
 from .extract import compile_path
-from .redact import Redactor
+from .redact import Redactor, secret_position
 
 AUTH_TYPES = ("login", "bearer", "header", "basic", "oauth2_client_credentials", "jwt_signed")
 SIGNING_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256")
 STATIC_AUTH_TYPES = frozenset({"bearer", "header", "basic"})  # a fixed secret: nothing to fetch, nothing to refresh
-_SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|signature", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +264,8 @@ def _login_auth(auth: dict[str, Any], where: _Locator, redactor: Redactor, refre
                 f"{where('auth', 'body')} is a string but not valid JSON; write it as a YAML mapping."
             ) from None
     headers = {k: str(v) for k, v in _string_map(auth.get("headers"), where("auth", "headers")).items()}
-    _register_secrets(body, redactor)
-    _register_secrets(headers, redactor)
+    _register_secrets(body, redactor, ("auth", "body"))
+    _register_secrets(headers, redactor, ("auth", "headers"))
     as_cookie = token_cookie is not None and "header" not in auth
     if as_cookie and "token_type" in auth:
         raise ConfigError(
@@ -499,11 +498,8 @@ def _secret(
     empty_ok: bool = False,
     secret: bool = True,
 ) -> str:
-    """A credential: present, text, no line breaks; registered with the redactor unless it is a name.
-
-    A user name or client id written in the file is no secret, and masking it would mask it in
-    the API's answers too; from ``${VAR}`` it is masked like every other variable.
-    """
+    """A credential: present, text, no line breaks; registered with the redactor unless it is a name
+    (a user name or client id is no secret: see redact.py for which values are)."""
     if key not in auth or auth[key] is None:
         raise ConfigError(f"{where('auth')}: `auth.{key}` is missing. Add it, e.g. `{example}`.")
     value = auth[key]
@@ -640,12 +636,13 @@ def _refresh_on(value: Any, where: _Locator) -> RefreshOn:
     return RefreshOn(frozenset(statuses), pattern)
 
 
-def _register_secrets(value: Any, redactor: Redactor, key: str = "") -> None:
+def _register_secrets(value: Any, redactor: Redactor, path: tuple[str, ...]) -> None:
+    """Register the values at credential places of the login request (redact.py says which)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            _register_secrets(v, redactor, str(k))
+            _register_secrets(v, redactor, (*path, str(k)))
     elif isinstance(value, list):
-        for v in value:
-            _register_secrets(v, redactor, key)
-    elif isinstance(value, str) and _SECRET_KEY.search(key):
+        for i, v in enumerate(value):
+            _register_secrets(v, redactor, (*path, str(i)))
+    elif isinstance(value, str) and secret_position(path):
         redactor.add(value)

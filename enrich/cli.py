@@ -406,10 +406,9 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
 
 
 def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
-    from .client import shown, to_curl
+    from .client import to_curl
     from .preflight import preflight
 
-    redact = config.redactor.redact
     pf = preflight(config, job, options, rows)
     out: list[str] = []
     for sample in pf.samples:
@@ -418,7 +417,8 @@ def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
             continue
         note = ": answered by the journal, no call" if sample.in_journal else ""
         out.append(f"# row {sample.row}{note}")
-        out.append(to_curl(shown(sample.request, config.auth), None, redact))
+        # As the request will be sent, the row's values untouched; each secret is `***` where it was put.
+        out.append(to_curl(sample.request))
     if not pf.samples:
         out.append("# no row would be called")
     if pf.seconds is not None:
@@ -438,7 +438,7 @@ def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
         f"  calls to make        {pf.to_call}",
         f"  time                 {timing}",
     ]
-    print(redact("\n".join(out)))
+    print("\n".join(out))
     return EXIT_OK
 
 
@@ -477,7 +477,7 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
     if config.skip_if_filled:
         lines.append(f"  skip       rows whose {', '.join(config.skip_if_filled)} already hold values")
     req = config.request
-    lines.append(f"  request    {req.method} {req.url.source}")
+    lines.append(f"  request    {req.method} {req.url_text}")
     if config.auth:
         lines.append(f"  auth       {config.auth.describe()}")
     else:

@@ -21,11 +21,12 @@ import os
 import random
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from .auth_config import (
@@ -42,8 +43,8 @@ from .auth_config import (
 from .checks import _ENV, _HEADER_NAME, METHODS, _check_keys, _check_url, _Locator, _method, _number, _path, _string_map
 from .errors import ConfigError
 from .extract import FieldPath, compile_fields
-from .redact import Redactor
-from .template import Template, compile_json_text, compile_template, compile_url
+from .redact import MASK, FingerprintMask, Redactor, secret_name, secret_position
+from .template import Template, compile_json_text, compile_template, compile_url, json_body
 
 # The auth config's public names and METHODS are re-exported: callers import every config name from here.
 __all__ = [
@@ -144,6 +145,15 @@ class RequestConfig:
     follow_redirects: bool = True  # within the API's origin only; false: a 3xx ends the row
     idempotency_key: Template | None = None  # sent as `idempotency_header`; makes POST/PATCH safe to retry
     idempotency_header: str = "Idempotency-Key"
+    # The same request with each secret it holds replaced by `***` (redact.py says which): what a
+    # dry run, preview and the errors file show. None: the request holds no secret.
+    shown: RequestConfig | None = field(default=None, repr=False, compare=False)
+    url_text: str = ""  # the URL as written, ${VAR}s put in (secrets as ***), for `validate`
+
+    @property
+    def for_display(self) -> RequestConfig:
+        """The request to render for showing it: secrets masked where they were put."""
+        return self.shown or self
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +255,8 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)  # found at load time; the CLI shows them
     source: str = "<config>"
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+    # What a request's journal fingerprint leaves out: the ${VAR} values its templates hold.
+    fingerprint_mask: FingerprintMask = field(default_factory=lambda: FingerprintMask((), ()), compare=False)
     # Where each template came from, for errors found once the input is known.
     template_sites: tuple[tuple[str, Template], ...] = field(default=(), repr=False, compare=False)
 
@@ -442,28 +454,55 @@ def _expanded_size(root: yaml.Node) -> int:
     return size(root)
 
 
-def _expand_env(value: Any, where: Any, path: tuple[str, ...], redactor: Redactor, env: Mapping[str, str]) -> Any:
-    if isinstance(value, str):
+class _Env:
+    """``${VAR}`` lookups for one config, and which of their values are secrets (``redact.py``
+    says which: by the variable's name, by the place it is used, or listed in ``secrets``).
+    Each secret is registered with the redactor as it is found."""
 
-        def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            found = env.get(name)
+    def __init__(self, env: Mapping[str, str], where: _Locator, listed: frozenset[str], redactor: Redactor) -> None:
+        self.env, self.where, self.listed, self.redactor = env, where, listed, redactor
+        self.found: dict[str, str] = {}  # every variable the config uses that the environment sets
+
+    def lookup(self, match: re.Match[str], path: tuple[str, ...]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = self.env.get(name)
+        if found is None:
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{self.where(*path)} uses ${{{name}}}, but the environment variable {name} is not set. "
+                f"Set it (export {name}=...) or give a default with ${{{name}:-value}}."
+            )
+        self.found[name] = found
+        if name in self.listed or secret_name(name) or secret_position(path):
+            self.redactor.add(found)
+        return found
+
+    def expand(self, value: Any, path: tuple[str, ...] = ()) -> Any:
+        """``value`` (a string, or a mapping or list of them) with every ``${VAR}`` put in."""
+        if isinstance(value, str):
+            return _ENV.sub(lambda m: self.lookup(m, path), value)
+        if isinstance(value, dict):
+            return {k: self.expand(v, (*path, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(v, (*path, str(i))) for i, v in enumerate(value)]
+        return value
+
+    def literal(self, text: str) -> str:
+        """A template's literal text with its variables put in (they were looked up by ``expand``)."""
+        return _ENV.sub(lambda m: self.env.get(m.group(1), m.group(2) or ""), text)
+
+    def shown(self, text: str) -> str:
+        """The same, with each secret variable as ``***``."""
+
+        def value(m: re.Match[str]) -> str:
+            found = self.env.get(m.group(1))
             if found is None:
-                if default is not None:
-                    return default
-                raise ConfigError(
-                    f"{where(*path)} uses ${{{name}}}, but the environment variable {name} is not set. "
-                    f"Set it (export {name}=...) or give a default with ${{{name}:-value}}."
-                )
-            redactor.add(found)
-            return found
+                return m.group(2) or ""
+            secret = m.group(1) in self.listed or secret_name(m.group(1)) or found in self.redactor
+            return MASK if secret else found
 
-        return _ENV.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v, where, (*path, str(k)), redactor, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, where, (*path, str(i)), redactor, env) for i, v in enumerate(value)]
-    return value
+        return _ENV.sub(value, text)
 
 
 RATE_KEYS = ("rate", "burst", "shared", "key")
@@ -526,13 +565,184 @@ def parse_duration(text: str) -> float:
     return float(match.group("n")) * _DURATION_SECONDS[match.group("unit").lower()]
 
 
-def _body(value: Any, loc: str) -> Template | None:
+_TEMPLATE_KEYS = ("url", "params", "headers", "body", "idempotency_key")
+
+
+def _request(
+    raw: dict[str, Any], where: _Locator, vars_: _Env, redactor: Redactor
+) -> tuple[RequestConfig, list[tuple[str, Template]], FingerprintMask]:
+    """``request:`` -> the request to send, its twin to show (each secret as ``***``), where each
+    template came from, and what the journal's fingerprint leaves out."""
+    if not raw.get("url"):
+        raise ConfigError(f"{where('request')}: `request.url` is missing; it is the endpoint each row calls.")
+    settings = vars_.expand({k: v for k, v in raw.items() if k not in _TEMPLATE_KEYS}, ("request",))
+    templates = {k: raw[k] for k in _TEMPLATE_KEYS if raw.get(k) is not None}
+    # Every variable looked up once here (an unset one named with its place), and the secrets
+    # among them registered; what they expand to is what the fingerprint's mask is made of.
+    expanded = vars_.expand(templates, ("request",))
+    for name in ("params", "headers"):
+        _string_map(templates.get(name), where("request", name))
+
+    def parsed(literal: Callable[[str], str]) -> dict[str, Any]:  # a JSON-text body as its structure
+        body = templates.get("body")
+        return (
+            {**templates, "body": json_body(body, where("request", "body"), literal)}
+            if isinstance(body, str)
+            else templates
+        )
+
+    sent_templates = parsed(vars_.literal)
+    _register_fixed_secrets(sent_templates, redactor, vars_.literal)
+    shown = _masked(parsed(vars_.shown))
+    sent, sites = _compile_request(sent_templates, settings, where, vars_.literal)
+    display, _ = _compile_request(shown, settings, where, vars_.shown)
+    _check_url(
+        sent.url.render({c: "x" for c in sent.url.columns}),
+        where("request", "url"),
+        allow_template_base=bool(sent.url.columns),
+    )
+    mask = FingerprintMask([*vars_.found.values(), *redactor.secrets], [orjson.dumps(expanded, default=str).decode()])
+    has_secret = shown != sent_templates or any(vars_.shown(t) != vars_.literal(t) for t in _strings(sent_templates))
+    url_text = vars_.shown(str(shown["url"]))
+    return replace(sent, shown=display if has_secret else None, url_text=url_text), sites, mask
+
+
+def _compile_request(
+    templates: Mapping[str, Any], settings: Mapping[str, Any], where: _Locator, literal: Callable[[str], str]
+) -> tuple[RequestConfig, list[tuple[str, Template]]]:
+    sites: list[tuple[str, Template]] = []
+    url = compile_url(str(templates["url"]), where("request", "url"), literal)
+    sites.append((where("request", "url"), url))
+    compiled: dict[str, Template | None] = {}
+    for key in ("params", "headers"):
+        mapping = _string_map(templates.get(key), where("request", key))
+        compiled[key] = (
+            compile_template(mapping, where("request", key), typed=False, literal=literal) if mapping else None
+        )
+    body = _body(templates.get("body"), where("request", "body"), literal)
+    for key, tmpl in (("params", compiled["params"]), ("headers", compiled["headers"]), ("body", body)):
+        if tmpl is not None:
+            sites.append((where("request", key), tmpl))
+    remove_nulls = settings.get("remove_nulls", False)
+    if not isinstance(remove_nulls, bool):
+        raise ConfigError(f"{where('request', 'remove_nulls')} must be true or false, got {remove_nulls!r}.")
+    idempotency_key = _idempotency_key(templates.get("idempotency_key"), where("request", "idempotency_key"), literal)
+    if idempotency_key is not None:
+        sites.append((where("request", "idempotency_key"), idempotency_key))
+    request = RequestConfig(
+        method=_method(settings.get("method"), where("request", "method"), "GET"),
+        url=url,
+        params=compiled["params"],
+        headers=compiled["headers"],
+        body=body,
+        remove_nulls=remove_nulls,
+        follow_redirects=_bool(settings.get("follow_redirects", True), where("request", "follow_redirects")),
+        idempotency_key=idempotency_key,
+        idempotency_header=_idempotency_header(
+            settings.get("idempotency_header", "Idempotency-Key"), where("request", "idempotency_header")
+        ),
+    )
+    return request, sites
+
+
+# A query parameter of a URL template: `name=value`, up to the next & or #.
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&](?P<name>[^=&#]*)=)(?P<value>[^&#]*)")
+
+
+def _masked(templates: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's templates with every fixed value in a credential's place (a header, query
+    parameter or body key named like one) as ``***``; in a value that holds ``${VAR}``s or a
+    ``{{column}}`` (the row's data), only the variables are masked."""
+
+    def value(v: Any) -> Any:
+        if isinstance(v, str):  # `Bearer ${TOKEN}` -> `Bearer ***`; a fixed key -> `***`
+            return _ENV.sub(MASK, v) if "{{" in v or _ENV.search(v) else MASK
+        if isinstance(v, dict):
+            return {k: value(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [value(x) for x in v]
+        return v
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: value(x) if secret_name(str(k)) else walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    out = {k: walk(v) if k in ("params", "headers", "body") else v for k, v in templates.items()}
+    out["url"] = _QUERY_PARAM.sub(
+        lambda m: m.group("lead") + (value(m.group("value")) if secret_name(m.group("name")) else m.group("value")),
+        str(templates["url"]),
+    )
+    return out
+
+
+def _register_fixed_secrets(templates: Mapping[str, Any], redactor: Redactor, literal: Callable[[str], str]) -> None:
+    """Register the fixed values (no ``{{column}}``) in a credential's place of the request; a
+    ``${VAR}`` there was registered when it was looked up, but in the URL's query."""
+    shown = _masked(templates)
+
+    def pairs(a: Any, b: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                yield from pairs(a[k], b.get(k))
+        elif isinstance(a, list) and isinstance(b, list):
+            for x, y in zip(a, b, strict=False):
+                yield from pairs(x, y)
+        elif isinstance(a, str) and b == MASK and "${" not in a:
+            yield a, b
+
+    for original, _ in pairs(dict(templates), shown):
+        redactor.add(original)
+    for m in _QUERY_PARAM.finditer(str(templates["url"])):
+        if secret_name(m.group("name")) and "{{" not in m.group("value"):
+            redactor.add(literal(m.group("value")))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
+    """``secrets: [VAR, ...]``: the ``${VAR}``s to treat as secrets besides those redact.py names;
+    each must be a variable the config uses."""
+    value = data.get("secrets")
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in value
+    ):
+        raise ConfigError(
+            f"{where('secrets')} must be a list of environment variable names, e.g. [API_USER], got {value!r}."
+        )
+    used = {
+        m.group(1) for text in _strings({k: v for k, v in data.items() if k != "secrets"}) for m in _ENV.finditer(text)
+    }
+    for name in value:
+        if name not in used:
+            close = difflib.get_close_matches(name, sorted(used), n=1)
+            fix = f" Did you mean {close[0]}?" if close else f" The config uses: {', '.join(sorted(used)) or 'none'}."
+            raise ConfigError(f"{where('secrets')} lists {name}, which no ${{...}} in the config uses.{fix}")
+    return frozenset(value)
+
+
+def _body(value: Any, loc: str, literal: Callable[[str], str]) -> Template | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return compile_json_text(value, loc)
+        return compile_json_text(value, loc, literal)
     if isinstance(value, (dict, list)):
-        return compile_template(value, loc)
+        return compile_template(value, loc, literal=literal)
     raise ConfigError(f"{loc} must be a mapping (YAML) or a JSON string, got {value!r}.")
 
 
@@ -557,6 +767,7 @@ TOP_KEYS = (
     "escape_formulas",
     "tls",
     "max_response_bytes",
+    "secrets",
 )
 REQUEST_KEYS = (
     "method",
@@ -604,52 +815,19 @@ def config_from_dict(
 
 
 def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env: Mapping[str, str] | None) -> Config:
+    data = dict(_check_keys(dict(data), TOP_KEYS, where, ()))
     raw_auth = data.get("auth")  # before ${VAR} expansion: auth errors name the variable to check
-    data = _expand_env(
-        dict(_check_keys(dict(data), TOP_KEYS, where, ())), where, (), redactor, env if env is not None else os.environ
-    )
-    sites: list[tuple[str, Template]] = []
-
-    # request
     if "request" not in data:
         raise ConfigError(
             f"{where.source}: `request` is missing. Add at least `request: {{url: https://api.example.com/v1/{{{{id}}}}}}`."
         )
-    req = _check_keys(data["request"], REQUEST_KEYS, where, ("request",))
-    if not req.get("url"):
-        raise ConfigError(f"{where('request')}: `request.url` is missing; it is the endpoint each row calls.")
-    url = compile_url(str(req["url"]), where("request", "url"))
-    _check_url(
-        url.render({c: "x" for c in url.columns}), where("request", "url"), allow_template_base=bool(url.columns)
-    )
-    sites.append((where("request", "url"), url))
-    templates: dict[str, Template | None] = {}
-    for key in ("params", "headers"):
-        mapping = _string_map(req.get(key), where("request", key))
-        templates[key] = compile_template(mapping, where("request", key), typed=False) if mapping else None
-    body = _body(req.get("body"), where("request", "body"))
-    for key, tmpl in (("params", templates["params"]), ("headers", templates["headers"]), ("body", body)):
-        if tmpl is not None:
-            sites.append((where("request", key), tmpl))
-    remove_nulls = req.get("remove_nulls", False)
-    if not isinstance(remove_nulls, bool):
-        raise ConfigError(f"{where('request', 'remove_nulls')} must be true or false, got {remove_nulls!r}.")
-    idempotency_key = _idempotency_key(req.get("idempotency_key"), where("request", "idempotency_key"))
-    if idempotency_key is not None:
-        sites.append((where("request", "idempotency_key"), idempotency_key))
-    request = RequestConfig(
-        method=_method(req.get("method"), where("request", "method"), "GET"),
-        url=url,
-        params=templates["params"],
-        headers=templates["headers"],
-        body=body,
-        remove_nulls=remove_nulls,
-        follow_redirects=_bool(req.get("follow_redirects", True), where("request", "follow_redirects")),
-        idempotency_key=idempotency_key,
-        idempotency_header=_idempotency_header(
-            req.get("idempotency_header", "Idempotency-Key"), where("request", "idempotency_header")
-        ),
-    )
+    vars_ = _Env(env if env is not None else os.environ, where, _secrets(data, where), redactor)
+    # Everything but the request's templates gets its ${VAR}s now; the templates get them as values
+    # when they are compiled (a value holding `{{id}}` is sent as it is, never rendered).
+    raw_request = _check_keys(data.pop("request"), REQUEST_KEYS, where, ("request",))
+    data = vars_.expand(data)
+    request, sites, fingerprint_mask = _request(raw_request, where, vars_, redactor)
+    url = request.url
 
     auth = _auth(data.get("auth"), where, redactor, raw_auth)
     fields_ = compile_fields(data["fields"], where("fields")) if data.get("fields") is not None else None
@@ -708,6 +886,7 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         warnings=tuple(warnings),
         source=where.source,
         redactor=redactor,
+        fingerprint_mask=fingerprint_mask,
         template_sites=tuple(sites),
     )
 
@@ -739,7 +918,7 @@ def _idempotency_header(value: Any, loc: str) -> str:
     return value
 
 
-def _idempotency_key(value: Any, loc: str) -> Template | None:
+def _idempotency_key(value: Any, loc: str, literal: Callable[[str], str]) -> Template | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
@@ -747,7 +926,7 @@ def _idempotency_key(value: Any, loc: str) -> Template | None:
             f'{loc} must be a template that gives each row its own key, e.g. "{{{{id}}}}" or "order-{{{{order_id}}}}", '
             f"got {value!r}."
         )
-    return compile_template(value, loc, typed=False)
+    return compile_template(value, loc, typed=False, literal=literal)
 
 
 def _tls(value: Any, where: _Locator) -> TLSConfig:

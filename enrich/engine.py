@@ -191,12 +191,21 @@ def _plan(config: Config, row: dict[str, Any], masked: Callable[[str], str]) -> 
 SKIPPED = Planned(None, None, None)  # left out by `when` or `skip_if_filled`: no call, no error
 
 
-def _request_secrets(config: Config) -> Callable[[str], str]:
-    """Masks the secrets the request templates hold (an API key in the URL): fingerprints stay the
-    same when such a key is rotated. Tokens never reach a prepared request."""
-    parts = (config.request.url, config.request.params, config.request.headers, config.request.body)
-    sources = [orjson.dumps(t.source, default=str).decode() for t in parts if t is not None]
-    return config.redactor.only_in(sources).redact
+def _template_rows(
+    batch: pl.DataFrame, config: Config, types: Mapping[str, pl.DataType] | None
+) -> tuple[pl.DataFrame, list[dict[str, Any]], list[str | None] | None]:
+    """A batch as the templates see it: the batch with text columns typed by ``types``, each row's
+    template columns (their values, and the text they were read as), and per row the reason a
+    cell cannot be sent (None when every row can)."""
+    typed, reasons = typed_view(batch, types) if types else (batch, None)
+    used = sorted(config.columns_used)
+    if not used:
+        return typed, [{}] * batch.height, reasons
+    frame = typed.select(used)
+    texts = [c for c in used if types and c in types]
+    if texts:  # the text as read goes into strings, URLs, headers; the value into a JSON body
+        frame = frame.hstack(batch.select(pl.col(c).alias(text_key(c)) for c in texts))
+    return typed, frame.rows(named=True), reasons
 
 
 def _plan_batch(
@@ -209,17 +218,8 @@ def _plan_batch(
     """Render a batch (whose first row is input row ``offset``). Returns the plans of the rows this
     run takes, and with a shard the mask of those rows. ``types`` (``tables.value_types``): the
     text columns whose values are numbers or booleans, as the templates and `when` see them."""
-    typed, reasons = typed_view(batch, types) if types else (batch, None)
-    used = sorted(config.columns_used)
-    if used:
-        frame = typed.select(used)
-        texts = [c for c in used if types and c in types]
-        if texts:  # the text as read goes into strings, URLs, headers; the value into a JSON body
-            frame = frame.hstack(batch.select(pl.col(c).alias(text_key(c)) for c in texts))
-        rows = frame.rows(named=True)
-    else:
-        rows = [{}] * batch.height
-    masked = _request_secrets(config)
+    typed, rows, reasons = _template_rows(batch, config, types)
+    masked = config.fingerprint_mask.apply if config.fingerprint_mask else str
     if config.selects_rows:
         calls = typed.select(config.call_mask().alias("call")).to_series().to_list()
         plans = [_plan(config, row, masked) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
@@ -239,6 +239,16 @@ def _plan_batch(
         keys = [int.from_bytes(p.fp[:8], "big") if p.fp is not None else offset + n for n, p in enumerate(plans)]
     keep = [k % count == index for k in keys]
     return [p for p, k in zip(plans, keep, strict=True) if k], keep
+
+
+def shown_request(config: Config, row: dict[str, Any]) -> PreparedRequest | None:
+    """Row ``row``'s request as a dry run or the errors file shows it: each secret as ``***``
+    where it was put (the auth header or parameter too), the row's values as they are. None
+    when the row has no request."""
+    try:
+        return shown(prepare(config.request.for_display, row), config.auth)
+    except (TemplateValueError, ValueError):
+        return None
 
 
 class PlanSpool:
@@ -489,13 +499,10 @@ def fields_key(config: Config) -> str | None:
 
 
 def _entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
-    """The journal's record of a call. A body that echoes a secret (a token, a `${VAR}` value) is
-    stored, and its fields extracted, with the secret masked: the journal never holds one."""
+    """The journal's record of a call: the body exactly as the API sent it (an API that echoes a
+    token or a key has that in its answer, and the answer is the user's data), its fields
+    extracted. What enrich says about it (the error) is masked where it is made."""
     body, doc = outcome.body, outcome.doc
-    if body is not None and doc is not None and config.redactor.redact_bytes(body) is not body:
-        # Masked in the parsed document's strings, so the body stays JSON whatever a secret looks like.
-        doc = config.redactor.redact_json(doc)
-        body = orjson.dumps(doc)
     extracted = None
     if key is not None and doc is not None and config.fields:
         try:
@@ -609,7 +616,7 @@ def build_pass(
             results = [values(p, entries.get(p.fp) if p.fp is not None else None) for p in plans]
             skipped = [p.fp is None and p.error is None for p in plans] if config.selects_rows else None
             frame = assemble(kept, config, results, skipped)
-            failed = _failed_rows(kept, config, results, numbers) if with_failed else None
+            failed = _failed_rows(kept, config, results, numbers, types) if with_failed else None
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
             yield Built(frame, failed)
@@ -618,28 +625,31 @@ def build_pass(
 
 
 def _failed_rows(
-    batch: pl.DataFrame, config: Config, results: list[tuple[Any, ...]], numbers: list[int]
+    batch: pl.DataFrame,
+    config: Config,
+    results: list[tuple[Any, ...]],
+    numbers: list[int],
+    types: Mapping[str, pl.DataType] | None = None,
 ) -> pl.DataFrame:
-    """The failed rows of a batch, for ``--errors-out``: row number, the columns the request reads,
-    the request as sent (secrets and the token masked), status, error and attempts."""
+    """The failed rows of a batch, for ``--errors-out``: row number, the columns the request reads
+    (as read), the request as sent (each secret and the token as ``***``, where they were put),
+    status, error and attempts."""
     failed = [i for i, r in enumerate(results) if r[-3] is not None]
     used = sorted(config.columns_used)
-    rows = batch[failed].select(used).rows(named=True) if failed else []
-    redact = config.redactor.redact
+    part = batch[failed] if failed else batch.clear()
+    _, rows, _ = _template_rows(part, config, types)
     requests: list[tuple[str | None, str | None, str | None, str | None]] = []
     for row in rows:
-        try:
-            req = shown(prepare(config.request, row), config.auth)
-        except (TemplateValueError, ValueError):
+        req = shown_request(config, row)
+        if req is None:
             requests.append((None, None, None, None))
             continue
-        sent = orjson.dumps(req.headers).decode()
         text = req.body.decode("utf-8", "replace") if req.body else None
-        requests.append((req.method, redact(str(req.url)), redact(sent), redact(text) if text else None))
+        requests.append((req.method, str(req.url), orjson.dumps(req.headers).decode(), text))
     return pl.DataFrame(
         [
             pl.Series(ROW_COLUMN, [numbers[i] for i in failed], dtype=pl.Int64),
-            *(pl.Series(c, [r[c] for r in rows], dtype=batch.schema[c]) for c in used),
+            *(part[c] for c in used),
             *(pl.Series(name, [r[i] for r in requests], dtype=pl.String) for i, name in enumerate(REQUEST_COLUMNS)),
             pl.Series(STATUS_COLUMN, [results[i][-4] for i in failed], dtype=pl.Int64),
             pl.Series(ERROR_COLUMN, [results[i][-3] for i in failed], dtype=pl.String),

@@ -20,12 +20,24 @@ import polars as pl
 
 from .client import Outcome, PreparedRequest
 from .config import Config
-from .engine import SKIPPED, Job, Planned, RunOptions, _client, _plan_batch, _reusable, open_journal
+from .engine import (
+    SKIPPED,
+    Job,
+    Planned,
+    RunOptions,
+    _client,
+    _plan_batch,
+    _reusable,
+    _template_rows,
+    open_journal,
+    shown_request,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One of the first rows a run would call: its input row number and request, or its row error."""
+    """One of the first rows a run would call: its input row number and request as shown (each
+    secret as ``***`` where it was put, the auth header too), or its row error."""
 
     row: int
     request: PreparedRequest | None
@@ -72,6 +84,8 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     with contextlib.closing(open_journal(job.journal, readonly=True)) as journal:
         for batch in iter_batches(lf, job.input, options.limit):
             plans, keep = _plan_batch(batch, config, options, offset, job.value_types)
+            first = offset
+            shown_rows = _template_rows(batch, config, job.value_types)[1] if len(samples) < show else []
             numbers = range(offset, offset + batch.height)
             offset += batch.height
             kept = batch if keep is None else batch.filter(pl.Series(keep, dtype=pl.Boolean))
@@ -98,7 +112,8 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
                 if len(samples) < show:
                     entry = known.get(plan.fp) if plan.fp is not None else None
                     reused = entry is not None and _reusable(entry, options, now)
-                    samples.append(Sample(number, plan.request, plan.error, reused))
+                    request = shown_request(config, shown_rows[number - first]) if plan.request is not None else None
+                    samples.append(Sample(number, request, plan.error, reused))
     return Preflight(
         samples=samples,
         rows=rows,
@@ -114,7 +129,8 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
 
 @dataclass(frozen=True, slots=True)
 class Previewed:
-    """One row called by ``enrich preview``: the request, what came back and the columns it gives."""
+    """One row called by ``enrich preview``: the request (as shown: secrets as ``***``), what came
+    back and the columns it gives."""
 
     row: int
     request: PreparedRequest | None
@@ -129,32 +145,34 @@ async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Prev
 
     lf = scan_table(input_path, config.input_types)
     types = value_types(lf, config.columns_read, config.input_types)
-    picked: list[tuple[int, Planned]] = []
+    picked: list[tuple[int, Planned, PreparedRequest | None]] = []
     offset = 0
     for batch in iter_batches(lf, input_path, None):
         plans, _ = _plan_batch(batch, config, RunOptions(), types=types)
+        template_rows = _template_rows(batch, config, types)[1]
         for i, plan in enumerate(plans):
             if plan != SKIPPED and len(picked) < rows:
-                picked.append((offset + i, plan))
+                shown = shown_request(config, template_rows[i]) if plan.request is not None else None
+                picked.append((offset + i, plan, shown))
         offset += batch.height
         if len(picked) >= rows:
             break
     out: list[Previewed] = []
     names = config.field_columns
     async with _client(config) as client:
-        if client.tokens is not None and any(plan.request is not None for _, plan in picked):
+        if client.tokens is not None and any(plan.request is not None for _, plan, _ in picked):
             await client.tokens.login(client.session)
-        for number, plan in picked:
+        for number, plan, shown in picked:
             if plan.request is None:
                 out.append(Previewed(number, None, None, plan.error, {}))
                 continue
             outcome = await client.call(plan.request)
             if outcome.error is not None or outcome.doc is None:
-                out.append(Previewed(number, plan.request, outcome, outcome.error, {}))
+                out.append(Previewed(number, shown, outcome, outcome.error, {}))
                 continue
             if config.fields:
                 values = {f.name: f.get(outcome.doc) for f in config.fields}
             else:
                 values = {names[0]: (outcome.body or b"").decode()}
-            out.append(Previewed(number, plan.request, outcome, None, values))
+            out.append(Previewed(number, shown, outcome, None, values))
     return out

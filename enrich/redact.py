@@ -1,12 +1,35 @@
-"""Keep secrets out of everything a user or a log can see.
+"""Keep secrets out of everything enrich prints, and never touch the user's data.
 
-A ``Redactor`` holds the secret strings of one run: every ``${VAR}`` value from the
-config and every token the API hands out. ``redact(text)`` replaces each of them
-with ``***``. The CLI passes all it prints through it; the engine passes every row
-error through it before it reaches the output table.
+**Which values are secrets** (decided here, once):
 
-    >>> r = Redactor(["s3cr3t-value"])
-    >>> r.redact("login with s3cr3t-value failed")
+- every token enrich is issued or signs;
+- the credentials of ``auth``: ``token``, ``password``, ``client_secret``, the signing
+  ``key`` (or the key file's text), and the Basic and client-credentials encodings of them;
+- every value of the login request's ``auth.body``, whatever its key, except the keys that
+  name who logs in (``IDENTITY_KEYS``: ``username``, ``email``, ``client_id``, ...), and
+  the ``auth.headers`` whose name is a credential's;
+- in ``request``: a fixed value (no ``{{column}}``) under a credential's name, as a header
+  (``X-API-Key``, ``Authorization``), a query parameter (``api_key``, ``token``) or a body
+  key (``secret``), and the ``${VAR}``s in such a value;
+- a ``${VAR}`` whose name is a credential's (``${API_KEY}``, ``${ACME_PASSWORD}``), and
+  every one listed in the config's ``secrets: [VAR, ...]``;
+- the password of a Redis URL.
+
+A credential's name has one of the words of ``SECRET_WORDS`` (``key``, ``token``,
+``secret``, ``password``, ...). Any other ``${VAR}`` (a tenant, a host, a user name) is
+not a secret: it shows in dry runs and messages as it is.
+
+**Where they are masked.** By provenance where enrich put them: the request shown by a dry
+run, ``preview`` and the errors file is rendered from a twin of the request templates with
+each secret replaced by ``***``, and the auth header or query parameter shown as ``***``.
+Everything else enrich prints (errors, logs, the JSON log, ``--debug``) passes
+``Redactor.redact``, which finds each secret in any form an API may echo it in (as is,
+percent-encoded, JSON-escaped with ``\\/`` or ``\\u002B``, repr-escaped), as a last line of
+defence. The data is never masked: the output table, the journal's answers and
+``extract`` hold exactly what the API sent, and row values pass through untouched.
+
+    >>> r = Redactor(["s3cr3t/value"])
+    >>> r.redact('login with s3cr3t\\\\/value failed')
     'login with *** failed'
 """
 
@@ -26,6 +49,84 @@ MASK = "***"
 MIN_SECRET_LENGTH = 4
 TOKENS_KEPT = 8  # issued tokens remembered (the current one and the few before it)
 
+# A name (a header, a query parameter, a body key, an environment variable) that has one of
+# these words names a credential: X-API-Key, api_key, access_token, ACME_PASSWORD, sig.
+SECRET_WORDS = frozenset(
+    {
+        "apikey",
+        "auth",
+        "authorization",
+        "bearer",
+        "cookie",
+        "credential",
+        "credentials",
+        "jwt",
+        "key",
+        "pass",
+        "passphrase",
+        "passwd",
+        "password",
+        "pin",
+        "private",
+        "pwd",
+        "secret",
+        "session",
+        "sig",
+        "signature",
+        "token",
+    }
+)
+# Keys of a login body that say who logs in, not how: their values are not secrets.
+IDENTITY_KEYS = frozenset(
+    {
+        "account",
+        "account_id",
+        "audience",
+        "client_id",
+        "email",
+        "grant_type",
+        "locale",
+        "login",
+        "org",
+        "organization",
+        "response_type",
+        "scope",
+        "tenant",
+        "tenant_id",
+        "type",
+        "user",
+        "user_id",
+        "user_name",
+        "username",
+    }
+)
+_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+# The credentials of `auth`, whatever their value looks like.
+_AUTH_CREDENTIALS = frozenset({"token", "password", "client_secret", "key"})
+
+
+def secret_name(name: str) -> bool:
+    """Whether ``name`` names a credential: ``X-API-Key``, ``api_key``, ``ACME_PASSWORD``; not ``author``."""
+    words = {w.lower() for w in _WORD.findall(name)}
+    return bool(words & SECRET_WORDS) or re.sub(r"[^a-z]", "", name.lower()) in SECRET_WORDS
+
+
+def secret_position(path: tuple[str, ...]) -> bool:
+    """Whether a value at this place of the config (``("auth", "body", "pw")``) is a credential."""
+    if len(path) < 2:
+        return False
+    section, key = path[0], path[1]
+    if section == "auth":
+        if key in _AUTH_CREDENTIALS:
+            return True
+        if key == "body":
+            keys = [p for p in path[2:] if not p.isdigit()]
+            return not keys or keys[-1].lower() not in IDENTITY_KEYS
+        return key == "headers" and len(path) > 2 and secret_name(path[2])
+    if section == "request" and key in ("headers", "params", "body"):
+        return any(secret_name(p) for p in path[2:] if not p.isdigit())
+    return False
+
 
 def _forms(secret: str) -> set[str]:
     """A secret as it appears in text: as is, escaped by repr() or JSON, percent-encoded in a URL."""
@@ -42,18 +143,38 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LENGTH}
 
 
+def _hex(text: str) -> str:
+    """A regex of hex digits in either case: ``2b`` -> ``2[bB]``."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
+
+
+def _char_pattern(ch: str) -> str:
+    """Every way text may carry one character of a secret: itself, a JSON ``\\uXXXX`` escape
+    (any character; a pair for one outside the BMP), percent-encoded bytes (in any case), and
+    ``\\/``, ``\\"``, ``\\\\``, ``+`` for the characters JSON, repr or a form escape so."""
+    alts = [re.escape(ch)]
+    utf16 = ch.encode("utf-16-be")
+    alts.append("".join(r"\\u" + _hex(utf16[i : i + 2].hex()) for i in range(0, len(utf16), 2)))
+    if not (ch.isascii() and (ch.isalnum() or ch in "_.~-")):
+        alts.append("".join("%" + _hex(f"{b:02X}") for b in ch.encode()))
+    if ch in "/\"'\\":
+        alts.append(re.escape("\\" + ch))
+    if ch == " ":
+        alts.append(r"\+")
+    return "(?:" + "|".join(alts) + ")"
+
+
 class Redactor:
-    """A growing set of secrets and a function that hides them in text."""
+    """A growing set of secrets; ``redact`` hides them in any text enrich prints."""
 
-    __slots__ = ("_bytes_pattern", "_pattern", "_secrets", "_tokens")
+    __slots__ = ("_pattern", "_secrets", "_tokens")
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self._secrets: set[str] = set()
         # The newest issued tokens only: a long run with short-lived tokens gets thousands, and
         # every one kept would slow every masking; tokens this old have long expired.
         self._tokens: deque[str] = deque(maxlen=TOKENS_KEPT)
         self._pattern: re.Pattern[str] | None = None
-        self._bytes_pattern: re.Pattern[bytes] | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -73,27 +194,14 @@ class Redactor:
 
     def _compile(self) -> None:
         # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(set().union(*map(_forms, (*self._secrets, *self._tokens))), key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
-        self._bytes_pattern = re.compile(b"|".join(re.escape(s.encode()) for s in ordered))
-
-    def only_in(self, texts: Iterable[str]) -> Redactor:
-        """A redactor of just the secrets that occur (in any form) in ``texts``: often none, so free."""
-        texts = list(texts)
-        return Redactor(s for s in self._secrets if any(f in t for f in _forms(s) for t in texts))
+        ordered = sorted({*self._secrets, *self._tokens}, key=len, reverse=True)
+        self._pattern = re.compile("|".join("".join(map(_char_pattern, s)) for s in ordered))
 
     def redact(self, text: str) -> str:
-        """Return ``text`` with every known secret replaced by ``***``."""
+        """Return ``text`` with every known secret, in any form, replaced by ``***``."""
         if self._pattern is None or not text:
             return text
         return self._pattern.sub(MASK, text)
-
-    def redact_bytes(self, data: bytes) -> bytes:
-        """``data`` (a response body) with every known secret replaced by ``***``; the same object
-        when it holds none, which is the common case and costs one scan (``is not data`` tells)."""
-        if self._bytes_pattern is None or not data or not self._bytes_pattern.search(data):
-            return data
-        return self._bytes_pattern.sub(MASK.encode(), data)
 
     def redact_json(self, value: Any) -> Any:
         """Parsed JSON with every string (keys included) redacted: still JSON, whatever a secret looks like."""
@@ -113,6 +221,11 @@ class Redactor:
         more = len(text) > limit or len(body) > len(scanned)
         return text[:limit].strip().replace("\n", " ") + ("..." if more else "")
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The secrets known from the config (tokens left out)."""
+        return frozenset(self._secrets)
+
     def __contains__(self, secret: object) -> bool:
         return secret in self._secrets or secret in self._tokens
 
@@ -121,3 +234,27 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self)} secrets)"
+
+
+class FingerprintMask:
+    """The values masked in a request before it is fingerprinted for the journal: every ``${VAR}``
+    value (and config secret) its templates hold, so rotating a key or moving the API to another
+    host keeps the journal's entries. Never shown to anyone: a key for the journal only.
+
+        >>> FingerprintMask(["k3y-123"], ['{"key": "k3y-123"}']).apply("/v1?key=k3y-123")
+        '/v1?key=***'
+    """
+
+    __slots__ = ("_pattern",)
+
+    def __init__(self, values: Iterable[str], sources: Iterable[str]) -> None:
+        texts = list(sources)
+        kept = {v for v in values if len(v) >= MIN_SECRET_LENGTH and any(f in t for f in _forms(v) for t in texts)}
+        forms = sorted(set().union(*map(_forms, kept)), key=len, reverse=True) if kept else []
+        self._pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
+
+    def apply(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None

@@ -484,6 +484,14 @@ def config_schema() -> Schema:
                 "default": "10MB",
                 "examples": ["10MB", "512KB"],
             },
+            "secrets": {
+                "description": "Environment variables (used as ${VAR}) whose values are secrets besides the "
+                "credentials enrich knows: masked in everything enrich prints.",
+                "type": ["array", "string"],
+                "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                "examples": [["API_USER", "TENANT"]],
+            },
         },
     }
 

@@ -34,6 +34,14 @@ from .errors import ConfigError, child_of
 
 Row = Mapping[str, Any]
 Render = Callable[[Row], Any]
+# Applied to the literal text of a template (never to a placeholder, never to a row's value):
+# the config passes one that puts in ${VAR} values, so a value holding `{{id}}` is sent as it is.
+Literal = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
+
 
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}|]*?)\s*(?:\|\s*([A-Za-z_]\w*)\s*)?\}\}")
 # Characters a user may write literally in a URL template and that keep their meaning.
@@ -170,8 +178,8 @@ def _cell(column: str, conversion: str | None, where: str, typed: bool = True) -
     return render
 
 
-def _parse(text: str, where: str) -> list[str | tuple[str, str | None]]:
-    """Split a string into literal text and (column, conversion) placeholders."""
+def _parse(text: str, where: str, literal: Literal = _same) -> list[str | tuple[str, str | None]]:
+    """Split a string into literal text (passed through ``literal``) and (column, conversion) placeholders."""
     parts: list[str | tuple[str, str | None]] = []
     pos = 0
     for match in PLACEHOLDER.finditer(text):
@@ -187,14 +195,15 @@ def _parse(text: str, where: str) -> list[str | tuple[str, str | None]]:
     rest = "".join(p for p in parts if isinstance(p, str))
     if "{{" in rest or "}}" in rest:
         raise ConfigError(f"{where} has an unbalanced placeholder in {text!r}: write each one as {{{{column}}}}.")
-    return parts
+    return [literal(p) if isinstance(p, str) else p for p in parts]
 
 
-def _compile_string(text: str, where: str, typed: bool) -> Template:
-    parts = _parse(text, where)
+def _compile_string(text: str, where: str, typed: bool, literal: Literal) -> Template:
+    parts = _parse(text, where, literal)
     columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
     if not columns:
-        return Template(lambda row: text, columns, text)
+        fixed = "".join(p for p in parts if isinstance(p, str))
+        return Template(lambda row: fixed, columns, text)
     only = parts[0]
     if len(parts) == 1 and isinstance(only, tuple):
         return Template(_cell(only[0], only[1], where, typed), columns, text)
@@ -206,36 +215,49 @@ def _compile_string(text: str, where: str, typed: bool) -> Template:
     return Template(render, columns, text)
 
 
-def compile_template(value: Any, where: str, typed: bool = True) -> Template:
+def compile_template(value: Any, where: str, typed: bool = True, literal: Literal = _same) -> Template:
     """Compile a YAML value (mapping, list, string or scalar) into a structural template.
 
     ``typed``: a string that is exactly one placeholder takes the cell's typed value (a JSON
-    body); otherwise the text it was read as (query parameters, headers).
+    body); otherwise the text it was read as (query parameters, headers). ``literal`` is
+    applied to the text around the placeholders (``${VAR}`` values), once, here.
     """
     if isinstance(value, str):
-        return _compile_string(value, where, typed)
+        return _compile_string(value, where, typed, literal)
     if isinstance(value, Mapping):
-        items = [(str(k), compile_template(v, child_of(where, k), typed)) for k, v in value.items()]
+        items = [(str(k), compile_template(v, child_of(where, k), typed, literal)) for k, v in value.items()]
         columns = frozenset().union(*(t.columns for _, t in items))
         if not columns:
-            return Template(lambda row: value, columns, value)
+            fixed = {k: t.render({}) for k, t in items}
+            return Template(lambda row: fixed, columns, value)
         renders = [(k, t.render) for k, t in items]
         return Template(lambda row: {k: r(row) for k, r in renders}, columns, value)
     if isinstance(value, list):
-        elements = [compile_template(v, f"{where}[{i}]", typed) for i, v in enumerate(value)]
+        elements = [compile_template(v, f"{where}[{i}]", typed, literal) for i, v in enumerate(value)]
         columns = frozenset().union(*(t.columns for t in elements))
         if not columns:
-            return Template(lambda row: value, columns, value)
+            fixed_list = [t.render({}) for t in elements]
+            return Template(lambda row: fixed_list, columns, value)
         items_ = [t.render for t in elements]
         return Template(lambda row: [r(row) for r in items_], columns, value)
     return Template(lambda row: value, frozenset(), value)
 
 
-def compile_json_text(text: str, where: str) -> Template:
-    """Compile a body given as JSON text, where placeholders may stand bare (``{"n": {{n}}}``).
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+
+
+def compile_json_text(text: str, where: str, literal: Literal = _same) -> Template:
+    """Compile a body given as JSON text, where placeholders may stand bare (``{"n": {{n}}}``)."""
+    return compile_template(json_body(text, where, literal), where, literal=literal)
+
+
+def json_body(text: str, where: str, literal: Literal = _same) -> Any:
+    """A body given as JSON text, parsed into the structure ``compile_template`` takes.
 
     A bare placeholder becomes an exact-placeholder string, so it takes the cell's
-    typed value; the text is then parsed as JSON once and compiled structurally.
+    typed value. A bare ``${VAR}`` (``{"n": ${LIMIT}}``) is put in through ``literal`` as
+    JSON when its value is JSON, else as a string; one inside a string is left for
+    ``compile_template`` to put in.
     """
     out: list[str] = []
     in_string = escaped = False
@@ -260,17 +282,25 @@ def compile_json_text(text: str, where: str) -> Template:
             out.append(orjson.dumps(text[i : end + 2]).decode())
             i = end + 2
             continue
+        elif (ref := _ENV_REF.match(text, i)) is not None:
+            value = literal(ref.group())
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError:
+                value = orjson.dumps(value).decode()
+            out.append(value)
+            i = ref.end()
+            continue
         else:
             out.append(ch)
         i += 1
     try:
-        parsed = orjson.loads("".join(out))
+        return orjson.loads("".join(out))
     except orjson.JSONDecodeError as exc:
         raise ConfigError(
             f"{where} is a string but not valid JSON ({exc}). Write the body as a YAML mapping, "
             "or as JSON text with placeholders like {{column}}."
         ) from None
-    return compile_template(parsed, where)
 
 
 def drop_nulls(value: Any) -> Any:
@@ -303,14 +333,14 @@ def _path_segment(cell: Render, column: str, where: str) -> Render:
     return render
 
 
-def compile_url(text: str, where: str) -> Template:
+def compile_url(text: str, where: str, literal: Literal = _same) -> Template:
     """Compile a URL template whose placeholders are percent-encoded when rendered.
 
     A placeholder at the very start (before any ``scheme://``) supplies the base URL
     itself, from a column of URLs, and is inserted as it is. An empty cell in the path
     is a row error (``TemplateValueError``): the call would reach the parent path.
     """
-    parts = _parse(text, where)
+    parts = _parse(text, where, literal)
     columns = frozenset(p[0] for p in parts if isinstance(p, tuple))
     pieces: list[str | Render] = []
     seen_scheme = in_query = False

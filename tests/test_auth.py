@@ -989,12 +989,33 @@ async def _echo(request: web.Request) -> web.Response:
     return web.json_response({"error": "invalid_client", "got": form}, status=401)
 
 
-def test_names_written_in_the_file_are_not_masked() -> None:
-    # masking them would also mask them in the API's answers (the journal is masked)
-    config = load({"type": "basic", "username": "admin-7", "password": "pw-5566aa"})
-    assert config.redactor.redact("admin-7 pw-5566aa") == "admin-7 ***"
-    config = load({"type": "basic", "username": "${U}", "password": "pw-5566aa"}, {"U": "admin-7"})
-    assert config.redactor.redact("admin-7 pw-5566aa") == "*** ***"  # a ${VAR} is always a secret
+@pytest.mark.parametrize(
+    ("config", "env", "expected"),
+    [
+        # a user name is not a secret, written in the file or from the environment: masking it
+        # would mask it in every message that shows the row data it also appears in
+        pytest.param({"auth": {"type": "basic", "username": "admin-7", "password": "pw-5566aa"}}, {}, "admin-7 ***"),
+        pytest.param(
+            {"auth": {"type": "basic", "username": "${U}", "password": "pw-5566aa"}}, {"U": "admin-7"}, "admin-7 ***"
+        ),
+        # unless the config lists it under `secrets`
+        pytest.param(
+            {"secrets": ["U"], "auth": {"type": "basic", "username": "${U}", "password": "pw-5566aa"}},
+            {"U": "admin-7"},
+            "*** ***",
+        ),
+        # a variable named like a credential is one wherever it is used
+        pytest.param(
+            {"auth": {"type": "basic", "username": "${ADMIN_PASSWORD}", "password": "pw-5566aa"}},
+            {"ADMIN_PASSWORD": "admin-7"},
+            "*** ***",
+        ),
+    ],
+    ids=["literal-name", "name-from-env", "listed-in-secrets", "named-like-a-credential"],
+)
+def test_names_are_not_secrets_unless_listed(config: dict[str, Any], env: dict[str, str], expected: str) -> None:
+    loaded = config_from_dict({"request": {"url": URL}, **config}, env=env)
+    assert loaded.redactor.redact("admin-7 pw-5566aa") == expected
 
 
 def test_every_issued_kind_of_secret_is_registered(rsa_key: Any) -> None:

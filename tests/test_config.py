@@ -49,7 +49,7 @@ INVALID_CONFIGS = [
         BASE + "zzzzzz: 1\n",
         "{src}, line 3: zzzzzz is not a known key. Allowed keys: input, output, journal, auth, request, fields, "
         "concurrency, rate_limit, retry, timeout, input_types, key, when, skip_if_filled, diagnostics, "
-        "max_error_rate, errors_out, escape_formulas, tls, max_response_bytes.",
+        "max_error_rate, errors_out, escape_formulas, tls, max_response_bytes, secrets.",
         id="unknown-top-level-key-allowed-list",
     ),
     pytest.param(
@@ -713,24 +713,29 @@ def test_env_expansion(url: str, env: dict[str, str], rendered: str) -> None:
     assert config.request.url.render({}) == rendered
 
 
-def test_env_values_are_registered_as_secrets_defaults_are_not() -> None:
-    env = {"TOKEN": "tok-123456", "REGION": "eu-west-1"}
+def test_secret_env_values_are_registered_other_values_and_defaults_are_not() -> None:
+    env = {"TOKEN": "tok-123456", "REGION": "eu-west-1", "PLAN": "gold-plan", "SIGNING": "sign-9876"}
     config = config_from_dict(
         {
             "request": {
-                "url": "https://${HOST:-api.example.com}/v1",
-                "headers": {"Authorization": "Bearer ${TOKEN}"},
-                "params": {"ids": ["${REGION}", "x"]},
+                "url": "https://${HOST:-api.example.com}/v1?sig=${SIGNING}",
+                "headers": {"Authorization": "Bearer ${TOKEN}", "X-Plan": "${PLAN}"},
+                "params": {"ids": ["${REGION}", "x"], "api_key": ["lit-key-42"]},
             }
         },
         env=env,
     )
-    assert "tok-123456" in config.redactor
-    assert "eu-west-1" in config.redactor  # inside a list
-    assert "api.example.com" not in config.redactor
-    assert len(config.redactor) == 2
+    # A credential's place (the Authorization header, a `sig` or `api_key` parameter) makes a secret,
+    # a fixed value there too; a region, a plan name or a default is no secret.
+    assert config.redactor.secrets == {"tok-123456", "sign-9876", "lit-key-42"}
     assert config.request.headers is not None
-    assert config.request.headers.render({}) == {"Authorization": "Bearer tok-123456"}
+    assert config.request.headers.render({}) == {"Authorization": "Bearer tok-123456", "X-Plan": "gold-plan"}
+    shown = config.request.for_display
+    assert shown.headers is not None and shown.params is not None
+    assert shown.headers.render({}) == {"Authorization": "Bearer ***", "X-Plan": "gold-plan"}
+    assert shown.params.render({}) == {"ids": ["eu-west-1", "x"], "api_key": ["***"]}
+    assert shown.url.render({}) == "https://api.example.com/v1?sig=***"
+    assert config.request.url_text == "https://api.example.com/v1?sig=***"
 
 
 # ${VAR} values are text; number keys read them as numbers.
@@ -808,10 +813,18 @@ def test_auth_body_as_json_text_registers_secrets() -> None:
     )
 
 
-def test_env_value_quoted_by_an_error_is_masked(tmp_path: Path) -> None:
-    path = write(tmp_path, BASE + "rate_limit: ${RATE}\n")
+@pytest.mark.parametrize(
+    ("config", "shown"),
+    [
+        pytest.param("rate_limit: ${RATE}\n", "garbage-secret-value", id="a plain variable shows"),
+        pytest.param("secrets: [RATE]\nrate_limit: ${RATE}\n", "***", id="one listed in secrets does not"),
+    ],
+)
+def test_env_value_quoted_by_an_error(tmp_path: Path, config: str, shown: str) -> None:
+    path = write(tmp_path, BASE + config)
     message = error_of(path, env={"RATE": "garbage-secret-value"})
-    assert message == f"{path}, line 3: rate_limit: '***' is not a rate. " + RATE_HINT
+    line = BASE.count("\n") + config.count("\n")
+    assert message == f"{path}, line {line}: rate_limit: '{shown}' is not a rate. " + RATE_HINT
 
 
 @pytest.mark.parametrize("secret", SECRETS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -662,18 +663,21 @@ def test_dry_run_before_the_config_says_where_the_config_goes(capsys: pytest.Cap
     )
 
 
-def test_a_response_that_echoes_the_token_is_journaled_with_the_token_masked(
-    tmp_path: Path, serve: Serve, demo_env: dict[str, str]
+def test_a_response_that_echoes_the_token_is_kept_as_the_api_sent_it(
+    tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An API that echoes the request's headers (httpbin does): the token must not reach the journal."""
+    """An API that echoes the request's headers (httpbin does): its answer is the user's data, kept
+    exactly in the output, the journal and `extract`; what enrich prints masks the token."""
     seen: list[str] = []
+    sent: list[bytes] = []
 
     async def login(request: web.Request) -> web.Response:
         return web.json_response({"access_token": "tok-echo-5f1e9a7c"})
 
     async def echo(request: web.Request) -> web.Response:
         seen.append(request.headers["Authorization"])
-        return web.json_response({"headers": {"Authorization": request.headers["Authorization"]}, "ok": True})
+        sent.append(json.dumps({"headers": {"Authorization": request.headers["Authorization"]}, "ok": True}).encode())
+        return web.Response(body=sent[-1], content_type="application/json")
 
     app = web.Application()
     app.router.add_post("/auth/token", login)
@@ -690,11 +694,14 @@ def test_a_response_that_echoes_the_token_is_journaled_with_the_token_masked(
             "fields": {"auth": "headers.Authorization", "ok": "ok"},
         },
     )
-    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert run_cli(["run", str(cfg), "-q", "--preview", "2"]) == 0
     assert seen == ["Bearer tok-echo-5f1e9a7c"] * 2
-    journal = Path(f"{out}.journal").read_bytes()
-    assert b"tok-echo-5f1e9a7c" not in journal
-    assert pl.read_csv(out)["auth"].to_list() == ["Bearer ***", "Bearer ***"]
-    # `extract` rebuilds from the masked bodies: still masked.
-    assert run_cli(["extract", str(cfg), "-q", "--output", str(tmp_path / "x.csv"), "--journal", f"{out}.journal"]) == 0
-    assert "tok-echo-5f1e9a7c" not in (tmp_path / "x.csv").read_text()
+    assert pl.read_csv(out)["auth"].to_list() == ["Bearer tok-echo-5f1e9a7c"] * 2
+    printed = capsys.readouterr().out  # the run knows its token: what it prints masks it
+    assert "Bearer ***" in printed and "tok-echo" not in printed
+    with sqlite3.connect(f"{out}.journal") as db:
+        assert [body for (body,) in db.execute("SELECT body FROM calls")] == sent  # byte for byte
+    # `extract` rebuilds the same answers from the journal.
+    again = tmp_path / "x.csv"
+    assert run_cli(["extract", str(cfg), "-q", "--output", str(again), "--journal", f"{out}.journal"]) == 0
+    assert again.read_bytes() == out.read_bytes()
