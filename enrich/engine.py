@@ -434,6 +434,8 @@ async def call_pass(
             # Save what finished; the stop is what the user must read, whatever the journal says.
             with contextlib.suppress(Exception):
                 journal.flush()
+            if isinstance(stop, StorageError) and counters.calls == 0:
+                stop = OutputError(str(stop))  # found before any call: nothing was paid for (exit 2)
             raise stop
         tally.logins = tokens.logins if tokens else 0
         tally.late_slots = getattr(client.limiter, "rebooked", 0)

@@ -499,6 +499,59 @@ INVALID_CONFIGS = [
         "{src}, line 4: fields.size: expected a path string like `person.name`, got 1.",
         id="fields-mapping-not-string",
     ),
+    # --- numbers no setting means: not a number, infinite, too large for a machine ----
+    pytest.param(
+        # a NaN timeout would mean no timeout at all: a drip-fed answer would hang the run
+        BASE + "timeout: .nan\n",
+        "{src}, line 3: timeout must be a number of seconds, got nan, which is not a finite number.",
+        id="timeout-nan",
+    ),
+    pytest.param(
+        BASE + "timeout: .inf\n",
+        "{src}, line 3: timeout must be a number of seconds, got inf, which is not a finite number.",
+        id="timeout-inf",
+    ),
+    pytest.param(
+        BASE + "retry:\n  max_backoff: .nan\n",
+        "{src}, line 4: retry.max_backoff must be a number of seconds, got nan, which is not a finite number.",
+        id="max-backoff-nan",
+    ),
+    pytest.param(
+        # every worker holds memory and a connection: a hundred million took the machine's 24 GB
+        BASE + "concurrency: 100000000\n",
+        "{src}, line 3: concurrency must be at most 10,000, got 100000000.",
+        id="concurrency-too-large",
+    ),
+    pytest.param(
+        BASE + "retry: {attempts: 1000000}\n",
+        "{src}, line 3: retry.attempts must be at most 100, got 1000000.",
+        id="attempts-too-large",
+    ),
+    # --- secrets --------------------------------------------------------------------
+    pytest.param(
+        BASE + "auth: {type: bearer, token: '${API_TOKEN}'}\nsecrets: [API_TOKN]\n",
+        "{src}, line 4: secrets lists API_TOKN, which no ${...} in the config uses. Did you mean API_TOKEN?",
+        id="secrets-names-an-unused-variable",
+    ),
+    pytest.param(
+        BASE + "secrets: {API_TOKEN: true}\n",
+        "{src}, line 3: secrets must be a list of environment variable names, e.g. [API_USER], got {'API_TOKEN': True}.",
+        id="secrets-not-a-list",
+    ),
+    # --- YAML that expands past any config ------------------------------------------
+    pytest.param(
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 10)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+        + BASE,
+        "{src}: the YAML expands to more than 100,000 values through its anchors and aliases (&name / *name), far "
+        "more than any config holds. Write the values out, or remove the aliases that repeat other aliases.",
+        id="alias-bomb",
+    ),
+    pytest.param(
+        "a: &a {b: *a}\n" + BASE,
+        "{src}: the YAML is malformed: an alias refers to a value that contains it (a loop), which no config needs",
+        id="alias-loop",
+    ),
 ]
 
 

@@ -1197,3 +1197,24 @@ def test_a_run_sweeps_what_a_killed_run_left_beside_the_output(
     assert run_cli(job.argv()) == 0
     assert not parts.exists() and not tmp.exists()
     assert pl.read_parquet(job.out).height == 3
+
+
+def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: Path) -> None:
+    # A request that could not be sent (a local failure) is not an answer: the run's output shows
+    # it, but a rerun calls again instead of serving it from the journal.
+    from enrich.journal import Entry, Journal
+
+    path = tmp_path / "j.journal"
+    answered = Entry(200, None, b'{"a": 1}', 1, 3.0, time.time())
+    local = Entry(None, "cannot send the request: bad header", None, 1, None, time.time())
+    with Journal.open(path) as journal:
+        journal.put(b"answered-fp-0001", answered)
+        journal.put(b"local-fp-0000002", local, saved=False)
+        journal.flush()
+        assert journal.lookup([b"answered-fp-0001", b"local-fp-0000002"]) == {
+            b"answered-fp-0001": answered,
+            b"local-fp-0000002": local,
+        }
+        assert journal.written == 1
+    with Journal.open(path) as journal:
+        assert journal.lookup([b"answered-fp-0001", b"local-fp-0000002"]) == {b"answered-fp-0001": answered}
