@@ -65,6 +65,28 @@ def job(tmp_path: Path, server: RunningServer, rows: int = 5, **config: Any) -> 
     return write_config(tmp_path / "job.yaml", settings), src, out
 
 
+def slow_api(serve: Serve, seconds: float) -> tuple[RunningServer, list]:
+    """The items API, each answer ``seconds`` late: a run lasts long enough to act on it."""
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.json_response({"id": request.match_info["id"]})
+
+    return items_api(serve, slow)
+
+
+def start_run(cfg: Path, calls: list, after: int) -> subprocess.Popen[str]:
+    """``enrich run CFG -q`` in its own process, returned once the API has seen ``after`` calls."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "enrich", "run", str(cfg), "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    while len(calls) < after and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the test could act on it"
+    return proc
+
+
 @contextlib.contextmanager
 def mounted(path: Path, options: str) -> Iterator[Path]:
     """A tmpfs at ``path`` (``ro``, ``size=...``), unmounted after; skipped where mounting is not allowed."""
@@ -184,18 +206,9 @@ def test_a_trial_run_writes_beside_the_output_and_shares_its_journal(
 
 def test_two_runs_on_one_output_the_second_is_refused(tmp_path: Path, serve: Serve) -> None:
     # Another journal, the same output: the second run must not sweep the first's parts away.
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.05)
-        return web.json_response({"id": request.match_info["id"]})
-
-    server, calls = items_api(serve, slow)
+    server, calls = slow_api(serve, 0.05)
     cfg, _, out = job(tmp_path, server, rows=60, concurrency=2)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "enrich", "run", str(cfg), "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 20
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.02)
+    first = start_run(cfg, calls, after=1)
     second = subprocess.run(
         [sys.executable, "-m", "enrich", "run", str(cfg), "-q", "--journal", str(tmp_path / "other.journal")],
         cwd=ROOT,
@@ -220,18 +233,9 @@ def test_two_runs_on_one_output_the_second_is_refused(tmp_path: Path, serve: Ser
 def test_an_input_changed_during_the_run_stops_it_and_writes_no_mixed_table(
     tmp_path: Path, serve: Serve, how: str
 ) -> None:
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.01)
-        return web.json_response({"id": request.match_info["id"]})
-
-    server, calls = items_api(serve, slow)
+    server, calls = slow_api(serve, 0.01)
     cfg, src, out = job(tmp_path, server, rows=200, concurrency=4)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "enrich", "run", str(cfg), "-q"], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 20
-    while len(calls) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    proc = start_run(cfg, calls, after=20)
     resorted = "id\n" + "".join(f"{i}\n" for i in reversed(range(200)))
     if how == "replaced by a re-sorted copy":
         (tmp_path / "new.csv").write_text(resorted, encoding="utf-8")
