@@ -8,8 +8,9 @@ once). Errors name the file, the line and the key, and say what would fix them.
     >>> cfg.request.method, cfg.concurrency             # doctest: +SKIP
     ('GET', 16)
 
-``${VAR}`` values and the auth credentials are registered with the config's
-``Redactor``, and ``repr(config)`` never shows them. The ``auth:`` block is parsed in
+The secrets among the config's values (``redact.py`` says which) are registered with the
+config's ``Redactor``, and ``repr(config)`` never shows them; the request is compiled
+twice, as sent and as shown (each secret as ``***``). The ``auth:`` block is parsed in
 ``auth_config.py``, and the small validators both loaders share are in ``checks.py``;
 their public names are importable from here too.
 """

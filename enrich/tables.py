@@ -6,7 +6,6 @@ write_table(df, Path("out/people.parquet"))    # temp file, then rename
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -418,11 +417,9 @@ class OutputWriter:
                 leftover.unlink(missing_ok=True)
 
     def discard(self) -> None:
-        """Remove the parts (an interrupted run leaves nothing under the output name)."""
-        for part in self._parts:
-            part.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._dir.rmdir()
+        """Remove the parts (an interrupted run leaves nothing under the output name), a part cut
+        short by a full disk included."""
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def collect_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:

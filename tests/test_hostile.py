@@ -286,6 +286,36 @@ def test_a_full_disk_stops_the_run_and_the_rerun_pays_no_call_twice(tmp_path: Pa
         assert json.loads((disk / "items.csv.summary.json").read_text())["status"] == "completed"
 
 
+def test_a_full_disk_under_the_output_stops_after_the_calls_and_the_rerun_makes_none(
+    tmp_path: Path, serve: Serve
+) -> None:
+    async def item(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"id": request.match_info["id"], "pad": "x" * 3000})
+
+    server, calls = items_api(serve, item)
+    with mounted(tmp_path / "disk", "size=64k") as disk:
+        out = disk / "items.csv"
+        cfg, _, _ = job(tmp_path, server, rows=300, output=str(out), journal=str(tmp_path / "items.journal"))
+        cfg.write_text(cfg.read_text().replace("got: id", "got: id\n  pad: pad"))
+        proc = subprocess.run(
+            [sys.executable, "-m", "enrich", "run", str(cfg), "-q"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stderr.startswith(f"error: cannot write the output {out}: No space left on device")
+        assert proc.stderr.endswith(
+            "Every call is in the journal: free some space (or fix the folder's permissions), then run the same "
+            "command again; it makes no call.\n"
+        )
+        # No part and no temporary file left behind; the summary says the run stopped.
+        assert sorted(p.name for p in disk.iterdir()) == ["items.csv.summary.json"]
+        assert json.loads((disk / "items.csv.summary.json").read_text())["status"] == "aborted"
+        assert len(calls) == 300
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        assert run_cli(["run", str(cfg), "-q"]) == 0
+        assert len(calls) == 300  # the rerun made no call
+        assert pl.read_csv(out)["got"].to_list() == list(range(300))
+
+
 def _journal_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT count(*) FROM calls").fetchone()[0])
