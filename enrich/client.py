@@ -64,19 +64,17 @@ class PreparedRequest(NamedTuple):
     headers: dict[str, str]
     body: bytes | None
 
-    def fingerprint(self, redact: Callable[[str], str] = str) -> bytes:
-        """A 16-byte key for the journal: method, URL with query, headers, body.
-
-        The auth header is not part of a prepared request, and ``redact`` masks the other
-        secrets first, so rotating an API key does not make every journal entry a miss.
-        """
+    def fingerprint(self) -> bytes:
+        """A 16-byte key for the journal: method, URL with query, headers, body. The auth header
+        is not part of a prepared request; the engine fingerprints the request's masked twin
+        (``RequestConfig.fingerprinted``), so a rotated API key keeps every journal entry."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.method}\0{redact(str(self.url))}".encode())
+        h.update(f"{self.method}\0{self.url}".encode())
         for name, value in sorted((k.lower(), v) for k, v in self.headers.items()):
-            h.update(f"\0{name}:{redact(value)}".encode())
+            h.update(f"\0{name}:{value}".encode())
         h.update(b"\0\0")
         if self.body:
-            h.update(redact(self.body.decode("utf-8", "replace")).encode())
+            h.update(self.body.decode("utf-8", "replace").encode())
         return h.digest()
 
 
@@ -117,15 +115,16 @@ def _query_string(params: dict[str, Any]) -> str:
     return "&".join(parts)
 
 
-def prepare(config: RequestConfig, row: Row) -> PreparedRequest:
-    """Render one row's request. Raises ``TemplateValueError`` or ``ValueError`` for a bad cell."""
+def prepare(config: RequestConfig, row: Row, sendable: bool = True) -> PreparedRequest:
+    """Render one row's request. Raises ``TemplateValueError`` or ``ValueError`` for a bad cell.
+    ``sendable=False`` (a fingerprint's twin, whose origin may be ``***``) skips the URL's check."""
     text = config.url.render(row)
     if config.params is not None and (query := _query_string(config.params.render(row))):
         base, hash_, fragment = text.partition("#")
         joint = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
         text = f"{base}{joint}{query}{hash_}{fragment}"
     url = URL(text, encoded=True)
-    if not url.absolute or url.scheme not in ("http", "https"):
+    if sendable and (not url.absolute or url.scheme not in ("http", "https")):
         raise ValueError(f"request.url rendered to {str(url)!r}, which is not an http(s) URL")
     headers: dict[str, str] = {}
     if config.headers is not None:

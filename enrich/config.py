@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 
 from .auth_config import (
@@ -44,7 +43,7 @@ from .auth_config import (
 from .checks import _ENV, _HEADER_NAME, METHODS, _check_keys, _check_url, _Locator, _method, _number, _path, _string_map
 from .errors import ConfigError
 from .extract import FieldPath, compile_fields
-from .redact import MASK, FingerprintMask, Redactor, secret_name, secret_position
+from .redact import MASK, Redactor, secret_name, secret_position
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
 
 # The auth config's public names and METHODS are re-exported: callers import every config name from here.
@@ -149,6 +148,10 @@ class RequestConfig:
     # The same request with each secret it holds replaced by `***` (redact.py says which): what a
     # dry run, preview and the errors file show. None: the request holds no secret.
     shown: RequestConfig | None = field(default=None, repr=False, compare=False)
+    # What the journal's fingerprint is made of: the shown request, with the `${VAR}`s of the URL's
+    # origin (`${API_BASE}/v1/...`, `https://${HOST}/...`) masked too, so a rotated key or an API
+    # that moved keeps the journal; every other value is the request's own. None: the request itself.
+    fingerprinted: RequestConfig | None = field(default=None, repr=False, compare=False)
     url_text: str = ""  # the URL as written, ${VAR}s put in (secrets as ***), for `validate`
 
     @property
@@ -256,8 +259,6 @@ class Config:
     warnings: tuple[str, ...] = field(default=(), compare=False)  # found at load time; the CLI shows them
     source: str = "<config>"
     redactor: Redactor = field(default_factory=Redactor, compare=False)
-    # What a request's journal fingerprint leaves out: the ${VAR} values its templates hold.
-    fingerprint_mask: FingerprintMask = field(default_factory=lambda: FingerprintMask((), ()), compare=False)
     # Where each template came from, for errors found once the input is known.
     template_sites: tuple[tuple[str, Template], ...] = field(default=(), repr=False, compare=False)
 
@@ -571,16 +572,16 @@ _TEMPLATE_KEYS = ("url", "params", "headers", "body", "idempotency_key")
 
 def _request(
     raw: dict[str, Any], where: _Locator, vars_: _Env, redactor: Redactor
-) -> tuple[RequestConfig, list[tuple[str, Template]], FingerprintMask]:
-    """``request:`` -> the request to send, its twin to show (each secret as ``***``), where each
-    template came from, and what the journal's fingerprint leaves out."""
+) -> tuple[RequestConfig, list[tuple[str, Template]]]:
+    """``request:`` -> the request to send with its twins to show (each secret as ``***``) and to
+    fingerprint, and where each template came from."""
     if not raw.get("url"):
         raise ConfigError(f"{where('request')}: `request.url` is missing; it is the endpoint each row calls.")
     settings = vars_.expand({k: v for k, v in raw.items() if k not in _TEMPLATE_KEYS}, ("request",))
     templates = {k: raw[k] for k in _TEMPLATE_KEYS if raw.get(k) is not None}
     # Every variable looked up once here (an unset one named with its place), and the secrets
-    # among them registered; what they expand to is what the fingerprint's mask is made of.
-    expanded = vars_.expand(templates, ("request",))
+    # among them registered.
+    vars_.expand(templates, ("request",))
     for name in ("params", "headers"):
         _string_map(templates.get(name), where("request", name))
 
@@ -602,10 +603,27 @@ def _request(
         where("request", "url"),
         allow_template_base=bool(sent.url.columns),
     )
-    mask = FingerprintMask([*vars_.found.values(), *redactor.secrets], [orjson.dumps(expanded, default=str).decode()])
     has_secret = shown != sent_templates or any(vars_.shown(t) != vars_.literal(t) for t in _strings(sent_templates))
     url_text = vars_.shown(str(shown["url"]))
-    return replace(sent, shown=display if has_secret else None, url_text=url_text), sites, mask
+    origin = _ORIGIN.match(str(shown["url"]))
+    if origin is not None and _ENV.search(origin.group()):
+        fp_templates = {**shown, "url": _ENV.sub(MASK, origin.group()) + str(shown["url"])[origin.end() :]}
+        fingerprinted, _ = _compile_request(fp_templates, settings, where, vars_.shown)
+    else:
+        fingerprinted = display
+    return (
+        replace(
+            sent,
+            shown=display if has_secret else None,
+            fingerprinted=fingerprinted if has_secret or fingerprinted is not display else None,
+            url_text=url_text,
+        ),
+        sites,
+    )
+
+
+# The origin part of a URL template: a variable it starts with, or the scheme and host.
+_ORIGIN = re.compile(r"^(?:\$\{[^}]*\}|[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)")
 
 
 def _compile_request(
@@ -827,7 +845,7 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
     # when they are compiled (a value holding `{{id}}` is sent as it is, never rendered).
     raw_request = _check_keys(data.pop("request"), REQUEST_KEYS, where, ("request",))
     data = vars_.expand(data)
-    request, sites, fingerprint_mask = _request(raw_request, where, vars_, redactor)
+    request, sites = _request(raw_request, where, vars_, redactor)
     url = request.url
 
     auth = _auth(data.get("auth"), where, redactor, raw_auth)
@@ -887,7 +905,6 @@ def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env:
         warnings=tuple(warnings),
         source=where.source,
         redactor=redactor,
-        fingerprint_mask=fingerprint_mask,
         template_sites=tuple(sites),
     )
 

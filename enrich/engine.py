@@ -180,12 +180,15 @@ class Planned(NamedTuple):
     error: str | None
 
 
-def _plan(config: Config, row: dict[str, Any], masked: Callable[[str], str]) -> Planned:
+def _plan(config: Config, row: dict[str, Any]) -> Planned:
     try:
         request = prepare(config.request, row)
+        # The fingerprint is the request's with its secrets (and its origin's ${VAR}s) masked where
+        # they were put: a rotated key keeps the journal, and row data is never masked.
+        keyed = request if config.request.fingerprinted is None else prepare(config.request.fingerprinted, row, False)
     except (TemplateValueError, ValueError) as exc:
         return Planned(None, None, config.redactor.redact(str(exc)))
-    return Planned(request, request.fingerprint(masked), None)
+    return Planned(request, keyed.fingerprint(), None)
 
 
 SKIPPED = Planned(None, None, None)  # left out by `when` or `skip_if_filled`: no call, no error
@@ -219,12 +222,11 @@ def _plan_batch(
     run takes, and with a shard the mask of those rows. ``types`` (``tables.value_types``): the
     text columns whose values are numbers or booleans, as the templates and `when` see them."""
     typed, rows, reasons = _template_rows(batch, config, types)
-    masked = config.fingerprint_mask.apply if config.fingerprint_mask else str
     if config.selects_rows:
         calls = typed.select(config.call_mask().alias("call")).to_series().to_list()
-        plans = [_plan(config, row, masked) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
+        plans = [_plan(config, row) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
     else:
-        plans = [_plan(config, row, masked) for row in rows]
+        plans = [_plan(config, row) for row in rows]
     if reasons is not None:  # a cell not of its column's kind: that row fails (unless left out), the rest go on
         plans = [
             Planned(None, None, config.redactor.redact(r)) if r is not None and p is not SKIPPED else p

@@ -234,27 +234,3 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self)} secrets)"
-
-
-class FingerprintMask:
-    """The values masked in a request before it is fingerprinted for the journal: every ``${VAR}``
-    value (and config secret) its templates hold, so rotating a key or moving the API to another
-    host keeps the journal's entries. Never shown to anyone: a key for the journal only.
-
-        >>> FingerprintMask(["k3y-123"], ['{"key": "k3y-123"}']).apply("/v1?key=k3y-123")
-        '/v1?key=***'
-    """
-
-    __slots__ = ("_pattern",)
-
-    def __init__(self, values: Iterable[str], sources: Iterable[str]) -> None:
-        texts = list(sources)
-        kept = {v for v in values if len(v) >= MIN_SECRET_LENGTH and any(f in t for f in _forms(v) for t in texts)}
-        forms = sorted(set().union(*map(_forms, kept)), key=len, reverse=True) if kept else []
-        self._pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
-
-    def apply(self, text: str) -> str:
-        return self._pattern.sub(MASK, text) if self._pattern is not None else text
-
-    def __bool__(self) -> bool:
-        return self._pattern is not None

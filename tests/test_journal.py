@@ -1218,3 +1218,43 @@ def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: 
         assert journal.written == 1
     with Journal.open(path) as journal:
         assert journal.lookup([b"answered-fp-0001", b"local-fp-0000002"]) == {b"answered-fp-0001": answered}
+
+
+@pytest.mark.parametrize(
+    ("changed", "calls_again"),
+    [
+        # a key is no part of what is asked: rotating it keeps every entry
+        pytest.param({"API_KEY": "k3y-second-9999"}, False, id="rotated-api-key"),
+        # nor is where the API lives (the URL's origin)
+        pytest.param({"API_BASE": "http://localhost:{port}"}, False, id="moved-api-base"),
+        # a version (or a tenant, a currency) changes the question: those rows are called again
+        pytest.param({"API_VERSION": "2025-01-01"}, True, id="new-api-version"),
+    ],
+)
+def test_what_the_fingerprint_keeps_of_the_variables(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: dict[str, str], calls_again: bool
+) -> None:
+    api = items_api(serve)
+    port = api.url.rsplit(":", 1)[1]
+    env = {"API_KEY": "k3y-first-1111", "API_BASE": api.url, "API_VERSION": "2024-06-01"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = items_config(api, auth=False, fields={"asked_since": "q.since"})
+    config["request"] = {
+        "url": "${API_BASE}/v1/items/{{id}}",
+        "params": {"since": "{{since}}", "v": "${API_VERSION}"},
+        "headers": {"X-Api-Key": "${API_KEY}"},
+    }
+    # Two rows that differ only where one of them holds a variable's value: two calls, two answers.
+    table = pl.DataFrame({"id": ["a", "a"], "since": ["2024-06-01", "2023-01-01"]})
+    job = make_job(tmp_path, config, table)
+    assert run_cli(job.argv("-q")) == 0
+    assert sorted(p for _, p in api.calls) == [
+        "/v1/items/a?since=2023-01-01&v=2024-06-01",
+        "/v1/items/a?since=2024-06-01&v=2024-06-01",
+    ]
+    assert pl.read_parquet(job.out)["asked_since"].to_list() == ["2024-06-01", "2023-01-01"]  # each its own
+    for name, value in changed.items():
+        monkeypatch.setenv(name, value.format(port=port))
+    assert run_cli(job.argv("-q")) == 0
+    assert len(api.calls) == (4 if calls_again else 2)
