@@ -61,6 +61,9 @@ BODY_SCAN = 4096
 # server would otherwise mean a login per call. A token that does expire sooner is rejected, and
 # a rejection renews it at once.
 MIN_LIFETIME = 2.0
+# After a rejection, how long the other workers' next calls are awaited to tell a rotated token
+# from a refused record, when none is on the wire.
+EVIDENCE_WAIT = 0.05
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 2.1
 
@@ -173,6 +176,7 @@ class TokenManager:
         # refused record: calls on the wire, and the latest send (by order) accepted and rejected.
         self._seq = 0
         self._in_flight = 0
+        self._last_sent = -math.inf
         self._last_ok = -1
         self._last_rejected = -1
         self._moved = asyncio.Event()  # set (and replaced) whenever one of those changes
@@ -216,6 +220,8 @@ class TokenManager:
         self._seq += 1
         if generation == self.generation:
             self._in_flight += 1
+            self._last_sent = asyncio.get_running_loop().time()
+            self._move()
         return Ticket(generation, self._seq)
 
     def answered(self, ticket: Ticket, accepted: bool | None) -> None:
@@ -229,6 +235,10 @@ class TokenManager:
             self._last_ok = max(self._last_ok, ticket.seq)
         elif accepted is not None:
             self._last_rejected = max(self._last_rejected, ticket.seq)
+        self._move()
+
+    def _move(self) -> None:
+        """Wake the calls waiting in ``rejected`` to look again."""
         self._moved.set()
         self._moved = asyncio.Event()
 
@@ -245,7 +255,8 @@ class TokenManager:
         token that is bad for every call stops the run at the next call's rejection).
         """
         mark = self._seq  # calls sent from now on show what the token is worth after this rejection
-        deadline = self._clock() + self.timeout.total + 1.0 if self.timeout.total else math.inf
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout.total or 30.0) + 1.0
         while True:
             if self.generation != ticket.generation:
                 return True  # replaced meanwhile: send it with the new one
@@ -254,11 +265,15 @@ class TokenManager:
             proven = self._accepted >= ticket.generation
             if proven and self._last_rejected > mark:
                 break  # and later calls are rejected too: rotated
-            if self._in_flight <= 0 or self._clock() >= deadline:
+            now = loop.time()
+            # Calls on the wire will tell; so may the other workers' next calls, if they keep
+            # sending (a quiet moment of EVIDENCE_WAIT means none is coming: decide without).
+            waiting = deadline - now if self._in_flight > 0 else self._last_sent + EVIDENCE_WAIT - now
+            if waiting <= 0 or now >= deadline:
                 break
             moved = self._moved
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), max(0.0, deadline - self._clock()))
+                await asyncio.wait_for(moved.wait(), min(waiting, deadline - now))
         if self._accepted < ticket.generation and resent:
             return False  # its own fresh token refused it, and no other call used it: refused for itself
         await self.refresh(session, ticket.generation, answer)
@@ -340,8 +355,7 @@ class TokenManager:
         self._token = token
         self.generation += 1
         self._in_flight, self._last_ok, self._last_rejected = 0, -1, -1
-        self._moved.set()
-        self._moved = asyncio.Event()
+        self._move()
         headers, params = self.config.sent_as(token)
         self._creds = Credentials(self.generation, headers, params)
         self._header = (self.generation, *next(iter(headers.items()))) if headers else None

@@ -34,6 +34,7 @@ from yarl import URL
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
 from .errors import AuthError, RunAborted, ThrottledTooLong, TLSError
+from .extract import parse_answer, to_json
 from .http import read_body, retry_after_seconds
 from .ratelimit import Limiter
 from .redact import MASK, Redactor
@@ -42,7 +43,7 @@ from .template import Row, drop_nulls, format_value, quote_query
 # How many times one call is sent again after its token was rejected, at most. Each resend needs
 # a token that other calls got through with (TokenManager.rejected), so this bounds only a call
 # that is unlucky through many rotations in a row.
-MAX_RESENDS_PER_CALL = 20
+MAX_RESENDS_PER_CALL = 100
 # Redirects are followed by hand, and only within the API's origin (scheme, host, port).
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -144,7 +145,7 @@ def prepare(config: RequestConfig, row: Row, sendable: bool = True) -> PreparedR
         doc = config.body.render(row)
         if config.remove_nulls:
             doc = drop_nulls(doc)
-        body = orjson.dumps(doc, default=str)
+        body = to_json(doc).encode()
         if not any(k.lower() == "content-type" for k in headers):
             headers["Content-Type"] = _JSON
     return PreparedRequest(config.method, url, headers, body)
@@ -410,7 +411,7 @@ class Client:
             if not body.strip():
                 return Outcome(status, None, None, attempt, latency_ms)
             try:
-                doc = orjson.loads(body)  # a 200 with HTML or cut-off JSON is a row error, found now
+                doc = parse_answer(body)  # a 200 with HTML or cut-off JSON is a row error, found now
                 return Outcome(status, body, None, attempt, latency_ms, doc)
             except orjson.JSONDecodeError as exc:
                 kind = response_headers.get("Content-Type", "").split(";")[0] or "no content-type"

@@ -60,6 +60,7 @@ from .errors import (
     StorageError,
     ThrottledTooLong,
 )
+from .extract import parse_answer, to_json
 from .journal import Entry, Journal
 from .ratelimit import RateLimiter
 from .redis_journal import RedisJournal, is_redis_url, shown_url
@@ -282,7 +283,7 @@ class PlanSpool:
 
 
 def _key_hash(values: tuple[Any, ...]) -> int:
-    digest = hashlib.blake2b(orjson.dumps(values, default=str), digest_size=8).digest()
+    digest = hashlib.blake2b(to_json(values).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
@@ -359,7 +360,7 @@ async def call_pass(
                 while journal.holding():  # the journal cannot save now: a call made would be lost
                     await asyncio.sleep(HOLD_SECONDS)
                 outcome = await client.call(request)
-                journal.put(fp, _entry(outcome, config, key), saved=not outcome.local)
+                seq = journal.put(fp, _entry(outcome, config, key), saved=not outcome.local)
                 in_flight.discard(fp)
                 finished.add(fp)  # until the next batch's look-up, which will see it
                 tally.rows += 1
@@ -367,6 +368,9 @@ async def call_pass(
                 if outcome.latency_ms is not None:
                     latencies.append(outcome.latency_ms)
                 report()
+                # A call counts as in flight until its answer is saved: no worker starts another
+                # before, so a kill costs no more calls than were in flight.
+                await journal.saved(seq)
 
         async def produce() -> None:
             logged_in = tokens is None
@@ -510,8 +514,10 @@ def _entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
     extracted = None
     if key is not None and doc is not None and config.fields:
         try:
+            # An exact number (kept as its text) goes in as text, and comes back as text, as the
+            # output holds it; an integer wider than 64 bits is left to pass 2, which reads the body.
             extracted = orjson.dumps([f.get(doc) for f in config.fields])
-        except orjson.JSONEncodeError:  # leave it to pass 2, which reads the body
+        except orjson.JSONEncodeError:
             extracted = None
     error = outcome.error
     if error is not None and not error.isascii():
@@ -586,7 +592,7 @@ def build_pass(
             return (*orjson.loads(entry.extracted), entry.status, None, *diagnostics)
         if not entry.body:
             return (*empty, entry.status, None, *diagnostics)
-        doc = orjson.loads(entry.body)
+        doc = parse_answer(entry.body)
         if fields:
             return (*(f.get(doc) for f in fields), entry.status, None, *diagnostics)
         return (entry.body.decode(), entry.status, None, *diagnostics)
@@ -676,9 +682,7 @@ def _column(name: str, values: list[Any], text: bool = False) -> pl.Series:
         return pl.Series(name, values, dtype=pl.Int64)
     elif kinds <= {int, float} and kinds != {int}:
         return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
-    return pl.Series(
-        name, [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in values], dtype=pl.String
-    )
+    return pl.Series(name, [v if v is None or isinstance(v, str) else to_json(v) for v in values], dtype=pl.String)
 
 
 def assemble(

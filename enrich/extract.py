@@ -38,6 +38,52 @@ _TOKEN = re.compile(
 )
 
 
+# A run of 17 digits (or digits and a point): a number a 64-bit int or a float may not hold as
+# written. Only answers that have one are parsed the slow, exact way.
+_LONG_NUMBER = re.compile(rb"[0-9.]{17,}")
+
+
+class ExactNumber(str):
+    """A number in an answer that no float holds as written (``0.1000000000000000055511``,
+    ``1e400``): kept as its text, so the output holds exactly what the API sent."""
+
+    __slots__ = ()
+
+
+def _exact_float(text: str) -> float | ExactNumber:
+    import decimal
+
+    value = float(text)
+    try:
+        exact = decimal.Decimal(repr(value)) == decimal.Decimal(text)
+    except decimal.InvalidOperation:  # inf, nan
+        exact = False
+    return value if exact else ExactNumber(text)
+
+
+def parse_answer(body: bytes) -> Any:
+    """A JSON answer parsed with every number as the API wrote it: orjson (fast) unless the body
+    has a number a float or a 64-bit int would change (``1.2345678901234567890``,
+    ``123456789012345678901234567890``), which are kept exactly (a Python int, or their text).
+    Raises ``orjson.JSONDecodeError`` (a ``ValueError``) for a body that is not JSON."""
+    doc = orjson.loads(body)  # also the check that the body is JSON, with orjson's message
+    if _LONG_NUMBER.search(body) is None:
+        return doc
+    import json
+
+    return json.loads(body, parse_float=_exact_float)
+
+
+def to_json(value: Any) -> str:
+    """``value`` as JSON text, whatever numbers it holds (integers wider than 64 bits included)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:  # orjson: an integer wider than 64 bits
+        import json
+
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
 @dataclass(frozen=True, slots=True)
 class FieldPath:
     """One output column: its name, the path it was written as, and a compiled getter."""
@@ -242,10 +288,7 @@ def _show(value: Any) -> str:
         return "{" + _plural(len(value), "key") + "}" if value else "{}"
     if isinstance(value, list):
         return "[" + _plural(len(value), "item") + "]" if value else "[]"
-    try:
-        return orjson.dumps(value, default=str).decode()
-    except orjson.JSONEncodeError:  # an integer wider than 64 bits
-        return str(value)
+    return to_json(value)
 
 
 def _cut(text: str, room: int) -> str:

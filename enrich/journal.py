@@ -21,6 +21,7 @@ read, stops the run with ``StorageError`` (exit 3): what was committed is kept.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import threading
@@ -112,6 +113,13 @@ class WriteThrough:
         self._stalled = False  # the writer is retrying a write that was not answered
         self._write_started = 0.0
         self.written = 0
+        # Every put is numbered; every number up to `_saved_seq` is saved. `saved(n)` waits in the
+        # event loop (woken from the writer thread) until put number n is.
+        self._seq = 0
+        self._taken_seq = 0  # the last number in the batch being written
+        self._saved_seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._saved_event: asyncio.Event | None = None
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -126,27 +134,61 @@ class WriteThrough:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> None:
-        """Hand a finished call to the writer (saved a moment later). With ``saved=False`` the
-        entry is only remembered for this run's look-ups (a request that could not be sent)."""
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> int:
+        """Hand a finished call to the writer (saved a moment later); returns its number, for
+        ``saved``. With ``saved=False`` the entry is only remembered for this run's look-ups (a
+        request that could not be sent), and the number is 0."""
         with self._changed:
             if self._closing:
                 raise RuntimeError("put on a closed journal")
             self._raise_failure()
             if not saved:
                 self._unsaved[fp] = entry
-                return
+                return 0
             self._unsaved.pop(fp, None)
             self._pending[fp] = entry
+            self._seq += 1
             if not self._threaded:
                 batch, self._pending = self._pending, {}
                 self._save_or_fail(batch)
                 self.written += len(batch)
-                return
+                self._saved_seq = self._seq
+                return self._seq
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_all, name="enrich-journal", daemon=True)
                 self._writer.start()
             self._changed.notify()
+            return self._seq
+
+    async def saved(self, seq: int) -> None:
+        """Wait (in the event loop, never blocking it) until put number ``seq`` is saved; raise
+        the writer's failure if it stops first. A run's workers wait here before their next
+        call, so a kill never costs more calls than were in flight."""
+        while self._saved_seq < seq:
+            if self._failure is not None or (self._threaded and not self._writer_alive()):
+                with self._changed:
+                    self._raise_failure()
+                return
+            if self._saved_event is None:
+                self._loop = asyncio.get_running_loop()
+                self._saved_event = asyncio.Event()
+            event = self._saved_event
+            if self._saved_seq >= seq:
+                return
+            await event.wait()
+
+    def _wake_savers(self) -> None:
+        """In the event loop: wake the workers waiting in ``saved``."""
+        if self._saved_event is not None:
+            self._saved_event.set()
+            self._saved_event = asyncio.Event()
+
+    def _notify_saved(self) -> None:
+        """From the writer thread: a batch is saved (or the writer stopped)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake_savers)
 
     def _save_or_fail(self, batch: dict[bytes, Entry]) -> None:
         try:
@@ -210,13 +252,16 @@ class WriteThrough:
                     if self.GATHER_SECONDS and not self._closing:
                         self._changed.wait(self.GATHER_SECONDS)  # let a call finishing now join this write
                     batch, self._pending, self._writing = self._pending, {}, self._pending
+                    self._taken_seq = self._seq
                     self._write_started = time.monotonic()
                 self._save(batch)
                 with self._changed:  # removed only once saved: a look-up finds it in one place or the other
                     self._writing = {}
                     self._stalled = False
                     self.written += len(batch)
+                    self._saved_seq = self._taken_seq
                     self._changed.notify_all()
+                self._notify_saved()
         except BaseException as exc:
             failure = self._failure_of(exc)
         finally:
@@ -226,6 +271,7 @@ class WriteThrough:
                 elif self._pending or self._writing:  # ended with calls unsaved, and no reason known
                     self._failure = StorageError(f"the journal's writer for {self.path} stopped.")
                 self._changed.notify_all()
+            self._notify_saved()
 
     # --- reading ----------------------------------------------------------------------------
 

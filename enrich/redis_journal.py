@@ -196,12 +196,12 @@ class RedisJournal(WriteThrough):
             self._client.close()
             self._client = None
 
-    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> None:
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> int:
         """Hand a finished call to the writer thread; raises ``JournalUnavailable`` once Redis has gone.
         A read-only journal (``--dry-run``) only remembers it."""
         if self._client is None:
             raise RuntimeError("put on a closed journal")
-        super().put(fp, entry, saved=saved and not self._readonly)
+        return super().put(fp, entry, saved=saved and not self._readonly)
 
     def flush(self) -> None:
         """Wait until every call handed to ``put`` is in Redis."""

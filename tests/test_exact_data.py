@@ -203,3 +203,50 @@ def test_when_compares_numbers_in_a_csv_as_numbers(tmp_path: Path, serve: Serve)
     out = run(tmp_path, server, {"url": server.url + "/v1/{{id}}"}, when="employees > 5 AND price < 2")
     assert [s["path"] for s in seen] == ["/v1/1"]
     assert pl.read_csv(out, infer_schema=False)["_http_status"].to_list() == ["200", None, None]
+
+
+def test_numbers_from_the_api_are_kept_as_the_api_wrote_them(tmp_path: Path, serve: Serve) -> None:
+    # A float holds 15-17 digits and orjson's int 64 bits: wider numbers keep their exact text.
+    body = (
+        '{"wide": 123456789012345678901234567890, "u64": 18446744073709551616, '
+        '"precise": 0.1000000000000000055511151231257827, "plain": 1.5, "small": 7}'
+    )
+
+    async def item(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/{id}", item)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n1\n", encoding="utf-8")
+    fields = {"wide": "wide", "u64": "u64", "precise": "precise", "plain": "plain", "small": "small"}
+    for out in (tmp_path / "out.csv", tmp_path / "out.parquet"):
+        cfg = write_config(
+            tmp_path / "job.yaml",
+            {"input": str(src), "output": str(out), "request": {"url": server.url + "/v1/{{id}}"}, "fields": fields},
+        )
+        assert run_cli(["run", str(cfg), "-q"]) == 0
+        row = (pl.read_csv(out, infer_schema=False) if out.suffix == ".csv" else pl.read_parquet(out)).row(
+            0, named=True
+        )
+        assert str(row["wide"]) == "123456789012345678901234567890"
+        assert str(row["u64"]) == "18446744073709551616"
+        assert str(row["precise"]) == "0.1000000000000000055511151231257827"
+        assert float(row["plain"]) == 1.5 and int(row["small"]) == 7
+
+
+def test_a_wide_integer_in_an_ndjson_input_is_sent_exactly(tmp_path: Path, serve: Serve) -> None:
+    server, seen = echo_api(serve)
+    src = tmp_path / "in.ndjson"
+    src.write_text('{"id": 1, "n": 123456789012345678901234567890}\n{"id": 2, "n": 5}\n', encoding="utf-8")
+    cfg = write_config(
+        tmp_path / "job.yaml",
+        {
+            "input": str(src),
+            "output": str(tmp_path / "out.csv"),
+            "request": {"url": server.url + "/v1/{{id}}", "method": "POST", "body": {"n": "{{n}}"}},
+        },
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert sorted(json.dumps(s["body"]["n"]) for s in seen) == ["123456789012345678901234567890", "5"]
