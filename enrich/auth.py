@@ -464,12 +464,15 @@ class TokenManager:
         if cfg.get_token is not None or cfg.get_expires_in is not None:
             try:
                 doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
+            except orjson.JSONDecodeError as exc:
                 if cfg.get_token is not None:
+                    # The body is not quoted: a successful login's answer likely holds the token,
+                    # which is not known yet and so could not be masked.
+                    kind = response_headers.get("Content-Type", "").split(";")[0] or "no content-type"
                     raise AuthError(
                         self.redactor.redact(
-                            f"{what} failed: the response of {cfg.url} (HTTP {status}) is not JSON: "
-                            f"{self.redactor.snippet(body)!r}. Check {where} and auth.method."
+                            f"{what} failed: the response of {cfg.url} (HTTP {status}, {kind}, {len(body):,} bytes) "
+                            f"is not JSON ({exc.msg} at char {exc.pos}). Check {where} and auth.method."
                         )
                     ) from None
         if cfg.get_token is not None:

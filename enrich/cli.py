@@ -467,7 +467,7 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         lf = scan_table(source, config.input_types)
         schema = lf.collect_schema()
         check_utf8(source)
-        types = value_types(lf, config.columns_read, config.input_types)
+        types = value_types(lf, config.columns_read, config.input_types, source)
         config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
         lines.append(f"  input      {source} ({len(schema)} columns; the ones used are there)")
     used = sorted(config.columns_used)
@@ -518,7 +518,7 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
         raise ConfigError(f"{args.config}: no input table. Set `input:` in the config or pass --input PATH.")
     lf = scan_table(source, config.input_types)
     check_utf8(source)
-    types = value_types(lf, config.columns_read, config.input_types)
+    types = value_types(lf, config.columns_read, config.input_types, source)
     config.check_schema({c: types.get(c, t) for c, t in lf.collect_schema().items()}, source.name)
     previews = run(apreview(config, source, args.rows))
     out: list[str] = []
@@ -569,7 +569,7 @@ def _init(args: argparse.Namespace, log: _Log) -> int:
     lf = scan_table(args.input)
     check_utf8(args.input)
     schema = lf.collect_schema()
-    types = value_types(lf, schema.names())  # a CSV's columns are text; the starter sees their kinds
+    types = value_types(lf, schema.names(), source=args.input)  # a CSV's columns are text; the starter sees their kinds
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(starter_config(args.input, {c: types.get(c, t) for c, t in schema.items()}), encoding="utf-8")
     log(
@@ -596,16 +596,19 @@ def _failures(s: Any) -> str:
 
 
 def _print_preview(path: Path, config: Any, rows: int, log: _Log) -> None:
+    import polars as pl
+
     from .config import ATTEMPTS_COLUMN, LATENCY_COLUMN
     from .tables import read_table
 
     frame = read_table(path, limit=rows)
     shown = [c for c in config.output_columns if c not in (ATTEMPTS_COLUMN, LATENCY_COLUMN)]  # narrower
     keep = [c for c in frame.columns if c not in config.output_columns][:1] + shown
-    import polars as pl
-
+    # Each cell masked before the table cuts it to 40 characters: a cut secret would not match.
+    text = [c for c in keep if frame.schema[c] == pl.String]
+    frame = frame.select(keep).with_columns(pl.col(c).map_elements(log.redact, return_dtype=pl.String) for c in text)
     with pl.Config(tbl_rows=rows, tbl_cols=-1, fmt_str_lengths=40, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
-        print(log.redact(str(frame.select(keep))))
+        print(log.redact(str(frame)))
 
 
 def _merge(args: argparse.Namespace, log: _Log) -> int:

@@ -54,9 +54,11 @@ from .errors import (
     AuthError,
     ConfigError,
     EnrichError,
+    InputError,
     Interrupted,
     OutputBusy,
     OutputError,
+    RunAborted,
     StorageError,
     ThrottledTooLong,
 )
@@ -442,6 +444,8 @@ async def call_pass(
                 journal.flush()
             if isinstance(stop, StorageError) and counters.calls == 0:
                 stop = OutputError(str(stop))  # found before any call: nothing was paid for (exit 2)
+            elif isinstance(stop, InputError) and counters.calls > 0:  # a bad line far into the file
+                stop = RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
             raise stop
         tally.logins = tokens.logins if tokens else 0
         tally.late_slots = getattr(client.limiter, "rebooked", 0)
@@ -885,10 +889,12 @@ def plan_job(
     if options.limit is not None and output is None:
         target, errors = (_trial_path(p, options.limit) if p is not None else None for p in (target, errors))
     assert target is not None
+    if in_place and _same_file(target, source):  # through a link: replace the file it points to
+        target = target.resolve()
     lf = scan_table(source, config.input_types)
     schema = lf.collect_schema()
     check_utf8(source)
-    types = value_types(lf, config.columns_read, config.input_types)
+    types = value_types(lf, config.columns_read, config.input_types, source)
     config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
     _check_files(config, source, target, errors, list(schema), options, in_place)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
@@ -1033,7 +1039,7 @@ def run_job(
                     job.input,
                     job.value_types,
                 )
-        except (EnrichError, KeyboardInterrupt) as stop:  # the output is ours (locked): say it stopped
+        except BaseException as stop:  # the output is ours (locked): say the run stopped, and why
             write_stop(stop, job, config.redactor.redact)
             raise
         summary = _summary(config, counters, tally, failures, time.perf_counter() - started, call_seconds)
@@ -1061,7 +1067,9 @@ def _claim_outputs(job: Job) -> Iterator[None]:
             )
             locks.append(hold(path, busy))
             OutputWriter.sweep(path)
-        summary_path(job.output).unlink(missing_ok=True)
+        # Until the run ends, the summary says it is running (and in which process): a run killed
+        # outright leaves that, never the last good run's figures.
+        _write_json(summary_path(job.output), {**_job_record(job, "running", None), "pid": os.getpid()})
         yield
     finally:
         for lock in locks:
@@ -1119,24 +1127,26 @@ def write_summary(summary: Summary, job: Job) -> Path:
 
 
 def write_stop(stop: BaseException, job: Job, redact: Callable[[str], str] = str) -> None:
-    """Write ``<output>.summary.json`` for a run that stopped (``status`` aborted or interrupted,
-    its exit code and message), so a scheduler never reads the last good run's summary as this
-    run's. Best effort: the disk may be why the run stopped."""
-    if isinstance(stop, KeyboardInterrupt):
-        status, code, message = "interrupted", Interrupted.exit_code, "interrupted"
-    else:
-        assert isinstance(stop, EnrichError)
-        status = "interrupted" if isinstance(stop, Interrupted) else "aborted"
-        code, message = stop.exit_code, redact(str(stop))
+    """Write ``<output>.summary.json`` for a run that stopped (``status`` aborted, interrupted or
+    failed, its exit code and message), so a scheduler never reads the last good run's summary as
+    this run's. Best effort: the disk may be why the run stopped."""
+    if isinstance(stop, (KeyboardInterrupt, Interrupted)):
+        status, code = "interrupted", Interrupted.exit_code
+        message = redact(str(stop)) if isinstance(stop, Interrupted) else "interrupted"
+    elif isinstance(stop, EnrichError):
+        status, code, message = "aborted", stop.exit_code, redact(str(stop))
+    else:  # a bug: the CLI says so too (exit 70)
+        status, code, message = "failed", 70, redact(f"internal error ({type(stop).__name__}: {stop})")
     with contextlib.suppress(OSError):
         _write_json(summary_path(job.output), {**_job_record(job, status, code), "error": message})
 
 
-def _job_record(job: Job, status: str, exit_code: int) -> dict[str, Any]:
+def _job_record(job: Job, status: str, exit_code: int | None) -> dict[str, Any]:
     import datetime
 
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return {
-        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "started_at" if status == "running" else "finished_at": now,
         "status": status,
         "exit_code": exit_code,
         "input": str(job.input),

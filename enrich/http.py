@@ -34,7 +34,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     A huge or infinite value (``inf``, ``1e308``, a date in the year 9999) comes back as is,
     never as an error: the caller compares it with ``retry.max_retry_after`` and stops the run.
     """
-    if not value:
+    if not value or not value.isascii():  # float() would read other scripts' digits
         return None
     value = value.strip()
     try:

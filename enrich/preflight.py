@@ -144,7 +144,7 @@ async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Prev
     from .tables import iter_batches, scan_table, value_types
 
     lf = scan_table(input_path, config.input_types)
-    types = value_types(lf, config.columns_read, config.input_types)
+    types = value_types(lf, config.columns_read, config.input_types, input_path)
     picked: list[tuple[int, Planned, PreparedRequest | None]] = []
     offset = 0
     for batch in iter_batches(lf, input_path, None):

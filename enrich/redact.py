@@ -101,14 +101,17 @@ IDENTITY_KEYS = frozenset(
     }
 )
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+# Words long enough to name a credential inside another word too: ACME_APITOKEN, SECRETKEY.
+_SECRET_PARTS = re.compile(r"token|secret|passw|apikey|credential|signature|bearer|privatekey|cookie", re.IGNORECASE)
 # The credentials of `auth`, whatever their value looks like.
 _AUTH_CREDENTIALS = frozenset({"token", "password", "client_secret", "key"})
 
 
 def secret_name(name: str) -> bool:
-    """Whether ``name`` names a credential: ``X-API-Key``, ``api_key``, ``ACME_PASSWORD``; not ``author``."""
+    """Whether ``name`` names a credential: ``X-API-Key``, ``api_key``, ``ACME_PASSWORD``,
+    ``ACME_APITOKEN``; not ``author`` or ``monkey``."""
     words = {w.lower() for w in _WORD.findall(name)}
-    return bool(words & SECRET_WORDS) or re.sub(r"[^a-z]", "", name.lower()) in SECRET_WORDS
+    return bool(words & SECRET_WORDS) or _SECRET_PARTS.search(name) is not None
 
 
 def secret_position(path: tuple[str, ...]) -> bool:
@@ -148,19 +151,26 @@ def _hex(text: str) -> str:
     return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
 
 
+_HTML_NAMED = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos|#39", "/": "sol"}
+
+
 def _char_pattern(ch: str) -> str:
-    """Every way text may carry one character of a secret: itself, a JSON ``\\uXXXX`` escape
-    (any character; a pair for one outside the BMP), percent-encoded bytes (in any case), and
-    ``\\/``, ``\\"``, ``\\\\``, ``+`` for the characters JSON, repr or a form escape so."""
+    """Every way text may carry one character of a secret: itself; escaped for JSON (``\\uXXXX``,
+    a pair outside the BMP, ``\\/``, ``\\"``), repr or a JSON string inside a JSON string (one
+    backslash or more); percent-encoded in any case, once or twice (``%2B``, ``%252B``); ``+``
+    for a space; and as an HTML entity (``&#x2F;``, ``&#47;``, ``&quot;``)."""
     alts = [re.escape(ch)]
-    utf16 = ch.encode("utf-16-be")
-    alts.append("".join(r"\\u" + _hex(utf16[i : i + 2].hex()) for i in range(0, len(utf16), 2)))
-    if not (ch.isascii() and (ch.isalnum() or ch in "_.~-")):
-        alts.append("".join("%" + _hex(f"{b:02X}") for b in ch.encode()))
+    utf16 = ch.encode("utf-16-be", "surrogatepass")
+    alts.append(r"\\+u" + r"\\+u".join(_hex(utf16[i : i + 2].hex()) for i in range(0, len(utf16), 2)))
+    alts.append("".join("%(?:25)*" + _hex(f"{b:02X}") for b in ch.encode("utf-8", "surrogatepass")))
     if ch in "/\"'\\":
-        alts.append(re.escape("\\" + ch))
+        alts.append(r"\\+" + re.escape(ch))
     if ch == " ":
         alts.append(r"\+")
+    code = ord(ch)
+    alts.append(f"&#(?:[xX]0*{_hex(f'{code:x}')}|0*{code});")
+    if ch in _HTML_NAMED:
+        alts.append(f"&(?:{_HTML_NAMED[ch]});")
     return "(?:" + "|".join(alts) + ")"
 
 

@@ -57,7 +57,7 @@ def read_table(path: Path, types: Mapping[str, str] | None = None, limit: int | 
     try:
         return (lf.head(limit) if limit is not None else lf).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(f"cannot read the input {path}: {_first_line(exc)}") from None
+        raise unreadable(path, exc) from None
 
 
 def write_table(df: pl.DataFrame, path: Path) -> None:
@@ -170,15 +170,15 @@ def changed(path: Path | str, how: str) -> InputChanged:
 
 # What a text cell must look like to be sent as a number or a boolean: exactly that, with no
 # sign but a minus, no leading zero, no space, and few enough digits to survive as a number.
-_INT_TEXT = r"^-?(?:0|[1-9][0-9]{0,17})$"
-_FLOAT_TEXT = r"^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,3})?$"
+_INT_TEXT = r"^(?:0|-?[1-9][0-9]{0,17})$"
+_FLOAT_TEXT = r"^(?:-?(?:0|[1-9][0-9]*)\.[0-9]+|0|-?[1-9][0-9]*)(?:[eE][+-]?[0-9]{1,3})?$"
 _BOOL_TEXT = r"^(?i:true|false)$"
 FLOAT_DIGITS = 15  # a float keeps 15 significant digits exactly; more are text (an id, a phone number)
 SAMPLE_ROWS = 10_000  # rows a column's kind is judged on
 
 
 def value_types(
-    lf: pl.LazyFrame, columns: Iterable[str], declared: Mapping[str, str] | None = None
+    lf: pl.LazyFrame, columns: Iterable[str], declared: Mapping[str, str] | None = None, source: Path | None = None
 ) -> dict[str, pl.DataType]:
     """The kind of values of each text column among ``columns`` (but those ``declared`` in
     ``input_types``, which keep the type given there), judged on the first rows:
@@ -194,7 +194,10 @@ def value_types(
     text = [c for c in dict.fromkeys(columns) if schema.get(c) == pl.String and c not in (declared or {})]
     if not text:
         return {}
-    sample = lf.select(text).head(SAMPLE_ROWS).collect()
+    try:
+        sample = lf.select(text).head(SAMPLE_ROWS).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise unreadable(source or Path("the input"), exc) from None
     kinds = sample.select(
         pl.struct(
             pl.col(c).drop_nulls().len().alias("n"),
@@ -295,6 +298,23 @@ def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
         raise InputError(f"cannot read the input {path}: {exc.strerror or exc}") from None
 
 
+def unreadable(path: Path, exc: BaseException) -> InputError:
+    """The error for an input that polars cannot read as far as it got, with what to check."""
+    detail = _first_line(exc)
+    lowered = str(exc).lower()
+    if "more fields" in lowered or "malformed" in lowered or "quote" in lowered:
+        fix = (
+            "Check that every line has as many fields as the header, and that every quote is closed (a field "
+            "holding a comma or a line break must be in double quotes)."
+        )
+    else:
+        fix = (
+            "If a column named in `input_types` holds values of another type, read it as text: "
+            "`input_types: {column: str}`."
+        )
+    return InputError(f"cannot read the input {path}: {detail}. {fix}")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -313,10 +333,7 @@ def iter_batches(
                 produced = True
                 yield batch
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(
-            f"cannot read the input {path}: {_first_line(exc)}. If a column named in `input_types` holds "
-            "values of another type, read it as text: `input_types: {column: str}`."
-        ) from None
+        raise unreadable(path, exc) from None
     if not produced:
         yield pl.DataFrame(schema=lf.collect_schema())
 
@@ -442,6 +459,14 @@ def merge_shards(parts: list[Path], output: Path) -> int:
     from .config import ROW_COLUMN
 
     _check_shard_names(parts)
+    if output_format(output) == "csv" and any(input_format(p) != "csv" for p in parts):
+        # A CSV that enrich writes guards the API's values against spreadsheet formulas; these
+        # parts were not written as CSV, so their values never were.
+        raise InputError(
+            f"{output}: the shard outputs are not CSV, and merged into a CSV the API's values would reach a "
+            "spreadsheet unguarded against formulas (escape_formulas). Merge them into .parquet or .ndjson, "
+            "or run the shards with a .csv output."
+        )
     frames = []
     for part in parts:
         lf = scan_table(part)

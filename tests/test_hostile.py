@@ -431,3 +431,41 @@ def test_a_latin1_csv_is_named_with_the_fix_before_any_call(
         f"iconv -f windows-1252 -t utf-8 {src} > utf8.csv\n"
     )
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        pytest.param("id\n1\n2\n1,2,3\n", "found more fields than defined in 'Schema'", id="a-ragged-line"),
+        pytest.param(
+            "id,name\n" + "".join(f"{i},n{i}\n" for i in range(30)) + '31,"unbalanced\n32,x\n',
+            "CSV malformed",
+            id="an-unclosed-quote",
+        ),
+    ],
+)
+def test_a_malformed_csv_is_named_with_the_fix_before_any_call(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str], text: str, detail: str
+) -> None:
+    server, calls = items_api(serve)
+    cfg, src, _ = job(tmp_path, server)
+    src.write_text(text, encoding="utf-8")
+    fix = (
+        "Check that every line has as many fields as the header, and that every quote is closed (a field holding "
+        "a comma or a line break must be in double quotes).\n"
+    )
+    for command in ("validate", "run"):
+        assert run_cli([command, str(cfg)]) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot read the input {src}: {detail}") and err.endswith(fix), err
+    assert calls == []
+
+
+def test_in_place_through_a_link_replaces_the_file_it_points_to(tmp_path: Path, serve: Serve) -> None:
+    server, _ = items_api(serve)
+    cfg, src, _ = job(tmp_path, server, rows=2)
+    link = tmp_path / "link.csv"
+    link.symlink_to(src)
+    assert run_cli(["run", str(cfg), "-q", "--input", str(link), "--output", str(link), "--in-place"]) == 0
+    assert link.is_symlink()
+    assert pl.read_csv(src, infer_schema=False)["got"].to_list() == ["0", "1"]

@@ -238,7 +238,10 @@ def test_resume_after_sigkill_repeats_only_the_calls_not_yet_committed(
     first.wait(10)
     assert first.returncode == -signal.SIGKILL
     assert not job.out.exists()
-    assert leftovers(tmp_path, job.out) == []  # no output, no temp file, no parts
+    # No output, no temp file, no parts; the summary says the run is running (in a process now gone).
+    assert leftovers(tmp_path, job.out) == [f"{job.out.name}.summary.json"]
+    running = json.loads((tmp_path / f"{job.out.name}.summary.json").read_text())
+    assert (running["status"], running["pid"]) == ("running", first.pid)
     assert job.journal.exists()
 
     rerun_started = time.monotonic()
@@ -1258,3 +1261,22 @@ def test_what_the_fingerprint_keeps_of_the_variables(
         monkeypatch.setenv(name, value.format(port=port))
     assert run_cli(job.argv("-q")) == 0
     assert len(api.calls) == (4 if calls_again else 2)
+
+
+def test_merging_parquet_shards_into_a_csv_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A CSV written by enrich guards the API's values against spreadsheet formulas; Parquet parts
+    # were never guarded, so merging them into a CSV would ship `=HYPERLINK(...)` as it is.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for name, rows in EVERY_SHARD.items():
+        part = pl.DataFrame({"v": ['=HYPERLINK("http://x")'] * len(rows), "_row": pl.Series(rows, dtype=pl.Int64)})
+        part.write_parquet(name)
+    assert run_cli(["merge", *EVERY_SHARD, "--output", "out/people.csv"]) == 2
+    assert capsys.readouterr().err == (
+        "error: out/people.csv: the shard outputs are not CSV, and merged into a CSV the API's values would reach "
+        "a spreadsheet unguarded against formulas (escape_formulas). Merge them into .parquet or .ndjson, or run "
+        "the shards with a .csv output.\n"
+    )
+    assert not (tmp_path / "out/people.csv").exists()

@@ -90,7 +90,40 @@ def test_add_later_extends_masking() -> None:
         pytest.param("my secret+key", "x?key=my+secret%2Bkey&a=1", "x?key=***&a=1", id="url-query-plus"),
         # a base64 key as enrich's params send it: `/` kept, `+` as %2B, `=` as %3D, space as +
         pytest.param("Qk3y/ZZ+a b==", "x?key=Qk3y/ZZ%2Ba+b%3D%3D&a=1", "x?key=***&a=1", id="query-param-base64"),
+        # as APIs echo a key: `/` as `\/` (PHP), `+` as `\u002B` (.NET), every character percent-encoded,
+        # encoded twice, in JSON inside JSON, as HTML entities
+        pytest.param("KEY/9f9f+x", '{"k": "KEY\\/9f9f\\u002Bx"}', '{"k": "***"}', id="json-escaped-slash-and-plus"),
+        pytest.param("abc/+1", "%61%62%63%2F%2b%31", "***", id="every-char-percent-encoded"),
+        pytest.param("k3y/with+plus", "k3y%252Fwith%252Bplus", "***", id="percent-encoded-twice"),
+        pytest.param('pw "9" é', '"\\"pw \\\\\\"9\\\\\\" \\\\u00e9\\""', '"\\"***\\""', id="json-in-json"),
+        pytest.param("P@ss/w+rd", "P@ss&#x2F;w&#43;rd", "***", id="html-entities"),
+        # a header's bytes that are not UTF-8 (kept as lone surrogates) neither crash nor leak
+        pytest.param("tok\udce9\udcff1", "got tok\udce9\udcff1!", "got ***!", id="lone-surrogates"),
     ],
 )
 def test_escaped_forms_of_a_secret_are_masked(secret: str, text: str, expected: str) -> None:
     assert Redactor([secret]).redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("X-API-Key", True),
+        ("api_key", True),
+        ("ACME_PASSWORD", True),
+        ("ACME_APITOKEN", True),  # a credential's word inside another word
+        ("ACME_CLIENTSECRET", True),
+        ("ACMEAPIKEY", True),
+        ("Authorization", True),
+        ("sig", True),
+        ("API_USER", False),
+        ("TENANT", False),
+        ("author", False),  # `auth` only as a word
+        ("monkey", False),  # `key` only as a word
+        ("passport", False),
+    ],
+)
+def test_which_names_are_a_credentials(name: str, secret: bool) -> None:
+    from enrich.redact import secret_name
+
+    assert secret_name(name) is secret
