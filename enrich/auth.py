@@ -177,6 +177,7 @@ class TokenManager:
         self._seq = 0
         self._in_flight = 0
         self._last_sent = -math.inf
+        self._waiting = 0  # calls waiting in `rejected`
         self._last_ok = -1
         self._last_rejected = -1
         self._moved = asyncio.Event()  # set (and replaced) whenever one of those changes
@@ -220,7 +221,7 @@ class TokenManager:
         self._seq += 1
         if generation == self.generation:
             self._in_flight += 1
-            self._last_sent = asyncio.get_running_loop().time()
+            self._last_sent = time.monotonic()
             self._move()
         return Ticket(generation, self._seq)
 
@@ -238,9 +239,10 @@ class TokenManager:
         self._move()
 
     def _move(self) -> None:
-        """Wake the calls waiting in ``rejected`` to look again."""
-        self._moved.set()
-        self._moved = asyncio.Event()
+        """Wake the calls waiting in ``rejected`` to look again (if any: this runs on every send)."""
+        if self._waiting:
+            self._moved.set()
+            self._moved = asyncio.Event()
 
     async def rejected(
         self, session: aiohttp.ClientSession, ticket: Ticket, answer: str = "", resent: bool = False
@@ -255,8 +257,7 @@ class TokenManager:
         token that is bad for every call stops the run at the next call's rejection).
         """
         mark = self._seq  # calls sent from now on show what the token is worth after this rejection
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.timeout.total or 30.0) + 1.0
+        deadline = time.monotonic() + (self.timeout.total or 30.0) + 1.0
         while True:
             if self.generation != ticket.generation:
                 return True  # replaced meanwhile: send it with the new one
@@ -265,15 +266,19 @@ class TokenManager:
             proven = self._accepted >= ticket.generation
             if proven and self._last_rejected > mark:
                 break  # and later calls are rejected too: rotated
-            now = loop.time()
+            now = time.monotonic()
             # Calls on the wire will tell; so may the other workers' next calls, if they keep
             # sending (a quiet moment of EVIDENCE_WAIT means none is coming: decide without).
             waiting = deadline - now if self._in_flight > 0 else self._last_sent + EVIDENCE_WAIT - now
             if waiting <= 0 or now >= deadline:
                 break
             moved = self._moved
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), min(waiting, deadline - now))
+            self._waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), min(waiting, deadline - now))
+            finally:
+                self._waiting -= 1
         if self._accepted < ticket.generation and resent:
             return False  # its own fresh token refused it, and no other call used it: refused for itself
         await self.refresh(session, ticket.generation, answer)

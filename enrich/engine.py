@@ -5,12 +5,15 @@ A run has two passes over the input, both streaming in batches:
 1. **call** (async): render each row's request, fingerprint it, and call the API for
    the fingerprints the journal lacks, through ``concurrency`` fixed workers pulling
    from a bounded queue. Rows that render to the same request make one call; every
-   finished call goes to the journal.
-2. **build** (sync): render again, look each row's call up in the journal, extract the
-   fields and write the output batch by batch, then settle the column types.
+   finished call goes to the journal, and its worker starts no other until it is saved.
+2. **build** (sync): read the same rows again (each batch checked against what pass 1
+   saw: a file changed meanwhile stops the run), look each row's call up in the journal,
+   extract the fields and write the output batch by batch, then settle the column types.
 
 So a killed run loses only the calls in flight, a rerun calls only what is missing,
 and ``extract`` (pass 2 alone) rebuilds the output after ``fields`` change, for free.
+Before the first call, ``plan_job`` and ``run_job`` check what the run will write (the
+output and errors file: writable, not the input, not written by another run).
 
     result = enrich(df, load_config("configs/demo.yaml"))     # polars in, polars out
     summary, out = run_job(config, RunOptions(retry_failed=True))
@@ -1261,5 +1264,5 @@ def _journal(job: Job) -> Iterator[Journal | RedisJournal]:
         with Journal.open(path, lock=False) as journal:  # a name no other run knows
             yield journal
     finally:
-        for leftover in (path, Path(name + "-wal"), Path(name + "-shm")):
-            leftover.unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm", "-log0", "-log1"):
+            Path(name + suffix).unlink(missing_ok=True)

@@ -5,12 +5,13 @@ keyed by the fingerprint of a rendered request (method, URL with query, non-auth
 headers, body; never a token) and holds the final status, the error and the response
 body exactly as the API sent it. Written through: a writer thread commits each finished
 call a moment after it is handed over (together with whatever finished meanwhile: a group
-commit), so a killed run loses only the calls in flight, and the event loop never waits on
-the disk.
+commit), and the engine's workers await ``saved`` before their next call, so a killed run
+loses only the calls in flight; the event loop never waits on the disk.
 
     with Journal.open(Path("out/people.parquet.journal")) as journal:
         known = journal.lookup([fp1, fp2])           # {fp1: Entry(...)} for calls already made
-        journal.put(fp3, Entry(200, None, b'{"a": 1}', 1, 12.5, time.time()))
+        n = journal.put(fp3, Entry(200, None, b'{"a": 1}', 1, 12.5, time.time()))
+        await journal.saved(n)                       # in the event loop: until it is committed
         journal.flush()                              # wait until everything put is committed
 
 Only one run may write a journal at a time: ``open`` takes an exclusive lock (``locks.py``,
@@ -23,18 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
+import mmap
+import os
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from .errors import Busy, OutputError, RunAborted, StorageError
 from .locks import Lock, hold
 
 _CHUNK = 500  # fingerprints per IN (...) query; SQLite allows 32,766 parameters
+FLUSH_ROWS = 500  # logged calls moved into SQLite in one transaction once this many are waiting,
+FLUSH_SECONDS = 0.5  # or this long after the last move
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -119,7 +128,7 @@ class WriteThrough:
         self._taken_seq = 0  # the last number in the batch being written
         self._saved_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._saved_event: asyncio.Event | None = None
+        self._saved: asyncio.Future[None] | None = None
 
     # --- what a subclass provides ---------------------------------------------------------
 
@@ -169,19 +178,17 @@ class WriteThrough:
                 with self._changed:
                     self._raise_failure()
                 return
-            if self._saved_event is None:
+            if self._saved is None:  # one future for every worker waiting now
                 self._loop = asyncio.get_running_loop()
-                self._saved_event = asyncio.Event()
-            event = self._saved_event
-            if self._saved_seq >= seq:
-                return
-            await event.wait()
+                self._saved = self._loop.create_future()
+            await self._saved
 
     def _wake_savers(self) -> None:
         """In the event loop: wake the workers waiting in ``saved``."""
-        if self._saved_event is not None:
-            self._saved_event.set()
-            self._saved_event = asyncio.Event()
+        if self._saved is not None:
+            waiting, self._saved = self._saved, None
+            if not waiting.done():
+                waiting.set_result(None)
 
     def _notify_saved(self) -> None:
         """From the writer thread: a batch is saved (or the writer stopped)."""
@@ -201,6 +208,8 @@ class WriteThrough:
         """Whether to hold the next call: a write has gone unanswered for ``STALL_AFTER`` (an
         outage should cost the calls in flight, not seconds of paid calls nobody can save).
         Raises the writer's failure once it has given up."""
+        if self._failure is None and self.STALL_AFTER is None:
+            return False  # the common case, asked before every call: no lock
         with self._changed:
             self._raise_failure()
             if self.STALL_AFTER is None:
@@ -294,6 +303,169 @@ class WriteThrough:
         return found, [fp for fp in wanted if fp not in found]
 
 
+# --- the append log's records ------------------------------------------------------------------
+
+# fp, status (-1: none), attempts, latency_ms (NaN: none), at, then the lengths of error,
+# fields_key, body and extracted (NONE: none); the bytes follow, then a CRC32 of it all.
+_HEAD = struct.Struct("<16siiddIIII")
+_CRC = struct.Struct("<I")
+_NONE = 0xFFFFFFFF
+
+
+def _log_path(path: Path) -> Path:
+    return Path(f"{path}-log")
+
+
+class _LogFile:
+    """The append log, mapped into memory: a record copied in is in the page cache at once, so it
+    survives the process being killed, and costs no system call. Its space is allocated ahead
+    (a full disk is an error here, never a crash when a page is first touched), and the bytes
+    after the last record are zero, so a reader stops exactly there."""
+
+    INITIAL = 256 << 10  # then doubled as it fills
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.size = 0
+        self.map: mmap.mmap | None = None
+        self.end = 0
+        self._grow(self.INITIAL)
+
+    def _grow(self, wanted: int) -> None:
+        size = max(wanted, 2 * self.size, self.INITIAL)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(self.fd, 0, size)  # ENOSPC here, not a SIGBUS on a later write
+        else:  # pragma: no cover - Windows and macOS: the file is grown, its blocks found on writing
+            os.ftruncate(self.fd, size)
+        if self.map is None:
+            self.map = mmap.mmap(self.fd, size)
+        else:
+            self.map.resize(size)
+        self.size = size
+
+    def append(self, data: bytes) -> None:
+        end = self.end + len(data)
+        if end > self.size:
+            self._grow(end)
+        assert self.map is not None
+        self.map[self.end : end] = data
+        self.end = end
+
+    def reset(self) -> None:
+        """Its records are in SQLite: start again from the beginning, on zeros (a reader stops
+        at the first record that is not whole)."""
+        assert self.map is not None
+        self.map[0 : self.end] = bytes(self.end)
+        self.end = 0
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        os.close(self.fd)
+
+
+def _record(fp: bytes, entry: Entry) -> bytes:
+    status, error, body, attempts, latency_ms, at, fields_key, extracted = entry
+    error_b = b"" if error is None else error.encode("utf-8", "surrogatepass")
+    key_b = b"" if fields_key is None else fields_key.encode()
+    data = b"".join(
+        (
+            _HEAD.pack(
+                fp,
+                -1 if status is None else status,
+                attempts,
+                math.nan if latency_ms is None else latency_ms,
+                at,
+                _NONE if error is None else len(error_b),
+                _NONE if fields_key is None else len(key_b),
+                _NONE if body is None else len(body),
+                _NONE if extracted is None else len(extracted),
+            ),
+            error_b,
+            key_b,
+            body or b"",
+            extracted or b"",
+        )
+    )
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def _records(data: bytes) -> Iterator[tuple[bytes, Entry]]:
+    """The whole records of a log; a record cut short (the run was killed writing it) ends it."""
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        fp, status, attempts, latency, at, *sizes = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + sum(n for n in sizes if n != _NONE)
+        if end + 4 > len(data) or _CRC.unpack_from(data, end)[0] != zlib.crc32(data[pos:end]):
+            return
+        cursor, parts = pos + _HEAD.size, []
+        for n in sizes:
+            parts.append(None if n == _NONE else data[cursor : cursor + n])
+            cursor += 0 if n == _NONE else n
+        error, key, body, extracted = parts
+        yield (
+            fp,
+            Entry(
+                None if status < 0 else status,
+                None if error is None else error.decode("utf-8", "surrogatepass"),
+                body,
+                attempts,
+                None if math.isnan(latency) else latency,
+                at,
+                None if key is None else key.decode(),
+                extracted,
+            ),
+        )
+        pos = end + 4
+
+
+def _replay_log(conn: sqlite3.Connection, path: Path) -> None:
+    """Move the calls a killed run logged into SQLite (the newest of each), then empty the log."""
+    log = _log_path(path)
+    if not log.exists():
+        return
+    found: dict[bytes, Entry] = {}
+    for fp, entry in _records(log.read_bytes()):
+        if fp not in found or entry.at >= found[fp].at:
+            found[fp] = entry
+    if found:
+        _insert(conn, [(fp, *e) for fp, e in found.items()])
+    log.unlink()
+
+
+_ROWS_PER_STATEMENT = 256  # 9 parameters each; SQLite allows 32,766
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted)"
+        f" VALUES {values}"
+    )
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` in one transaction, many rows per statement (fewer steps through sqlite3).
+    Statements of 256, 128, ... 1 rows: a few shapes, each prepared once."""
+    if conn.in_transaction:  # an earlier attempt was interrupted (a second Ctrl-C) mid-way: undo it
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        start = 0
+        while start < len(rows):
+            n = 1 << min(_ROWS_PER_STATEMENT.bit_length() - 1, (len(rows) - start).bit_length() - 1)
+            conn.execute(_insert_sql(n), [v for row in rows[start : start + n] for v in row])
+            start += n
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 # SQLite's words for a disk that cannot take more, and for a file that is not what it was.
 _FULL = ("database or disk is full", "no space left")
 _DAMAGED = ("malformed", "not a database", "file is encrypted", "corrupt")
@@ -324,16 +496,23 @@ def _storage_problem(path: Path | None, exc: BaseException, doing: str) -> str:
 class Journal(WriteThrough):
     """A SQLite journal of finished calls, written by one run at a time.
 
-    A file journal has two connections: the writer thread's, and the one look-ups use (WAL lets
-    them read while a write commits). A journal in memory (``path`` None) is saved in place.
+    A SQLite commit of a few rows rewrites whole pages, so a commit per finished call would cost
+    the run a fifth of its speed, and a thread committing for it contends for the GIL with the
+    event loop. Instead each finished call is appended, as it is put, to a log beside the file
+    (``<journal>-log``, mapped into memory: a copy into the page cache, which survives the
+    process being killed, at no system call) and is durable from then; every ``FLUSH_ROWS``
+    calls (or ``FLUSH_SECONDS``) the logged calls go into SQLite in one transaction and the log
+    starts again. A run that was killed leaves its log: the next ``open`` moves what it holds
+    into SQLite first. A journal in memory (``path`` None) keeps no log.
     """
 
     def __init__(self, conn: sqlite3.Connection, path: Path | None, lock: Lock | None = None) -> None:
-        super().__init__(threaded=path is not None)
+        super().__init__(threaded=False)
         self._conn: sqlite3.Connection | None = conn
-        self._write_conn: sqlite3.Connection | None = None
         self.path = path
         self._lock = lock
+        self._log: _LogFile | None = None  # a file journal that writes
+        self._last_move = time.monotonic()
 
     @classmethod
     def open_readonly(cls, path: Path | None) -> Journal:
@@ -353,7 +532,10 @@ class Journal(WriteThrough):
                 f"cannot read the journal {path}: {exc}. If the file is not an enrich journal, "
                 "point --journal elsewhere."
             ) from None
-        return cls(conn, path)
+        journal = cls(conn, path)
+        with contextlib.suppress(OSError):  # the calls a live (or killed) run has logged and not moved yet
+            journal._unsaved.update(_records(_log_path(path).read_bytes()))
+        return journal
 
     @classmethod
     def open(cls, path: Path | None, lock: bool = True) -> Journal:
@@ -406,7 +588,17 @@ class Journal(WriteThrough):
                     "be made again), or put back a copy from a backup."
                 ) from None
             raise OutputError(_storage_problem(path, exc, "opening it")) from None
-        return cls(conn, path, held)
+        journal = cls(conn, path, held)
+        if path is not None:
+            doing = "reading back the calls a killed run left"
+            try:
+                _replay_log(conn, path)  # a killed run's last calls, into SQLite before anything
+                doing = "making room for its log"
+                journal._log = _LogFile(_log_path(path))
+            except (sqlite3.Error, OSError) as exc:
+                journal.close()
+                raise OutputError(_storage_problem(path, exc, doing)) from None
+        return journal
 
     def __enter__(self) -> Journal:
         return self
@@ -425,13 +617,17 @@ class Journal(WriteThrough):
         if self._conn is None:
             return
         try:
-            self._stop_writer()
+            if self._failure is None:
+                self.flush()  # the logged calls into SQLite, so the log can go
         finally:
-            for conn in (self._write_conn, self._conn):
-                if conn is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            self._conn = self._write_conn = None
+            if self._log is not None:
+                self._log.close()
+                if self._failure is None and self.path is not None:
+                    _log_path(self.path).unlink(missing_ok=True)
+                self._log = None
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
             if remove_if_empty and self.written == 0 and self.path is not None:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -439,25 +635,50 @@ class Journal(WriteThrough):
                 self._lock.release()
                 self._lock = None
 
-    def _save(self, batch: dict[bytes, Entry]) -> None:
-        """One transaction (on the writer thread's own connection, for a file)."""
-        conn = self._conn if not self._threaded else self._write_conn
-        if conn is None:
-            conn = self._write_conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> int:
+        """Record a finished call: in the log at once (durable from here), in SQLite with the next
+        move. ``saved=False``: only remembered for this run's look-ups (a request that could not be
+        sent), numbered 0."""
+        self._raise_failure()
+        if not saved:
+            self._unsaved[fp] = entry
+            return 0
+        self._unsaved.pop(fp, None)
+        if self._log is not None:
+            try:
+                self._log.append(_record(fp, entry))
+            except (OSError, ValueError) as exc:  # no space to grow the log into
+                self._fail(exc)
+        self._pending[fp] = entry
+        self._seq += 1
+        self._saved_seq = self._seq
+        self.written += 1
+        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_move >= FLUSH_SECONDS:
+            self.flush()
+        return self._seq
+
+    def flush(self) -> None:
+        """Move every logged call into SQLite (one transaction), and start the log again."""
+        self._raise_failure()
+        self._last_move = time.monotonic()
+        if not self._pending:
+            return
+        assert self._conn is not None, "put on a closed journal"
         try:
-            conn.executemany(
-                "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(fp, *e) for fp, e in batch.items()],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
+            _insert(self._conn, [(fp, *e) for fp, e in self._pending.items()])
+            if self._log is not None:
+                self._log.reset()
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc)
+        self._pending.clear()
+
+    def holding(self) -> bool:
+        return False  # a local file answers at once, or fails the put itself
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        self._failure = failure = self._failure_of(exc)
+        self._failure_told = True
+        raise failure
 
     def _failure_of(self, exc: BaseException) -> RunAborted:
         if isinstance(exc, (sqlite3.Error, OSError)):

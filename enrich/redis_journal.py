@@ -18,16 +18,16 @@ checks it, so a Redis that lost the journal mid-run (restarted empty, flushed) s
     journal.flush()                        # waits until everything put is in Redis
     journal.close()
 
-Written through, not every half second as the SQLite file is: a background thread writes
+Written through, as the SQLite file is (``journal.WriteThrough``): a background thread writes
 each finished call as soon as it is put (after at most ``GATHER_SECONDS`` for another to join
 it), together with whatever finished during the previous write (one MSET per round trip,
-never blocking the event loop). A process killed at any moment (a Dask worker, a preempted
-pod) loses only the calls in flight and those finished during the last round trip to Redis,
-so the task's rerun elsewhere pays for little more than what was in flight. While a write
-goes unanswered for ``STALL_AFTER``, ``holding()`` tells the engine to send no new call.
+never blocking the event loop), and a worker starts no call before its last answer is in
+Redis. A process killed at any moment (a Dask worker, a preempted pod) loses only the calls
+in flight, so the task's rerun elsewhere pays for no more. While a write goes unanswered for
+``STALL_AFTER``, ``holding()`` tells the engine to send no new call.
 
 No lock: many processes write one journal by design (an entry is the same whoever writes
-it). The entries hold what the engine gives them: bodies already masked of secrets, and no
+it). The entries hold what the engine gives them: the answers as the API sent them, and no
 auth header (an Entry has none). Fail closed, as the shared limit does: when Redis cannot be
 reached for ``FAIL_AFTER`` seconds, the next ``put``, ``holding`` or ``flush`` raises ``JournalUnavailable``
 and the run stops (exit 3), resumable.
