@@ -1264,5 +1264,5 @@ def _journal(job: Job) -> Iterator[Journal | RedisJournal]:
         with Journal.open(path, lock=False) as journal:  # a name no other run knows
             yield journal
     finally:
-        for suffix in ("", "-wal", "-shm", "-log0", "-log1"):
+        for suffix in ("", "-wal", "-shm", "-log"):
             Path(name + suffix).unlink(missing_ok=True)
