@@ -33,7 +33,7 @@ from yarl import URL
 
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
-from .errors import AuthError, RunAborted, ThrottledTooLong, TLSError
+from .errors import AuthError, FailureKind, RunAborted, ThrottledTooLong, TLSError
 from .extract import parse_answer, to_json
 from .http import read_body, retry_after_seconds
 from .ratelimit import Limiter
@@ -91,6 +91,7 @@ class Outcome(NamedTuple):
     # The request failed here, before any API saw it (it could not be sent): not an answer to
     # keep, so the journal does not save it and a rerun tries again.
     local: bool = False
+    kind: FailureKind | None = None  # why there is no answer (None: there is one)
 
 
 @dataclass(slots=True)

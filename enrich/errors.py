@@ -20,7 +20,20 @@ Messages say where the problem is, what was found and how to fix it.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+
+
+class FailureKind(enum.Enum):
+    """Why a row has no answer, set where the failure is known (the summary counts rows by it,
+    with the status for ``HTTP``)."""
+
+    HTTP = "HTTP"  # the API answered with a status of 300 or more
+    BAD_RESPONSE = "bad response"  # a 2xx answer that is not what was asked for (not JSON, too large)
+    TIMEOUT = "timeout"
+    CONNECTION = "connection error"
+    NOT_CALLED = "not called"  # no result in the journal yet (extract)
+    BAD_ROW_DATA = "bad row data"  # the row could not become a request
 
 
 class EnrichError(Exception):
