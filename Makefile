@@ -8,7 +8,7 @@ DEMO_PORT ?= 8787
 export DEMO_CLIENT_ID ?= demo-client
 export DEMO_CLIENT_SECRET ?= demo-secret-2f8a
 
-.PHONY: install demo demo-server enrich test check lint format bench clean
+.PHONY: install demo demo-server enrich test test-fast check lint format bench clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ enrich: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+## test-fast: the inner loop: every test not marked slow (no redis-server, Dask or waits)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check enrich tests scripts bench

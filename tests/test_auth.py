@@ -534,6 +534,7 @@ async def test_one_refresh_however_many_workers_find_the_token_due(
     assert len(ts.logins) == 2
 
 
+@pytest.mark.slow
 async def test_while_one_worker_fetches_the_next_token_the_others_keep_the_current_one(
     serve: Serve, session: aiohttp.ClientSession
 ) -> None:
@@ -764,6 +765,7 @@ def _signing(algorithm: str, rsa_key: Any, ec_key: Any, tmp_path: Path) -> tuple
     return {"key": "${SIGNING_KEY}"}, {"SIGNING_KEY": pem(ec_key).replace("\n", "\\n")}, ec_key.public_key()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512", "RS256", "ES256"])
 async def test_jwt_signed_sent_as_the_bearer_token(
     serve: Serve, session: aiohttp.ClientSession, algorithm: str, rsa_key: Any, ec_key: Any, tmp_path: Path
@@ -824,6 +826,7 @@ async def test_jwt_signed_is_signed_again_before_it_expires() -> None:
     assert claims["iat"] == int(NOW + 240.05)
 
 
+@pytest.mark.slow
 async def test_jwt_signed_exchanged_at_a_token_url(serve: Serve, session: aiohttp.ClientSession, rsa_key: Any) -> None:
     grants: list[dict[str, Any]] = []
     issued: list[str] = []
@@ -906,6 +909,7 @@ def demo_auth(url: str, **more: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 async def test_short_lived_tokens_never_reach_the_api_expired(serve: Serve) -> None:
     """3-second tokens for 10 seconds, 16 workers, two ways of knowing the lifetime, side by side."""
     ttl, seconds = 3.0, 10.0
@@ -927,6 +931,7 @@ async def test_short_lived_tokens_never_reach_the_api_expired(serve: Serve) -> N
 # --- secrets ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_no_secret_in_repr_messages_or_descriptions(
     serve: Serve, session: aiohttp.ClientSession, rsa_key: Any
 ) -> None:

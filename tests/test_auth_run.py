@@ -21,6 +21,7 @@ from conftest import RunningServer, Serve, demo_config, known_people, run_cli, w
 from enrich.demo_server import DemoSettings, create_app
 
 
+@pytest.mark.slow
 def test_short_lived_tokens_are_renewed_before_they_expire_in_a_run(
     tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,6 +205,7 @@ def test_a_login_that_redirects_is_not_followed_and_the_credentials_go_nowhere_e
     )
 
 
+@pytest.mark.slow
 def test_one_forbidden_record_fails_its_row_without_stopping_the_run(
     tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +251,7 @@ def test_one_forbidden_record_fails_its_row_without_stopping_the_run(
     assert len(logins) == 1 + 3  # one login per forbidden row (3, 13, 23), not two, and no stop
 
 
+@pytest.mark.slow
 def test_the_redactor_keeps_only_the_newest_tokens() -> None:
     from enrich.redact import TOKENS_KEPT, Redactor
 

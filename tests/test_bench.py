@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from enrich import enrich
 from enrich.config import config_from_dict
@@ -15,6 +16,7 @@ from enrich.config import config_from_dict
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_baseline_makes_the_same_calls_and_gets_the_same_fields(demo_api: Any, demo_env: Any, tmp_path: Path) -> None:
     table = pl.DataFrame(
         {

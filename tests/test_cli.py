@@ -350,6 +350,7 @@ def test_debug_adds_the_traceback(
     assert seen == []
 
 
+@pytest.mark.slow
 def test_bad_input_without_debug_shows_no_traceback_in_a_subprocess(tmp_path: Path) -> None:
     argv, names = bad_job(tmp_path, f"http://127.0.0.1:{free_port()}", {11: "concurency: 4"}, [])
     proc = subprocess.run([str(ENRICH), *argv], capture_output=True, text=True, env=subprocess_env(), timeout=60)
@@ -537,6 +538,7 @@ def test_entry_point_version_and_no_args() -> None:
     assert "usage: enrich" in proc.stderr
 
 
+@pytest.mark.slow
 def test_entry_point_runs_the_demo_config(serve: Serve, tmp_path: Path) -> None:
     server, seen = recorded_demo(serve)
     demo_yaml = (ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8")
@@ -571,6 +573,7 @@ def test_entry_point_runs_the_demo_config(serve: Serve, tmp_path: Path) -> None:
     assert out.filter(pl.col("email").is_null())["_latency_ms"].null_count() == blanks
 
 
+@pytest.mark.slow
 def test_entry_point_login_failure(serve: Serve, tmp_path: Path) -> None:
     server, seen = recorded_demo(serve)
     cfg = write_config(tmp_path / "demo.yaml", demo_config(server.url))

@@ -33,6 +33,8 @@ from enrich.demo_server import DemoSettings, create_app, person_for
 from enrich.engine import RunOptions
 from enrich.errors import AuthError, ConfigError, InputError
 
+pytestmark = pytest.mark.slow  # starts redis-server or a Dask cluster
+
 FIELDS = ["name", "title", "size"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

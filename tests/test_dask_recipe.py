@@ -10,10 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+import pytest
 from aiohttp import web
 from conftest import RunningServer, busiest_second, demo_child_env, demo_config, known_people, write_config
 
 from enrich.demo_server import DemoSettings, create_app
+
+pytestmark = pytest.mark.slow  # starts redis-server or a Dask cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 DASK_SECTION = (

@@ -86,6 +86,7 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _port_free(8787), reason="port 8787 is taken; `make demo` needs it")
 def test_make_demo_runs_as_the_readme_says(tmp_path: Path) -> None:
     out = ROOT / "out" / "people_enriched.parquet"

@@ -170,6 +170,7 @@ def test_cells_are_sent_as_written(
     assert seen[0] == expected
 
 
+@pytest.mark.slow
 def test_a_later_cell_that_is_not_of_its_columns_kind_fails_its_row(tmp_path: Path, serve: Serve) -> None:
     # The kind of a column is judged on its first 10,000 rows; a later `n/a` in a column of numbers
     # cannot be sent as a number: that row fails, saying so, and the others go on.

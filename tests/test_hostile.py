@@ -204,6 +204,7 @@ def test_a_trial_run_writes_beside_the_output_and_shares_its_journal(
     assert len(calls) == 20  # the trial's rows came from the whole run's journal
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_output_the_second_is_refused(tmp_path: Path, serve: Serve) -> None:
     # Another journal, the same output: the second run must not sweep the first's parts away.
     server, calls = slow_api(serve, 0.05)
@@ -229,6 +230,7 @@ def test_two_runs_on_one_output_the_second_is_refused(tmp_path: Path, serve: Ser
 # --- the input changes under the run ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["replaced by a re-sorted copy", "rewritten in place"])
 def test_an_input_changed_during_the_run_stops_it_and_writes_no_mixed_table(
     tmp_path: Path, serve: Serve, how: str
@@ -259,6 +261,7 @@ def test_an_input_changed_during_the_run_stops_it_and_writes_no_mixed_table(
 # --- the disk fails the run -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_and_the_rerun_pays_no_call_twice(tmp_path: Path, serve: Serve) -> None:
     big = json.dumps({"padding": "x" * 6000})  # answers that fill a small disk quickly
 
@@ -286,6 +289,7 @@ def test_a_full_disk_stops_the_run_and_the_rerun_pays_no_call_twice(tmp_path: Pa
         assert json.loads((disk / "items.csv.summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_the_output_stops_after_the_calls_and_the_rerun_makes_none(
     tmp_path: Path, serve: Serve
 ) -> None:
@@ -401,6 +405,7 @@ def test_a_token_with_a_line_break_stops_the_run_at_login(
     assert not out.with_name("items.csv.journal").exists()  # nothing journalled as if an API had answered
 
 
+@pytest.mark.slow
 def test_a_token_said_to_expire_at_once_is_not_fetched_for_every_call(tmp_path: Path, serve: Serve) -> None:
     logins: list[float] = []
 

@@ -602,6 +602,7 @@ def once_then_ok(serve: Serve, status: int, retry_after: Callable[[], str]) -> t
     return serve(app), arrivals
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("status", "retry_after", "least", "most"),
     [
@@ -656,6 +657,7 @@ def throttle_for_a_day(serve: Serve, status: int, header: Callable[[], str]) -> 
     return serve(app), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("status", "header"),
     [
@@ -703,6 +705,7 @@ def test_a_retry_after_of_a_day_stops_the_run_resumably(
     assert [r["got"] for r in again.rows().values()] == ids
 
 
+@pytest.mark.slow
 def test_the_library_stops_the_same_way(serve: Serve) -> None:
     server, _ = throttle_for_a_day(serve, 429, lambda: "3600")
     config = job(server.url + "/v1/items/{{id}}", retry={"attempts": 2, "max_retry_after": 60})
@@ -767,6 +770,7 @@ def only_refusals(method: str) -> dict[str, tuple[int, str | None]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "request_keys", "retry_keys", "expected"),
     [

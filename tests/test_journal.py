@@ -223,6 +223,7 @@ def leftovers(directory: Path, output: Path) -> list[str]:
 # --- 1. resume after SIGKILL ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_repeats_only_the_calls_not_yet_committed(
     serve: Serve, tmp_path: Path, procs: Procs
 ) -> None:
@@ -282,6 +283,7 @@ def test_resume_after_sigkill_repeats_only_the_calls_not_yet_committed(
 # --- 2. Ctrl-C and SIGTERM ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_saves_the_finished_calls_and_writes_no_output(
     serve: Serve, tmp_path: Path, procs: Procs, sig: signal.Signals
@@ -324,6 +326,7 @@ def test_interrupt_saves_the_finished_calls_and_writes_no_output(
     assert len(repeated) <= concurrency
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stops", [["SIGTERM"], ["SIGTERM", "SIGINT"]], ids=["SIGTERM", "SIGTERM+SIGINT"])
 def test_a_stop_between_a_journal_write_and_its_commit_still_saves_every_finished_call(
     serve: Serve, tmp_path: Path, procs: Procs, stops: list[str]
@@ -489,6 +492,7 @@ def failing_first_api(serve: Serve) -> Api:
     return api
 
 
+@pytest.mark.slow
 def test_fresh_and_retry_failed(serve: Serve, demo_env: dict[str, str], tmp_path: Path) -> None:
     api = failing_first_api(serve)
     table = pl.DataFrame({"id": ["ok0", "flaky0", "gone0", "slow0", "ok1", "drop0", "flaky1", "gone1", "ok2"]})
@@ -652,6 +656,7 @@ def test_journal_flag_overrides_journal_false(serve: Serve, demo_env: dict[str, 
 # --- 7. the lock ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_journal_in_use_stops_a_second_run_before_any_call(
     serve: Serve, tmp_path: Path, procs: Procs, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -762,6 +767,7 @@ def typed_api(serve: Serve, first: int) -> Api:
     return items_api(serve, answer=answer)
 
 
+@pytest.mark.slow
 def test_a_table_larger_than_one_batch_keeps_order_and_settles_types_across_batches(
     serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -633,6 +633,7 @@ def test_json_log_lines_stay_json_whatever_a_secret_looks_like(
     assert events[-1]["event"] == "summary" and events[-1]["rate_limit"] is None
 
 
+@pytest.mark.slow
 def test_sharded_rows_without_a_request_land_in_the_same_shard_in_run_extract_and_dry_run(
     tmp_path: Path, serve: Serve, demo_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -66,6 +66,7 @@ def limiter_on(vt: VirtualTime, rate: float | None) -> RateLimiter:
     return RateLimiter(rate, clock=vt.clock, sleep=vt.sleep, headroom=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", [100, 1000])
 async def test_default_headroom_keeps_under_the_rate_and_uses_over_99_percent(rate: int) -> None:
     vt = VirtualTime()

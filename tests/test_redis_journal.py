@@ -35,6 +35,8 @@ from enrich import redis_journal
 from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DemoSettings, create_app
 from enrich.errors import RunAborted
 
+pytestmark = pytest.mark.slow  # starts redis-server or a Dask cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
 WRITE_WINDOW = 0.05  # seconds: a generous round trip to a local Redis, writer thread scheduling included

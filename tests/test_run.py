@@ -499,6 +499,7 @@ def revoking_api(serve: Serve, uses: int, refuse: frozenset[int] = frozenset()) 
     return serve(app), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("uses", "concurrency", "rows"),
     [
@@ -643,6 +644,7 @@ def check_pause(state: dict[str, Any], resume_at: float, rows: int) -> None:
     assert len(state["arrivals"]) == rows + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
 def test_429_retry_after_pauses_every_worker(
     serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
@@ -698,6 +700,7 @@ def flaky_api(serve: Serve) -> tuple[RunningServer, dict[str, int]]:
     return serve(app), hits
 
 
+@pytest.mark.slow
 def test_retries_and_row_errors(serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server, hits = flaky_api(serve)
     ids = ["ok1", "flaky1", "down", "html", "slow", "gone", "flaky2", "empty", "ok2"]
@@ -733,6 +736,7 @@ def test_retries_and_row_errors(serve: Serve, tmp_path: Path, capsys: pytest.Cap
 # --- 6. the rate limit, counted at the server ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rate_limit_holds_at_the_server(serve: Serve, demo_env: dict[str, str], tmp_path: Path) -> None:
     server, seen = recorded_demo(serve)
     cfg = write_config(tmp_path / "demo.yaml", demo_config(server.url, concurrency=4))

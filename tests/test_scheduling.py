@@ -57,6 +57,7 @@ def env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", "PYTHON": sys.executable}
 
 
+@pytest.mark.slow
 def test_makefile_target(nightly: Path, tmp_path: Path) -> None:
     (command,) = [line for line in block("sh", "make enrich").splitlines() if line.startswith("make enrich")]
     command = command.replace("configs/demo.yaml", str(nightly)).replace("out/people.csv", str(tmp_path / "p.csv"))
@@ -66,6 +67,7 @@ def test_makefile_target(nightly: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "p.csv.summary.json").read_text())["ok"] == 12
 
 
+@pytest.mark.slow
 def test_cron_line(nightly: Path, tmp_path: Path) -> None:
     (line,) = [ln for ln in block("", "0 2 * * *").splitlines() if ln.startswith("0 2 * * *")]
     command = line.split(" ", 5)[5]  # what cron hands to sh: the schedule's five fields removed
@@ -85,6 +87,7 @@ def test_cron_line(nightly: Path, tmp_path: Path) -> None:
     assert (last["calls"], last["cached"]) == (0, 12)
 
 
+@pytest.mark.slow
 def test_systemd_service_command(nightly: Path) -> None:
     unit = block("ini", "ExecStart=")
     (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, re.M)
@@ -107,6 +110,7 @@ def test_airflow_task_function(nightly: Path) -> None:
     json.dumps(result)  # XCom needs JSON
 
 
+@pytest.mark.slow
 def test_airflow_mapped_shard_tasks(
     tmp_path: Path, demo_api: RunningServer, demo_env: dict[str, str], redis_url: str
 ) -> None:

@@ -75,6 +75,7 @@ def forms(secret: str) -> set[str]:
     }
 
 
+@pytest.mark.slow
 def test_no_secret_in_anything_printed_and_every_answer_kept_as_sent(
     tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,8 @@ from conftest import (
 from enrich.demo_server import DemoSettings, create_app
 from enrich.shared_limit import SharedRateLimiter
 
+pytestmark = pytest.mark.slow  # starts redis-server or a Dask cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 ENRICH = [sys.executable, "-m", "enrich"]
 
