@@ -285,7 +285,7 @@ def machine(name: str) -> str:
     """The machine a results file was measured on, in one line."""
     data = bench_results(name)
     m = data["machine"]
-    return f"{m['cpus']} cores, Python {m['python']}, polars {m['polars']}, measured {data['when'][:10]}"
+    return f"{m['cpus']} cores, Python {m['python']}, polars {m['polars']}, on {data['when'][:10]}"
 
 
 def throughput_table() -> str:
