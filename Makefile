@@ -8,7 +8,7 @@ DEMO_PORT ?= 8787
 export DEMO_CLIENT_ID ?= demo-client
 export DEMO_CLIENT_SECRET ?= demo-secret-2f8a
 
-.PHONY: install demo demo-server enrich test test-fast check lint format bench clean
+.PHONY: install demo demo-server enrich test test-fast check lint format docs cog docs-check bench clean
 
 install: $(STAMP)
 
@@ -51,8 +51,22 @@ format: $(STAMP)
 	$(BIN)/ruff format enrich tests scripts bench
 	$(BIN)/ruff check --fix enrich tests scripts bench
 
-## check: the one gate: format, lint, types, tests
-check: lint test
+## cog: rewrite the generated parts of docs/: the CLI reference (--help), the config reference
+## (enrich.schema.config_schema()), the bench figures (bench/results/) and the module list
+cog: $(STAMP)
+	$(BIN)/cog -r -I scripts docs/*.md
+
+## docs: regenerate, then build the docs site into site/
+docs: cog
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+## docs-check: the generated parts are up to date and the site builds with no warning
+docs-check: $(STAMP)
+	$(BIN)/cog --check --check-fail-msg='run `make cog`' -I scripts docs/*.md
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+## check: the one gate: format, lint, types, docs, tests
+check: lint docs-check test
 
 ## bench: speed against a bare aiohttp loop, rate-limit precision, journal cost, start-up
 ## (bench/throughput.py, ~5 min), 1, 2 and 4 shard processes under one limit shared through
@@ -65,4 +79,4 @@ bench: $(STAMP)
 	$(PY) bench/memory.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache bench/.data
+	rm -rf $(VENV) out site .pytest_cache .mypy_cache .ruff_cache bench/.data

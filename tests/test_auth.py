@@ -41,7 +41,7 @@ from enrich.errors import AuthError, ConfigError
 from enrich.schema import config_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+AUTH_PAGE = (ROOT / "docs" / "auth.md").read_text(encoding="utf-8")
 URL = "https://api.example.com/v1/people/{{id}}"
 NO_RETRY = RetryConfig(attempts=1)
 
@@ -1340,12 +1340,11 @@ def test_every_key_belongs_to_some_kind() -> None:
     assert set(AUTH_TYPE_KEYS) == set(AUTH_TYPES)
 
 
-# --- the README: an example config for each kind, and each one loads --------------------------
+# --- docs/auth.md: an example config for each kind, and each one loads --------------------------
 
 
 def readme_auth_examples() -> list[str]:
-    section = README.split("\n## Auth\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
+    return re.findall(r"```yaml\n(.*?)```", AUTH_PAGE, re.DOTALL)
 
 
 def test_the_readme_shows_a_complete_config_for_each_kind(rsa_key: Any) -> None:

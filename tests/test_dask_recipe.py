@@ -1,4 +1,4 @@
-"""The README's Dask recipe (`### On a Dask cluster`), run as a user would copy it: a script
+"""The Dask recipe of docs/python.md (`## On a Dask cluster`), run as a user would copy it: a script
 starting a two-worker LocalCluster, reading a folder of Parquet files, enriching them under the
 shared limit and journal of `job.yaml`, and writing a folder of Parquet files."""
 
@@ -20,21 +20,24 @@ pytestmark = pytest.mark.slow  # starts redis-server or a Dask cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 DASK_SECTION = (
-    (ROOT / "README.md").read_text(encoding="utf-8").split("### On a Dask cluster", 1)[1].split("\n## ", 1)[0]
+    (ROOT / "docs" / "python.md")
+    .read_text(encoding="utf-8")
+    .split("\n## On a Dask cluster\n", 1)[1]
+    .split("\n## ", 1)[0]
 )
 
 
 def fenced(lang: str) -> list[str]:
-    """The code blocks in ``lang`` of the README's Dask section, in order."""
+    """The code blocks in ``lang`` of the Dask section, in order."""
     return [part.split("```", 1)[0] for part in DASK_SECTION.split("```" + lang + "\n")[1:]]
 
 
-def test_the_readme_dask_script_runs_as_copied(
+def test_the_documented_dask_script_runs_as_copied(
     tmp_path: Path, serve: Callable[[web.Application], RunningServer], redis_url: str
 ) -> None:
     script = fenced("python")[0]
     assert "LocalCluster(n_workers=2" in script and 'enrich.dask.enrich(people, "job.yaml")' in script
-    # The config the README shows, pointed at this test's Redis and demo API.
+    # The config the docs show, pointed at this test's Redis and demo API.
     shown = fenced("yaml")[0]
     assert "shared:" in shown and "journal:" in shown
     server = serve(create_app(DemoSettings()))

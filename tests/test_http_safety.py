@@ -37,7 +37,7 @@ from enrich.errors import ConfigError
 from enrich.schema import config_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+RETRIES_PAGE = (ROOT / "docs" / "retries.md").read_text(encoding="utf-8")
 FAST_RETRY = {"attempts": 3, "backoff": 0.01, "max_backoff": 0.02}
 MB = 1024 * 1024
 
@@ -955,7 +955,7 @@ def test_debug_tracebacks_pass_the_redactor(
         assert events == ["traceback", "error"]
 
 
-# --- 7. the keys: loader, schema, README ----------------------------------------------------------
+# --- 7. the keys: loader, schema, docs ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -1065,7 +1065,7 @@ def test_the_schema_knows_the_new_keys() -> None:
 
 def test_the_readme_explains_each_key() -> None:
     # (test_docs.py checks each key has its line in the config reference)
-    section = README.split("## Retries and rate limits", 1)[1].split("\n## ", 1)[0]
+    section = RETRIES_PAGE
     for key in (
         "retry.max_retry_after",
         "retry.non_idempotent",

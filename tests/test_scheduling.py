@@ -1,4 +1,4 @@
-"""The README's scheduling recipes, run as a user would copy them: the Makefile target, the cron
+"""The scheduling recipes of docs/operations.md and docs/sharding.md, run as a user would copy them: the Makefile target, the cron
 line, the systemd service's command and the Airflow task's function, each against a real local
 API (the demo server on 127.0.0.1) with the paths pointed at a temporary directory."""
 
@@ -20,12 +20,13 @@ from conftest import RunningServer, demo_config, write_config
 from enrich.demo_server import person_for
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-SCHEDULING = README.split("## Scheduling", 1)[1].split("\n## ", 1)[0]
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+SCHEDULING = OPERATIONS.split("\n## Scheduling\n", 1)[1].split("\n## ", 1)[0]
+SHARDING = (ROOT / "docs" / "sharding.md").read_text(encoding="utf-8")
 
 
 def block(lang: str, contains: str) -> str:
-    """The README code block in ``lang`` that contains ``contains``."""
+    """The code block in ``lang`` of the Scheduling section that contains ``contains``."""
     blocks: list[tuple[str, list[str]]] = []
     current: list[str] | None = None
     for line in SCHEDULING.splitlines():
@@ -104,7 +105,7 @@ def test_airflow_task_function(nightly: Path) -> None:
     tree = ast.parse(source)
     (func,) = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "enrich_nightly"]
     namespace: dict[str, Any] = {}
-    exec(compile(ast.Module(body=[func], type_ignores=[]), "README.md", "exec"), namespace)
+    exec(compile(ast.Module(body=[func], type_ignores=[]), "docs/operations.md", "exec"), namespace)
     result = namespace["enrich_nightly"](str(nightly))
     assert (result["rows"], result["ok"], result["over_budget"]) == (12, 12, False)
     json.dumps(result)  # XCom needs JSON
@@ -114,10 +115,9 @@ def test_airflow_task_function(nightly: Path) -> None:
 def test_airflow_mapped_shard_tasks(
     tmp_path: Path, demo_api: RunningServer, demo_env: dict[str, str], redis_url: str
 ) -> None:
-    """The README's mapped-task DAG: its `shard` and `merge` functions, taken out of their
+    """The mapped-task DAG of docs/sharding.md: its `shard` and `merge` functions, taken out of their
     decorators, run for every index as Airflow would, with a shared limit, then merged."""
-    sharding = README.split("### Sharding a big table across processes", 1)[1].split("\n## ", 1)[0]
-    source = sharding.split("```python\n", 1)[1].split("```", 1)[0]
+    source = SHARDING.split("```python\n", 1)[1].split("```", 1)[0]
     out = tmp_path / "out"
     emails = [e for e in (f"user{i}@example.com" for i in range(60)) if person_for(e) is not None][:24]
     src = tmp_path / "people.csv"
@@ -137,7 +137,7 @@ def test_airflow_mapped_shard_tasks(
     for fn in inner:
         fn.decorator_list = []
     namespace: dict[str, Any] = {"SHARDS": 8}
-    exec(compile(ast.Module(body=inner, type_ignores=[]), "README.md", "exec"), namespace)
+    exec(compile(ast.Module(body=inner, type_ignores=[]), "docs/sharding.md", "exec"), namespace)
     parts = [namespace["shard"](i) for i in range(8)]
     assert namespace["merge"](parts) == 24
     merged = pl.read_parquet(out / "people.parquet")
@@ -147,7 +147,7 @@ def test_airflow_mapped_shard_tasks(
 
 
 def test_kubernetes_indexed_job_manifest() -> None:
-    """The README's manifest is valid YAML for an Indexed Job, and the command each pod runs
+    """The manifest of docs/sharding.md is valid YAML for an Indexed Job, and the command each pod runs
     parses as `enrich run` with the pod's shard."""
     import shlex
 
@@ -155,8 +155,7 @@ def test_kubernetes_indexed_job_manifest() -> None:
 
     from enrich.cli import build_parser
 
-    sharding = README.split("### Sharding a big table across processes", 1)[1].split("\n## ", 1)[0]
-    manifest = yaml.safe_load(sharding.split("```yaml\n", 1)[1].split("```", 1)[0])
+    manifest = yaml.safe_load(SHARDING.split("```yaml\n", 1)[1].split("```", 1)[0])
     spec = manifest["spec"]
     assert (manifest["kind"], spec["completionMode"], spec["completions"]) == ("Job", "Indexed", 8)
     (container,) = spec["template"]["spec"]["containers"]

@@ -130,9 +130,9 @@ def test_a_shared_limit_needs_a_redis_url(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_the_readme_xargs_recipe_shards_under_one_shared_limit(tmp_path: Path, serve: Serve, redis_url: str) -> None:
-    """The README's `seq | xargs -P` line, as copied: 4 shards, one shared limit, then merge."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    recipe = readme.split("seq 0 3 | xargs", 1)[1].split("```", 1)[0]
+    """The `seq | xargs -P` line of docs/sharding.md, as copied: 4 shards, one shared limit, then merge."""
+    sharding = (ROOT / "docs" / "sharding.md").read_text(encoding="utf-8")
+    recipe = sharding.split("seq 0 3 | xargs", 1)[1].split("```", 1)[0]
     command = ("seq 0 3 | xargs" + recipe).replace("\\\n", " ").strip()
     server = serve(create_app(DemoSettings()))
     out = tmp_path / "out"
