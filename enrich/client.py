@@ -33,14 +33,13 @@ from typing import Any, NamedTuple, NoReturn
 
 import aiohttp
 import orjson
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
-from .errors import FailureKind, RunAborted, ThrottledTooLong, TLSError
+from .errors import FailureKind, RunAborted, ThrottledTooLong
 from .extract import parse_answer, to_json
-from .http import read_body, retry_after_seconds
+from .http import Answer, Failure, SendError, Transport, retry_after_seconds
 from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
@@ -205,71 +204,6 @@ def shown(req: PreparedRequest, auth: AuthConfig | None) -> PreparedRequest:
     return req._replace(url=url, headers={**req.headers, **headers})
 
 
-def _tls_problem(url: URL, exc: aiohttp.ClientSSLError) -> str:
-    """Why TLS with the API failed, and what to do about it."""
-    origin = url.origin()
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert = exc.certificate_error
-        detail = (getattr(cert, "verify_message", None) or str(cert)).rstrip(".")
-        if "mismatch" in detail.lower():
-            fix = "Call the API by a name its certificate is issued for"
-        else:
-            fix = "If the API uses a private CA, set tls.ca_bundle to its certificate (a PEM file)"
-        return f"the TLS certificate of {origin} cannot be verified ({detail}). {fix}."
-    os_error = getattr(exc, "os_error", None)
-    detail = getattr(os_error, "reason", None) or str(os_error or exc)
-    return (
-        f"the TLS handshake with {origin} failed ({detail}). Check that {origin} serves HTTPS, and the tls: settings."
-    )
-
-
-class Failure(NamedTuple):
-    """An attempt that came to no usable answer, and what that says about sending it again."""
-
-    kind: FailureKind
-    error: str  # masked already when ``final``; else when the call ends on it
-    status: int | None = None
-    latency_ms: float | None = None
-    final: bool = False  # not to be retried: the request could not be sent, or a redirect is not followed
-    unsent: bool = False  # it surely never reached the API: safe to send again whatever the method
-    wait: float | None = None  # what the answer's Retry-After asked for
-
-    def outcome(self, attempts: int, error: str | None = None) -> Outcome:
-        local = self.kind is FailureKind.BAD_ROW_DATA  # never sent: not saved, a rerun tries again
-        return Outcome(
-            self.status,
-            None,
-            self.error if error is None else error,
-            attempts,
-            self.latency_ms,
-            local=local,
-            kind=self.kind,
-        )
-
-
-class SendError(Exception):
-    """No answer to use: aiohttp's error mapped to ours (``Client._mapped``), or a redirect
-    that is not followed."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.error)
-        self.failure = failure
-
-
-class Answer(NamedTuple):
-    """One response, its body read (cut off at ``max_response_bytes``: ``cut``)."""
-
-    status: int
-    reason: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    cut: bool
-    latency_ms: float
-
-    def not_followed(self, error: str) -> SendError:
-        return SendError(Failure(_status_kind(self.status), error, self.status, self.latency_ms, final=True))
-
-
 @dataclass(slots=True)
 class _Call:
     """One call on its way through the layers: the request (as redirected), the attempt it is
@@ -286,6 +220,17 @@ def _status_kind(status: int) -> FailureKind:
     return FailureKind.HTTP if status >= 300 else FailureKind.BAD_RESPONSE
 
 
+def _outcome(failure: Failure, attempts: int, error: str | None = None) -> Outcome:
+    """The outcome of a call that ends on ``failure`` (with ``error`` for its message, when given)."""
+    local = failure.kind is FailureKind.BAD_ROW_DATA  # never sent: not saved, a rerun tries again
+    error = failure.error if error is None else error
+    return Outcome(failure.status, None, error, attempts, failure.latency_ms, local=local, kind=failure.kind)
+
+
+def _not_followed(answer: Answer, error: str) -> SendError:
+    return SendError(Failure(_status_kind(answer.status), error, answer.status, answer.latency_ms, final=True))
+
+
 class Client:
     """Sends prepared requests through one session, one limiter and one token manager.
 
@@ -298,8 +243,8 @@ class Client:
       ``MAX_REDIRECTS``; not a new attempt;
     - ``_send_handling_auth``: the rate limit's slot, the token, and a request whose token was
       rejected sent again after a refresh; not a new attempt;
-    - ``_send_single``: one request on the wire, its body read up to the size cap, aiohttp's
-      errors mapped to ``SendError`` (or ``TLSError``) in one place (``_mapped``).
+    - ``http.Transport.send``: one request on the wire, its body read up to the size cap,
+      aiohttp's errors mapped to ours in one place.
 
     A ``RunAborted`` from any layer stops the run (``_halt``).
     """
@@ -319,19 +264,17 @@ class Client:
         idempotency_header: str = "Idempotency-Key",
     ) -> None:
         self.session = session
+        self.transport = Transport(session, timeout=timeout, limit=max_response_bytes, redact=redactor.redact)
         self.retry = retry
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.timeout_s = timeout
         self.limiter = limiter
         self.tokens = tokens
         self.redactor = redactor
         self.counters = counters or Counters()
         self.follow_redirects = follow_redirects
-        self.max_response_bytes = max_response_bytes
         self._too_large = f"response larger than {format_size(max_response_bytes)} (max_response_bytes), cut off"
         self._idempotency_header = idempotency_header.lower()
         self._stop: RunAborted | None = None  # set when the run must stop (see _halt)
-        self._active = 0  # requests on the wire
 
     # --- the retry policy ------------------------------------------------------------------
 
@@ -347,16 +290,16 @@ class Client:
                 except SendError as exc:
                     failure = exc.failure
                     if failure.final:
-                        return failure.outcome(state.attempt)
+                        return _outcome(failure, state.attempt)
                 else:
                     if answer.status not in retry.statuses:
                         return self._answered(answer, state.attempt)
                     failure = self._retryable(answer)
                 if state.attempt >= retry.attempts:
                     gave_up = f" (gave up after {state.attempt} attempts)" if retry.attempts > 1 else ""
-                    return failure.outcome(state.attempt, self.redactor.redact(failure.error + gave_up))
+                    return _outcome(failure, state.attempt, self.redactor.redact(failure.error + gave_up))
                 if not failure.unsent and self._retry_unsent_only(state.req):
-                    return failure.outcome(state.attempt, self._not_retried(failure.error, state.req))
+                    return _outcome(failure, state.attempt, self._not_retried(failure.error, state.req))
                 wait = retry.backoff_for(state.attempt) if failure.wait is None else failure.wait
                 if failure.status in _NOT_ACTED:
                     self.counters.throttled += failure.status == 429
@@ -426,7 +369,7 @@ class Client:
         if self._stop is None:
             self._stop = stop
         deadline = time.monotonic() + self.timeout_s
-        while self._active and time.monotonic() < deadline:
+        while self.transport.active and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert self._stop is not None
         raise self._stop
@@ -447,7 +390,7 @@ class Client:
             target = self._redirect_target(state.req, answer, location)
             state.redirects += 1
             if state.redirects > MAX_REDIRECTS:
-                raise answer.not_followed(f"more than {MAX_REDIRECTS} redirects")
+                raise _not_followed(answer, f"more than {MAX_REDIRECTS} redirects")
             see_other = status == 303 or (status in (301, 302) and state.req.method == "POST")
             req = state.req
             state.req = req._replace(
@@ -458,16 +401,16 @@ class Client:
         """Where a redirect points, if it may be followed: within the API's origin."""
         status = answer.status
         if not self.follow_redirects:
-            raise answer.not_followed(f"HTTP {status}: redirect not followed (request.follow_redirects is false)")
+            raise _not_followed(answer, f"HTTP {status}: redirect not followed (request.follow_redirects is false)")
         try:
             target = req.url.join(URL(location))
         except ValueError:  # UnicodeError included: a host that is not a host name
             message = f"HTTP {status}: redirected to {location!r}, which is not a URL; not followed"
-            raise answer.not_followed(self.redactor.redact(message)) from None
+            raise _not_followed(answer, self.redactor.redact(message)) from None
         if target.origin() != req.url.origin():
             # Followed, it would carry the auth header and secret headers to another server.
             message = f"HTTP {status}: redirected to another origin ({target.origin()}), not followed"
-            raise answer.not_followed(self.redactor.redact(message))
+            raise _not_followed(answer, self.redactor.redact(message))
         return target
 
     # --- auth --------------------------------------------------------------------------------
@@ -483,7 +426,7 @@ class Client:
                 raise self._stop
             if tokens is None:
                 self._count(state)
-                return await self._send_single(req.method, req.url, req.headers, req.body)
+                return await self.transport.send(req.method, req.url, req.headers, req.body)
             # After the limiter's wait, which a token may not outlive.
             generation, auth_headers, params = await tokens.credentials(self.session)
             headers = {**req.headers, **auth_headers}
@@ -491,7 +434,7 @@ class Client:
             self._count(state)
             ticket = tokens.sending(generation)
             try:
-                answer = await self._send_single(req.method, url, headers, req.body)
+                answer = await self.transport.send(req.method, url, headers, req.body)
             except BaseException:
                 tokens.answered(ticket, None)
                 raise
@@ -508,42 +451,3 @@ class Client:
         self.counters.calls += 1
         if state.attempt > 1:
             self.counters.retries += 1
-
-    # --- one request -----------------------------------------------------------------------
-
-    async def _send_single(self, method: str, url: URL, headers: dict[str, str], body: bytes | None) -> Answer:
-        """One request on the wire, never redirected, its body read up to ``max_response_bytes``."""
-        started = time.perf_counter()
-        self._active += 1
-        try:
-            async with self.session.request(
-                method, url, headers=headers, data=body, timeout=self.timeout, allow_redirects=False
-            ) as resp:
-                content, cut = await read_body(resp, self.max_response_bytes)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise self._mapped(exc, url, started) from exc
-        finally:
-            self._active -= 1
-        latency_ms = (time.perf_counter() - started) * 1000
-        return Answer(resp.status, resp.reason or "", resp.headers, content, cut, latency_ms)
-
-    def _mapped(self, exc: Exception, url: URL, started: float) -> Exception:
-        """aiohttp's error (or the ``ValueError`` of a header it cannot send) as ours."""
-        if isinstance(exc, aiohttp.ClientSSLError):  # every call to this origin would fail the same way
-            return TLSError(self.redactor.redact(_tls_problem(url, exc)))
-        if isinstance(exc, aiohttp.InvalidURL):
-            return SendError(Failure(FailureKind.BAD_ROW_DATA, self.redactor.redact(f"invalid URL: {exc}"), final=True))
-        if isinstance(exc, ValueError):  # aiohttp refuses a header or URL it cannot send: this row fails
-            message = self.redactor.redact(f"cannot send the request: {exc}")
-            return SendError(Failure(FailureKind.BAD_ROW_DATA, message, final=True))
-        latency_ms = (time.perf_counter() - started) * 1000
-        if isinstance(exc, TimeoutError):
-            # A timeout while connecting sent nothing; any later one may have reached the API.
-            unsent = isinstance(exc, aiohttp.ConnectionTimeoutError)
-            return SendError(
-                Failure(FailureKind.TIMEOUT, f"timed out after {self.timeout_s:g}s", None, latency_ms, unsent=unsent)
-            )
-        # Only a failure to connect surely sent nothing (a dropped connection may have, after the request).
-        unsent = isinstance(exc, aiohttp.ClientConnectorError)
-        message = f"connection error: {exc or type(exc).__name__}"
-        return SendError(Failure(FailureKind.CONNECTION, message, None, latency_ms, unsent=unsent))
