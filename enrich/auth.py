@@ -49,6 +49,7 @@ from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig, client_basic, f
 from .errors import AuthError
 from .http import read_body
 from .redact import Redactor
+from .retry import Patience, retrying
 
 # Refresh this share of a token's lifetime before it ends: at most MAX_MARGIN seconds, and at
 # least MIN_MARGIN (or half the lifetime, for tokens shorter than a second).
@@ -87,6 +88,17 @@ class Credentials(NamedTuple):
 
 
 _NONE = Credentials(0, {}, {})
+
+
+class _Reply(NamedTuple):
+    """The login's response, read before its connection is released."""
+
+    status: int
+    reason: str
+    headers: Any
+    cookies: Any
+    body: bytes
+    cut: bool
 
 
 def refresh_margin(lifetime: float) -> float:
@@ -412,37 +424,32 @@ class TokenManager:
         """Send the login or token request (retrying what ``retry`` allows); the token and its stated lifetime."""
         cfg = self.config
         what, where = ("login", "auth.url") if cfg.type == "login" else ("token request", "auth.token_url")
-        attempts = self.retry.attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                # Never redirected: a 307 would replay the credentials in the body to wherever it points.
-                async with session.request(
-                    cfg.method,
-                    cfg.url,
-                    json=json,
-                    data=data,
-                    headers=headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    body, cut = await read_body(resp, self.max_response_bytes)
-                    status, reason = resp.status, resp.reason or ""
-                    response_headers, cookies = resp.headers, resp.cookies
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if attempt < attempts:
-                    await asyncio.sleep(self.retry.backoff_for(attempt))
-                    continue
-                why = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
-                raise AuthError(
-                    self.redactor.redact(
-                        f"{what} failed: cannot reach {where} {cfg.url} ({why}). "
-                        "Check that the API is running and that the URL is right."
-                    )
-                ) from None
-            if status in self.retry.statuses and attempt < attempts:
-                await asyncio.sleep(self.retry.backoff_for(attempt))
-                continue
-            break
+
+        async def send() -> _Reply:
+            # Never redirected: a 307 would replay the credentials in the body to wherever it points.
+            async with session.request(
+                cfg.method, cfg.url, json=json, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+            ) as resp:
+                body, cut = await read_body(resp, self.max_response_bytes)
+                return _Reply(resp.status, resp.reason or "", resp.headers, resp.cookies, body, cut)
+
+        def unreachable(exc: BaseException) -> AuthError:
+            why = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+            return AuthError(
+                self.redactor.redact(
+                    f"{what} failed: cannot reach {where} {cfg.url} ({why}). "
+                    "Check that the API is running and that the URL is right."
+                )
+            )
+
+        reply = await retrying(
+            send,
+            Patience(self.retry.backoff_for, attempts=self.retry.attempts),
+            on=(TimeoutError, aiohttp.ClientError),
+            again=lambda reply: reply.status in self.retry.statuses,
+            give_up=unreachable,
+        )
+        status, reason, response_headers, cookies, body, cut = reply
         self.logins += 1
         if cut:
             raise AuthError(

@@ -11,6 +11,10 @@ POST and PATCH may have taken effect when no clear answer came back, so they are
 retried only on 429 or 503 (the server says it did not act) or when connecting failed,
 unless the config opts in.
 
+``Client`` is layered as httpx's client is: the retry policy, over redirects, over the token,
+over one request on the wire (aiohttp's errors mapped to ours there, in one place). A refresh
+or a redirect is not a retry attempt.
+
 Two answers stop the whole run instead of one row (``_halt``): a Retry-After longer than
 ``retry.max_retry_after``, and a TLS failure. No new call starts, the calls in flight
 finish (so they reach the journal), then the error is raised.
@@ -33,9 +37,9 @@ from yarl import URL
 
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
-from .errors import AuthError, FailureKind, RunAborted, ThrottledTooLong, TLSError
+from .errors import FailureKind, RunAborted, ThrottledTooLong
 from .extract import parse_answer, to_json
-from .http import read_body, retry_after_seconds
+from .http import Answer, Failure, SendError, Transport, retry_after_seconds
 from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
@@ -200,26 +204,50 @@ def shown(req: PreparedRequest, auth: AuthConfig | None) -> PreparedRequest:
     return req._replace(url=url, headers={**req.headers, **headers})
 
 
-def _tls_problem(url: URL, exc: aiohttp.ClientSSLError) -> str:
-    """Why TLS with the API failed, and what to do about it."""
-    origin = url.origin()
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert = exc.certificate_error
-        detail = (getattr(cert, "verify_message", None) or str(cert)).rstrip(".")
-        if "mismatch" in detail.lower():
-            fix = "Call the API by a name its certificate is issued for"
-        else:
-            fix = "If the API uses a private CA, set tls.ca_bundle to its certificate (a PEM file)"
-        return f"the TLS certificate of {origin} cannot be verified ({detail}). {fix}."
-    os_error = getattr(exc, "os_error", None)
-    detail = getattr(os_error, "reason", None) or str(os_error or exc)
-    return (
-        f"the TLS handshake with {origin} failed ({detail}). Check that {origin} serves HTTPS, and the tls: settings."
-    )
+@dataclass(slots=True)
+class _Call:
+    """One call on its way through the layers: the request (as redirected), the attempt it is
+    on, and the redirects and resends it took (each bounded per call, not per attempt)."""
+
+    req: PreparedRequest
+    attempt: int = 0
+    redirects: int = 0
+    resends: int = 0
+
+
+def _status_kind(status: int) -> FailureKind:
+    """An answer with no use: an HTTP error from 300 on; below, a response that is not one."""
+    return FailureKind.HTTP if status >= 300 else FailureKind.BAD_RESPONSE
+
+
+def _outcome(failure: Failure, attempts: int, error: str | None = None) -> Outcome:
+    """The outcome of a call that ends on ``failure`` (with ``error`` for its message, when given)."""
+    local = failure.kind is FailureKind.BAD_ROW_DATA  # never sent: not saved, a rerun tries again
+    error = failure.error if error is None else error
+    return Outcome(failure.status, None, error, attempts, failure.latency_ms, local=local, kind=failure.kind)
+
+
+def _not_followed(answer: Answer, error: str) -> SendError:
+    return SendError(Failure(_status_kind(answer.status), error, answer.status, answer.latency_ms, final=True))
 
 
 class Client:
-    """Sends prepared requests through one session, one limiter and one token manager."""
+    """Sends prepared requests through one session, one limiter and one token manager.
+
+    Layered as httpx layers its own, each layer a short loop with one concern, the outer
+    calling the inner:
+
+    - ``call``: the retry policy (attempts, backoff, Retry-After, the shared pause for 429 and
+      503, the POST rule), and the final answer's JSON parsed;
+    - ``_send_following_redirects``: a redirect within the API's origin (303: GET), at most
+      ``MAX_REDIRECTS``; not a new attempt;
+    - ``_send_handling_auth``: the rate limit's slot, the token, and a request whose token was
+      rejected sent again after a refresh; not a new attempt;
+    - ``http.Transport.send``: one request on the wire, its body read up to the size cap,
+      aiohttp's errors mapped to ours in one place.
+
+    A ``RunAborted`` from any layer stops the run (``_halt``).
+    """
 
     def __init__(
         self,
@@ -236,19 +264,62 @@ class Client:
         idempotency_header: str = "Idempotency-Key",
     ) -> None:
         self.session = session
+        self.transport = Transport(session, timeout=timeout, limit=max_response_bytes, redact=redactor.redact)
         self.retry = retry
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.timeout_s = timeout
         self.limiter = limiter
         self.tokens = tokens
         self.redactor = redactor
         self.counters = counters or Counters()
         self.follow_redirects = follow_redirects
-        self.max_response_bytes = max_response_bytes
         self._too_large = f"response larger than {format_size(max_response_bytes)} (max_response_bytes), cut off"
         self._idempotency_header = idempotency_header.lower()
         self._stop: RunAborted | None = None  # set when the run must stop (see _halt)
-        self._active = 0  # requests on the wire
+
+    # --- the retry policy ------------------------------------------------------------------
+
+    async def call(self, req: PreparedRequest) -> Outcome:
+        """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
+        state = _Call(req)
+        retry = self.retry
+        try:
+            while True:
+                state.attempt += 1
+                try:
+                    answer = await self._send_following_redirects(state)
+                except SendError as exc:
+                    failure = exc.failure
+                    if failure.final:
+                        return _outcome(failure, state.attempt)
+                else:
+                    if answer.status not in retry.statuses:
+                        return self._answered(answer, state.attempt)
+                    failure = self._retryable(answer)
+                if state.attempt >= retry.attempts:
+                    gave_up = f" (gave up after {state.attempt} attempts)" if retry.attempts > 1 else ""
+                    return _outcome(failure, state.attempt, self.redactor.redact(failure.error + gave_up))
+                if not failure.unsent and self._retry_unsent_only(state.req):
+                    return _outcome(failure, state.attempt, self._not_retried(failure.error, state.req))
+                wait = retry.backoff_for(state.attempt) if failure.wait is None else failure.wait
+                if failure.status in _NOT_ACTED:
+                    self.counters.throttled += failure.status == 429
+                    self.limiter.pause(wait)  # every worker waits; acquire() honours it
+                else:
+                    await asyncio.sleep(wait)
+        except RunAborted as exc:
+            await self._halt(exc)
+
+    def _retryable(self, answer: Answer) -> Failure:
+        """An answer whose status ``retry.statuses`` lists; a Retry-After too long to sleep through
+        stops the run."""
+        status = answer.status
+        wait = retry_after_seconds(answer.headers.get("Retry-After"))
+        if wait is not None and wait > self.retry.max_retry_after:
+            # Sleeping for hours helps no one: stop, resumable, and say when to come back.
+            raise ThrottledTooLong(wait, status, self.retry.max_retry_after, time.time() + wait)
+        error = self._status_error(answer)
+        # 429 and 503 say the server did not act; after another 5xx a POST may have taken effect.
+        return Failure(_status_kind(status), error, status, answer.latency_ms, unsent=status in _NOT_ACTED, wait=wait)
 
     def _retry_unsent_only(self, req: PreparedRequest) -> bool:
         """Whether ``req`` may be retried only when it surely did not reach the API: a POST or
@@ -265,161 +336,118 @@ class Client:
             "or retry.non_idempotent: true, to retry it)"
         )
 
+    def _status_error(self, answer: Answer) -> str:
+        """``HTTP 503 Service Unavailable: <the body's start>`` (not yet masked)."""
+        error = f"HTTP {answer.status} {answer.reason}".rstrip()
+        return error + (f": {self.redactor.snippet(answer.body)}" if answer.body else "")
+
+    def _answered(self, answer: Answer, attempt: int) -> Outcome:
+        """The call's last answer as its outcome: a 2xx's JSON parsed once, else why there is none."""
+        status, body, latency_ms = answer.status, answer.body, answer.latency_ms
+        if not 200 <= status < 300:
+            error = self.redactor.redact(self._status_error(answer))
+            return Outcome(status, None, error, attempt, latency_ms, kind=_status_kind(status))
+        if answer.cut:
+            return Outcome(status, None, self._too_large, attempt, latency_ms, kind=FailureKind.BAD_RESPONSE)
+        if not body.strip():
+            return Outcome(status, None, None, attempt, latency_ms)
+        try:
+            doc = parse_answer(body)  # a 200 with HTML or cut-off JSON is a row error, found now
+        except orjson.JSONDecodeError as exc:
+            kind = answer.headers.get("Content-Type", "").split(";")[0] or "no content-type"
+            # "unexpected end of data at char 15 of 15" says the body was cut off; HTML fails at char 0.
+            why = f"{exc.msg} at char {exc.pos} of {len(body)}"
+            error = f"response is not JSON (HTTP {status}, {kind}): {why}: {self.redactor.snippet(body, 80)!r}"
+            return Outcome(
+                status, None, self.redactor.redact(error), attempt, latency_ms, kind=FailureKind.BAD_RESPONSE
+            )
+        return Outcome(status, body, None, attempt, latency_ms, doc)
+
     async def _halt(self, stop: RunAborted | None = None) -> NoReturn:
         """Stop the run with ``stop`` (or the stop already under way): no new request starts, the
         ones in flight get up to ``timeout`` to finish, so their answers reach the journal."""
         if self._stop is None:
             self._stop = stop
         deadline = time.monotonic() + self.timeout_s
-        while self._active and time.monotonic() < deadline:
+        while self.transport.active and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert self._stop is not None
         raise self._stop
 
-    async def call(self, req: PreparedRequest) -> Outcome:
-        """Send ``req`` until it succeeds, fails for good, or runs out of attempts."""
-        attempts = self.retry.attempts
-        attempt = resends = redirects = 0
-        error: str | None = None
-        status: int | None = None
-        latency_ms: float | None = None
-        while attempt < attempts:
-            attempt += 1
-            headers, url = req.headers, req.url
-            generation = 0
-            if self.limiter.pacing:
-                try:
-                    await self.limiter.acquire()
-                except RunAborted as exc:  # a shared limit out of reach: stop, never run unlimited
-                    await self._halt(exc)
-            if self._stop is not None:
-                await self._halt()
-            if self.tokens is not None:  # after the limiter's wait, which a token may not outlive
-                try:
-                    generation, auth_headers, params = await self.tokens.credentials(self.session)
-                except AuthError as exc:  # a renewal failed: stop, letting the calls in flight finish
-                    await self._halt(exc)
-                headers = {**req.headers, **auth_headers}
-                if params:  # an API key in the query string: never part of the fingerprint
-                    url = req.url.extend_query(params)
-            self.counters.calls += 1
-            if attempt > 1:
-                self.counters.retries += 1
-            started = time.perf_counter()
-            ticket = self.tokens.sending(generation) if self.tokens is not None else None
-            answered = False
-            try:
-                self._active += 1
-                try:
-                    async with self.session.request(
-                        req.method, url, headers=headers, data=req.body, timeout=self.timeout, allow_redirects=False
-                    ) as resp:
-                        status, reason = resp.status, resp.reason or ""
-                        response_headers = resp.headers  # read below only when needed
-                        body, cut = await read_body(resp, self.max_response_bytes)
-                        answered = True
-                finally:
-                    self._active -= 1
-                    if ticket is not None and not answered:
-                        self.tokens.answered(ticket, None)  # type: ignore[union-attr]
-            except aiohttp.ClientSSLError as exc:  # every call to this origin would fail the same way
-                await self._halt(TLSError(self.redactor.redact(_tls_problem(req.url, exc))))
-            except aiohttp.InvalidURL as exc:
-                return Outcome(None, None, self.redactor.redact(f"invalid URL: {exc}"), attempt, None, local=True)
-            except ValueError as exc:  # aiohttp refuses a header or URL it cannot send: this row fails
-                message = self.redactor.redact(f"cannot send the request: {exc}")
-                return Outcome(None, None, message, attempt, None, local=True)
-            except TimeoutError as exc:
-                status, error = None, f"timed out after {self.timeout_s:g}s"
-                latency_ms = (time.perf_counter() - started) * 1000
-                if attempt < attempts:
-                    # A timeout while connecting sent nothing; any later one may have reached the API.
-                    if not isinstance(exc, aiohttp.ConnectionTimeoutError) and self._retry_unsent_only(req):
-                        return Outcome(None, None, self._not_retried(error, req), attempt, latency_ms)
-                    await asyncio.sleep(self.retry.backoff_for(attempt))
-                continue
-            except aiohttp.ClientError as exc:
-                status, error = None, f"connection error: {exc or type(exc).__name__}"
-                latency_ms = (time.perf_counter() - started) * 1000
-                if attempt < attempts:
-                    # Only a failure to connect surely sent nothing (a dropped connection may have, after the request).
-                    if not isinstance(exc, aiohttp.ClientConnectorError) and self._retry_unsent_only(req):
-                        return Outcome(None, None, self._not_retried(error, req), attempt, latency_ms)
-                    await asyncio.sleep(self.retry.backoff_for(attempt))
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000
+    # --- redirects -------------------------------------------------------------------------
 
-            if self.tokens is not None and ticket is not None:
-                rejected = self.tokens.is_rejection(status, body)  # 401, or what `auth.refresh_on` lists
-                self.tokens.answered(ticket, accepted=not rejected)
-                if rejected and resends < MAX_RESENDS_PER_CALL:
-                    answer = f"HTTP {status}" + (f": {self.redactor.snippet(body, 120)}" if body else "")
-                    try:
-                        again = await self.tokens.rejected(self.session, ticket, answer, resent=resends > 0)
-                    except AuthError as exc:
-                        await self._halt(exc)
-                    if again:
-                        resends += 1
-                        attempt -= 1  # a rejected token is not the call's fault
-                        continue
-                # Not sent again: the record itself was refused, and the row fails with the answer.
-            if status in self.retry.statuses:
-                error = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
-                wait = retry_after_seconds(response_headers.get("Retry-After"))
-                if wait is not None and wait > self.retry.max_retry_after:
-                    # Sleeping for hours helps no one: stop, resumable, and say when to come back.
-                    limit = self.retry.max_retry_after
-                    await self._halt(ThrottledTooLong(wait, status, limit, time.time() + wait))
-                if attempt >= attempts:
-                    break
-                if status not in _NOT_ACTED and self._retry_unsent_only(req):  # another 5xx may have done it
-                    return Outcome(status, None, self._not_retried(error, req), attempt, latency_ms)
-                if wait is None:
-                    wait = self.retry.backoff_for(attempt)
-                if status in _NOT_ACTED:
-                    self.counters.throttled += status == 429
-                    self.limiter.pause(wait)  # every worker waits; acquire() honours it
-                else:
-                    await asyncio.sleep(wait)
-                continue
-            if status in _REDIRECTS and (location := response_headers.get("Location")):
-                if not self.follow_redirects:
-                    message = f"HTTP {status}: redirect not followed (request.follow_redirects is false)"
-                    return Outcome(status, None, message, attempt, latency_ms)
-                try:
-                    target = req.url.join(URL(location))
-                except ValueError:  # UnicodeError included: a host that is not a host name
-                    message = f"HTTP {status}: redirected to {location!r}, which is not a URL; not followed"
-                    return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
-                if target.origin() != req.url.origin():
-                    # Followed, it would carry the auth header and secret headers to another server.
-                    message = f"HTTP {status}: redirected to another origin ({target.origin()}), not followed"
-                    return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    return Outcome(status, None, f"more than {MAX_REDIRECTS} redirects", attempt, latency_ms)
-                see_other = status == 303 or (status in (301, 302) and req.method == "POST")
-                req = req._replace(
-                    url=target, method="GET" if see_other else req.method, body=None if see_other else req.body
-                )
-                attempt -= 1  # following a redirect is not a new attempt
-                continue
-            if not 200 <= status < 300:
-                message = f"HTTP {status} {reason}".rstrip() + (f": {self.redactor.snippet(body)}" if body else "")
-                return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
-            if cut:
-                return Outcome(status, None, self._too_large, attempt, latency_ms)
-            if not body.strip():
-                return Outcome(status, None, None, attempt, latency_ms)
+    async def _send_following_redirects(self, state: _Call) -> Answer:
+        """Send ``state.req``, following redirects within its origin (which ``state.req`` becomes)."""
+        while True:
+            answer = await self._send_handling_auth(state)
+            status = answer.status
+            if (
+                status not in _REDIRECTS
+                or status in self.retry.statuses
+                or not (location := answer.headers.get("Location"))
+            ):
+                return answer
+            target = self._redirect_target(state.req, answer, location)
+            state.redirects += 1
+            if state.redirects > MAX_REDIRECTS:
+                raise _not_followed(answer, f"more than {MAX_REDIRECTS} redirects")
+            see_other = status == 303 or (status in (301, 302) and state.req.method == "POST")
+            req = state.req
+            state.req = req._replace(
+                url=target, method="GET" if see_other else req.method, body=None if see_other else req.body
+            )
+
+    def _redirect_target(self, req: PreparedRequest, answer: Answer, location: str) -> URL:
+        """Where a redirect points, if it may be followed: within the API's origin."""
+        status = answer.status
+        if not self.follow_redirects:
+            raise _not_followed(answer, f"HTTP {status}: redirect not followed (request.follow_redirects is false)")
+        try:
+            target = req.url.join(URL(location))
+        except ValueError:  # UnicodeError included: a host that is not a host name
+            message = f"HTTP {status}: redirected to {location!r}, which is not a URL; not followed"
+            raise _not_followed(answer, self.redactor.redact(message)) from None
+        if target.origin() != req.url.origin():
+            # Followed, it would carry the auth header and secret headers to another server.
+            message = f"HTTP {status}: redirected to another origin ({target.origin()}), not followed"
+            raise _not_followed(answer, self.redactor.redact(message))
+        return target
+
+    # --- auth --------------------------------------------------------------------------------
+
+    async def _send_handling_auth(self, state: _Call) -> Answer:
+        """Send ``state.req`` with the current token; when the API rejects the token (rotated),
+        send it again with the next, up to ``MAX_RESENDS_PER_CALL`` times."""
+        tokens, req = self.tokens, state.req
+        while True:
+            if self.limiter.pacing:
+                await self.limiter.acquire()  # a shared limit out of reach raises: never run unlimited
+            if self._stop is not None:
+                raise self._stop
+            if tokens is None:
+                self._count(state)
+                return await self.transport.send(req.method, req.url, req.headers, req.body)
+            # After the limiter's wait, which a token may not outlive.
+            generation, auth_headers, params = await tokens.credentials(self.session)
+            headers = {**req.headers, **auth_headers}
+            url = req.url.extend_query(params) if params else req.url  # a key in the query: never fingerprinted
+            self._count(state)
+            ticket = tokens.sending(generation)
             try:
-                doc = parse_answer(body)  # a 200 with HTML or cut-off JSON is a row error, found now
-                return Outcome(status, body, None, attempt, latency_ms, doc)
-            except orjson.JSONDecodeError as exc:
-                kind = response_headers.get("Content-Type", "").split(";")[0] or "no content-type"
-                # "unexpected end of data at char 15 of 15" says the body was cut off; HTML fails at char 0.
-                why = f"{exc.msg} at char {exc.pos} of {len(body)}"
-                message = f"response is not JSON (HTTP {status}, {kind}): {why}: {self.redactor.snippet(body, 80)!r}"
-                return Outcome(status, None, self.redactor.redact(message), attempt, latency_ms)
-        if error and attempts > 1:
-            error = f"{error} (gave up after {attempt} attempts)"
-        return Outcome(status, None, self.redactor.redact(error or "failed"), attempt, latency_ms)
+                answer = await self.transport.send(req.method, url, headers, req.body)
+            except BaseException:
+                tokens.answered(ticket, None)
+                raise
+            rejected = tokens.is_rejection(answer.status, answer.body)  # 401, or what `auth.refresh_on` lists
+            tokens.answered(ticket, accepted=not rejected)
+            if not rejected or state.resends >= MAX_RESENDS_PER_CALL:
+                return answer
+            said = f"HTTP {answer.status}" + (f": {self.redactor.snippet(answer.body, 120)}" if answer.body else "")
+            if not await tokens.rejected(self.session, ticket, said, resent=state.resends > 0):
+                return answer  # the record itself was refused: the row fails with the answer
+            state.resends += 1
+
+    def _count(self, state: _Call) -> None:
+        self.counters.calls += 1
+        if state.attempt > 1:
+            self.counters.retries += 1

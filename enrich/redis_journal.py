@@ -35,7 +35,6 @@ and the run stops (exit 3), resumable.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -44,6 +43,7 @@ import orjson
 
 from .errors import RunAborted
 from .journal import Entry, WriteThrough
+from .retry import redis_patience, redis_unreachable, retrying_sync
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
 SCHEMES = ("redis://", "rediss://")
@@ -166,24 +166,15 @@ class RedisJournal(WriteThrough):
         return self._base + fp.hex()
 
     def _retrying(self, call: Callable[[], T], on_retry: Callable[[], None] | None = None) -> T:
-        import redis.exceptions
+        patience = redis_patience(FAIL_AFTER)
+        return retrying_sync(call, patience, on=redis_unreachable(), give_up=self._unavailable, before_wait=on_retry)
 
-        deadline = time.monotonic() + FAIL_AFTER
-        delay = 0.1
-        while True:
-            try:
-                return call()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise JournalUnavailable(
-                        f"cannot reach Redis at {self.path}, which holds the journal ({exc}). The run stopped; "
-                        "start Redis (or fix `journal:`), then run the same command again: the calls already "
-                        "saved there are not made again."
-                    ) from None
-                if on_retry is not None:
-                    on_retry()
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    def _unavailable(self, exc: BaseException) -> JournalUnavailable:
+        return JournalUnavailable(
+            f"cannot reach Redis at {self.path}, which holds the journal ({exc}). The run stopped; "
+            "start Redis (or fix `journal:`), then run the same command again: the calls already "
+            "saved there are not made again."
+        )
 
     def close(self, remove_if_empty: bool = False) -> None:
         """Write what is pending, stop the writer and disconnect. ``remove_if_empty`` is accepted

@@ -19,17 +19,19 @@ request through unlimited.
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .errors import RunAborted
 from .ratelimit import HEADROOM
+from .retry import redis_patience, redis_unreachable, retrying
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
 # How late a caller may reach its slot (from Redis's answer) and still go: under the 6 ms that
 # booking 0.6% under the rate makes room for in any second.
 LATE_AFTER = 0.0055
 MAX_REBOOKS = 2  # then it goes even if late: a machine that overloaded must still finish
+T = TypeVar("T")
 
 # KEYS[1]: the theoretical arrival time (ms, Redis clock); KEYS[2]: pause-until (ms).
 # ARGV[1]: the emission interval (ms); ARGV[2]: the burst tolerance (ms).
@@ -89,6 +91,8 @@ class SharedRateLimiter:
         self._pause = self._client.register_script(_PAUSE)
         self._pauses: set[asyncio.Task[Any]] = set()
         self.rebooked = 0  # slots given up because this process reached them late
+        self._patience = redis_patience(FAIL_AFTER)
+        self._unreachable = redis_unreachable()
 
     @property
     def pacing(self) -> bool:
@@ -124,23 +128,15 @@ class SharedRateLimiter:
         self._pauses.add(task)
         task.add_done_callback(self._pauses.discard)
 
-    async def _with_retries(self, call: Any) -> Any:
-        import redis.exceptions
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await retrying(call, self._patience, on=self._unreachable, give_up=self._unavailable)
 
-        deadline = time.monotonic() + FAIL_AFTER
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise SharedLimitUnavailable(
-                        f"cannot reach Redis at {self.url}, which holds the shared rate limit ({exc}). The run "
-                        "stopped rather than call the API without the limit. Start Redis (or fix "
-                        "rate_limit.shared), then run the same command again: the finished calls are in the journal."
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    def _unavailable(self, exc: BaseException) -> SharedLimitUnavailable:
+        return SharedLimitUnavailable(
+            f"cannot reach Redis at {self.url}, which holds the shared rate limit ({exc}). The run "
+            "stopped rather than call the API without the limit. Start Redis (or fix "
+            "rate_limit.shared), then run the same command again: the finished calls are in the journal."
+        )
 
     async def close(self) -> None:
         if self._pauses:
