@@ -57,7 +57,7 @@ def starter_config(input_path: Path, schema: Mapping[str, pl.DataType]) -> str:
         "#   enrich run <this file> --limit 5        # try the first five rows",
         "#   enrich run <this file>                  # then the whole table",
         "# A `# key: value` line is a setting left out: delete the `# ` to use it.",
-        '# Every key is in docs/config.md; `enrich schema` gives editors completion.',
+        "# Every key is in docs/config.md; `enrich schema` gives editors completion.",
         "",
         f"input: {_scalar(str(input_path))}",
         f"output: {_scalar(f'out/{input_path.stem}_enriched.parquet')}",
