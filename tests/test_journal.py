@@ -1167,17 +1167,17 @@ def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
     # Pass 2 reuses pass 1's fingerprints batch by batch; if the input changed in between, the
     # rows would silently get other rows' results, so it stops and says to run again.
     from enrich.config import config_from_dict
-    from enrich.engine import Planned, PlanSpool, RunOptions, build_pass
+    from enrich.engine import BatchPlan, PlanSpool, RowError, RunOptions, build_pass
     from enrich.errors import InputChanged
-    from enrich.journal import Journal
+    from enrich.journal import FileJournal
     from enrich.tables import content_digest
 
     config = config_from_dict({"request": {"url": "http://127.0.0.1:9/v1/items/{{id}}"}})
     seen = pl.DataFrame({"id": ["a", "b"]})
     for now, same in ((seen, True), (seen.reverse(), False), (seen.head(1), False)):
         spool = PlanSpool()
-        spool.write(content_digest(seen), [Planned(None, None, "no request")] * 2, None)
-        with Journal.open(None) as journal:
+        spool.write(content_digest(seen), BatchPlan([RowError("no request")] * 2))
+        with FileJournal.open(None) as journal:
             frames, _ = build_pass(lambda now=now: iter([now]), config, journal, RunOptions(), spool, source="in.csv")
             if same:
                 assert len(list(frames)) == 1
@@ -1205,12 +1205,12 @@ def test_a_run_sweeps_what_a_killed_run_left_beside_the_output(
 def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: Path) -> None:
     # A request that could not be sent (a local failure) is not an answer: the run's output shows
     # it, but a rerun calls again instead of serving it from the journal.
-    from enrich.journal import Entry, Journal
+    from enrich.journal import Entry, FileJournal
 
     path = tmp_path / "j.journal"
     answered = Entry(200, None, b'{"a": 1}', 1, 3.0, time.time())
     local = Entry(None, "cannot send the request: bad header", None, 1, None, time.time())
-    with Journal.open(path) as journal:
+    with FileJournal.open(path) as journal:
         journal.put(b"answered-fp-0001", answered)
         journal.put(b"local-fp-0000002", local, saved=False)
         journal.flush()
@@ -1219,7 +1219,7 @@ def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: 
             b"local-fp-0000002": local,
         }
         assert journal.written == 1
-    with Journal.open(path) as journal:
+    with FileJournal.open(path) as journal:
         assert journal.lookup([b"answered-fp-0001", b"local-fp-0000002"]) == {b"answered-fp-0001": answered}
 
 
