@@ -612,6 +612,7 @@ def test_a_journal_from_before_extracted_values_still_resumes_and_extracts(
     assert pl.read_parquet(job.out)["got"].to_list() == [f"r{i:04d}" for i in range(5)]
 
 
+@pytest.mark.slow  # waits on purpose (a call past its timeout)
 def test_a_journal_from_before_kinds_were_stored_counts_its_failures_by_kind(
     serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
