@@ -321,7 +321,10 @@ def _load(args: argparse.Namespace, log: _Log, overrides: dict[str, Any] | None 
 
 
 def _run(args: argparse.Namespace, log: _Log) -> int:
-    from .engine import RunOptions, extract_job, journal_label, plan_job, run_job, summary_path
+    from .jobs import extract_job, plan_job, run_job
+    from .journal import journal_label
+    from .planning import RunOptions
+    from .summary import summary_path
 
     calling = args.command == "run"
     overrides: dict[str, Any] = {"errors_out": str(args.errors_out) if args.errors_out else None}

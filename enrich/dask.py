@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ATTEMPTS_COLUMN, ERROR_COLUMN, LATENCY_COLUMN, STATUS_COLUMN, Config, journal_location
-from .engine import RunOptions, as_config
+from .engine import as_config
 from .errors import ConfigError, InputError
-from .redis_journal import is_redis_url
+from .planning import RunOptions
+from .redis_journal import is_redis_url, named_after
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -137,12 +138,7 @@ def _shared_journal(config: Config, journal: str | Path | bool | None) -> str | 
             f"{where}: the journal {chosen} is a file, which the workers of a Dask cluster cannot share. {fix}"
         )
     assert isinstance(chosen, str)
-    from yarl import URL
-
-    url = URL(chosen)
-    if "prefix" not in url.query:  # as `enrich run` names it, so the two share one journal
-        chosen = str(url.update_query(prefix=config.output.name if config.output else "enrich"))
-    return chosen
+    return named_after(chosen, config.output.name if config.output else None)  # as `enrich run` names it
 
 
 def _check_limit(config: Config, per_partition_limit: bool) -> None:

@@ -8,7 +8,7 @@ call a moment after it is handed over (together with whatever finished meanwhile
 commit), and the engine's workers await ``saved`` before their next call, so a killed run
 loses only the calls in flight; the event loop never waits on the disk.
 
-    with Journal.open(Path("out/people.parquet.journal")) as journal:
+    with FileJournal.open(Path("out/people.parquet.journal")) as journal:
         known = journal.lookup([fp1, fp2])           # {fp1: Entry(...)} for calls already made
         n = journal.put(fp3, Entry(200, None, b'{"a": 1}', 1, 12.5, time.time()))
         await journal.saved(n)                       # in the event loop: until it is committed
@@ -18,6 +18,9 @@ Only one run may write a journal at a time: ``open`` takes an exclusive lock (``
 on a hidden file beside the journal; SQLite's own locks are separate), released when the
 process ends, however it ends. A disk that fills up, or a journal that cannot be written or
 read, stops the run with ``StorageError`` (exit 3): what was committed is kept.
+
+``Journal`` is what the run needs of a journal; ``FileJournal`` (SQLite, here) and
+``RedisJournal`` (``redis_journal.py``) both are one; ``open_journal`` opens either.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol
 
-from .errors import Busy, OutputError, RunAborted, StorageError
+from .errors import Busy, FailureKind, OutputError, RunAborted, StorageError
 from .locks import Lock, hold
 
 _CHUNK = 500  # fingerprints per IN (...) query; SQLite allows 32,766 parameters
@@ -55,7 +58,8 @@ CREATE TABLE IF NOT EXISTS calls (
     latency_ms REAL,
     at REAL NOT NULL,
     fields_key TEXT,
-    extracted BLOB
+    extracted BLOB,
+    kind TEXT
 );
 """
 # A rowid table, not WITHOUT ROWID: the bodies are large rows, and storing them inside the
@@ -78,6 +82,9 @@ class Entry(NamedTuple):
     # they were extracted for: the output is then built without parsing the body again.
     fields_key: str | None = None
     extracted: bytes | None = None
+    # Why there is no answer (None: there is one). An entry written before kinds were stored has
+    # none: ``kind_of`` classifies it where it is counted.
+    kind: FailureKind | None = None
 
     @property
     def failed(self) -> bool:
@@ -85,6 +92,71 @@ class Entry(NamedTuple):
         if self.error is None:
             return False
         return self.status is None or self.status >= 500 or self.status in (401, 403, 408, 429)
+
+
+def kind_of(status: int | None, error: str) -> FailureKind:
+    """The legacy classification of a failure, from its status and its message's first words: for
+    entries written before kinds were stored, and for outcomes that carry no kind. Everything
+    newer carries its kind, set where the failure was known."""
+    if status is not None:
+        return FailureKind.HTTP if status >= 300 else FailureKind.BAD_RESPONSE
+    for start, kind in _LEGACY_STARTS:
+        if error.startswith(start):
+            return kind
+    return FailureKind.BAD_ROW_DATA
+
+
+_LEGACY_STARTS = (
+    ("timed out", FailureKind.TIMEOUT),
+    ("connection error", FailureKind.CONNECTION),
+    ("not called", FailureKind.NOT_CALLED),
+)
+
+
+class Journal(Protocol):
+    """What a run needs of a journal: ``FileJournal`` (SQLite) and ``RedisJournal`` are one.
+
+    ``put`` a finished call (numbered), wait until it is ``saved``, ``lookup`` what is known
+    (``alookup`` from the event loop), ``flush`` and ``close``. ``holding`` says to send no new
+    call while the journal cannot save one; ``written`` counts the calls this run saved, and
+    ``len`` those the journal holds.
+    """
+
+    written: int
+
+    def put(self, fp: bytes, entry: Entry, saved: bool = True) -> int: ...
+
+    async def saved(self, seq: int) -> None: ...
+
+    def holding(self) -> bool: ...
+
+    def lookup(self, fps: Iterable[bytes], bodies: bool = True) -> dict[bytes, Entry]: ...
+
+    async def alookup(self, fps: Sequence[bytes], bodies: bool = True) -> dict[bytes, Entry]: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, remove_if_empty: bool = False) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def open_journal(journal: Path | str | None, readonly: bool = False) -> Journal:
+    """The journal at a file path or a redis:// URL (``None``: in memory)."""
+    from .redis_journal import RedisJournal, is_redis_url
+
+    if is_redis_url(journal):
+        assert isinstance(journal, str)
+        return RedisJournal.open_readonly(journal) if readonly else RedisJournal.open(journal)
+    path = Path(journal) if journal is not None else None
+    return FileJournal.open_readonly(path) if readonly else FileJournal.open(path)
+
+
+def journal_label(journal: Path | str | None) -> str:
+    """The journal as messages show it (a Redis URL without its password)."""
+    from .redis_journal import shown_url
+
+    return shown_url(journal) if isinstance(journal, str) else str(journal)
 
 
 class JournalBusy(Busy):
@@ -305,9 +377,13 @@ class WriteThrough:
 
 # --- the append log's records ------------------------------------------------------------------
 
-# fp, status (-1: none), attempts, latency_ms (NaN: none), at, then the lengths of error,
-# fields_key, body and extracted (NONE: none); the bytes follow, then a CRC32 of it all.
-_HEAD = struct.Struct("<16siiddIIII")
+# The log opens with _MAGIC; then each record: fp, status (-1: none), attempts, latency_ms (NaN:
+# none), at, then the lengths of error, fields_key, body, extracted and kind (NONE: none); the
+# bytes follow, then a CRC32 of it all. A log without _MAGIC was written before kinds were
+# stored: its records have no kind (_HEAD_NO_KIND).
+_MAGIC = b"enrich-log-2\n"
+_HEAD = struct.Struct("<16siiddIIIII")
+_HEAD_NO_KIND = struct.Struct("<16siiddIIII")
 _CRC = struct.Struct("<I")
 _NONE = 0xFFFFFFFF
 
@@ -328,8 +404,9 @@ class _LogFile:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         self.size = 0
         self.map: mmap.mmap | None = None
-        self.end = 0
         self._grow(self.INITIAL)
+        self.map[: len(_MAGIC)] = _MAGIC  # type: ignore[index]
+        self.end = len(_MAGIC)
 
     def _grow(self, wanted: int) -> None:
         size = max(wanted, 2 * self.size, self.INITIAL)
@@ -355,8 +432,9 @@ class _LogFile:
         """Its records are in SQLite: start again from the beginning, on zeros (a reader stops
         at the first record that is not whole)."""
         assert self.map is not None
-        self.map[0 : self.end] = bytes(self.end)
-        self.end = 0
+        start = len(_MAGIC)
+        self.map[start : self.end] = bytes(self.end - start)
+        self.end = start
 
     def close(self) -> None:
         if self.map is not None:
@@ -366,9 +444,10 @@ class _LogFile:
 
 
 def _record(fp: bytes, entry: Entry) -> bytes:
-    status, error, body, attempts, latency_ms, at, fields_key, extracted = entry
+    status, error, body, attempts, latency_ms, at, fields_key, extracted, kind = entry
     error_b = b"" if error is None else error.encode("utf-8", "surrogatepass")
     key_b = b"" if fields_key is None else fields_key.encode()
+    kind_b = b"" if kind is None else kind.value.encode()
     data = b"".join(
         (
             _HEAD.pack(
@@ -381,11 +460,13 @@ def _record(fp: bytes, entry: Entry) -> bytes:
                 _NONE if fields_key is None else len(key_b),
                 _NONE if body is None else len(body),
                 _NONE if extracted is None else len(extracted),
+                _NONE if kind is None else len(kind_b),
             ),
             error_b,
             key_b,
             body or b"",
             extracted or b"",
+            kind_b,
         )
     )
     return data + _CRC.pack(zlib.crc32(data))
@@ -393,17 +474,17 @@ def _record(fp: bytes, entry: Entry) -> bytes:
 
 def _records(data: bytes) -> Iterator[tuple[bytes, Entry]]:
     """The whole records of a log; a record cut short (the run was killed writing it) ends it."""
-    pos = 0
-    while pos + _HEAD.size <= len(data):
-        fp, status, attempts, latency, at, *sizes = _HEAD.unpack_from(data, pos)
-        end = pos + _HEAD.size + sum(n for n in sizes if n != _NONE)
+    head, pos = (_HEAD, len(_MAGIC)) if data.startswith(_MAGIC) else (_HEAD_NO_KIND, 0)
+    while pos + head.size <= len(data):
+        fp, status, attempts, latency, at, *sizes = head.unpack_from(data, pos)
+        end = pos + head.size + sum(n for n in sizes if n != _NONE)
         if end + 4 > len(data) or _CRC.unpack_from(data, end)[0] != zlib.crc32(data[pos:end]):
             return
-        cursor, parts = pos + _HEAD.size, []
+        cursor, parts = pos + head.size, []
         for n in sizes:
             parts.append(None if n == _NONE else data[cursor : cursor + n])
             cursor += 0 if n == _NONE else n
-        error, key, body, extracted = parts
+        error, key, body, extracted, *kind = parts
         yield (
             fp,
             Entry(
@@ -415,6 +496,7 @@ def _records(data: bytes) -> Iterator[tuple[bytes, Entry]]:
                 at,
                 None if key is None else key.decode(),
                 extracted,
+                FailureKind(kind[0].decode()) if kind and kind[0] is not None else None,
             ),
         )
         pos = end + 4
@@ -434,16 +516,23 @@ def _replay_log(conn: sqlite3.Connection, path: Path) -> None:
     log.unlink()
 
 
-_ROWS_PER_STATEMENT = 256  # 9 parameters each; SQLite allows 32,766
+_ROWS_PER_STATEMENT = 256  # 10 parameters each; SQLite allows 32,766
 
 
 @functools.cache
 def _insert_sql(rows: int) -> str:
-    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return (
-        "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted)"
+        "INSERT OR REPLACE INTO calls (fp, status, error, body, attempts, latency_ms, at, fields_key, extracted, kind)"
         f" VALUES {values}"
     )
+
+
+# A kind is stored as its value ("timeout"), and read back as the FailureKind: sqlite3 calls these
+# for a kind only (a NULL, an answered call's, is never converted), so an answer costs nothing.
+sqlite3.register_adapter(FailureKind, lambda kind: kind.value)
+sqlite3.register_converter("enrich_failure_kind", lambda value: FailureKind(value.decode()))
+_KIND = 'kind AS "kind [enrich_failure_kind]"'  # the converter, by the column's name (PARSE_COLNAMES)
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -493,7 +582,7 @@ def _storage_problem(path: Path | None, exc: BaseException, doing: str) -> str:
     return f"the journal {path} failed ({text}) while {doing}. Run the same command again once the disk is fixed."
 
 
-class Journal(WriteThrough):
+class FileJournal(WriteThrough):
     """A SQLite journal of finished calls, written by one run at a time.
 
     A SQLite commit of a few rows rewrites whole pages, so a commit per finished call would cost
@@ -512,10 +601,11 @@ class Journal(WriteThrough):
         self.path = path
         self._lock = lock
         self._log: _LogFile | None = None  # a file journal that writes
+        self._kind = _KIND  # how a look-up reads the kind
         self._last_move = time.monotonic()
 
     @classmethod
-    def open_readonly(cls, path: Path | None) -> Journal:
+    def open_readonly(cls, path: Path | None) -> FileJournal:
         """Open the journal at ``path`` only to look things up (``--dry-run``): no lock, no file
         created or changed. A missing file gives an empty, in-memory journal."""
         if path is None or not path.exists():
@@ -525,20 +615,28 @@ class Journal(WriteThrough):
         # a read-only connection sees its committed calls.
         mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
         try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, isolation_level=None)
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                detect_types=sqlite3.PARSE_COLNAMES,
+            )
             conn.execute("SELECT fp, status, error, attempts, latency_ms, at, fields_key, extracted FROM calls LIMIT 1")
+            kinds = "kind" in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
         except sqlite3.DatabaseError as exc:
             raise OutputError(
                 f"cannot read the journal {path}: {exc}. If the file is not an enrich journal, "
                 "point --journal elsewhere."
             ) from None
         journal = cls(conn, path)
+        if not kinds:  # a journal from before kinds were stored, read as it is: its entries have none
+            journal._kind = "NULL"
         with contextlib.suppress(OSError):  # the calls a live (or killed) run has logged and not moved yet
             journal._unsaved.update(_records(_log_path(path).read_bytes()))
         return journal
 
     @classmethod
-    def open(cls, path: Path | None, lock: bool = True) -> Journal:
+    def open(cls, path: Path | None, lock: bool = True) -> FileJournal:
         """Open (creating if needed) the journal at ``path``; ``None`` keeps it in memory.
         ``lock=False`` for a file no other run can know of (a run's temporary journal)."""
 
@@ -561,7 +659,9 @@ class Journal(WriteThrough):
             )
         conn = None
         try:
-            conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None)
+            conn = sqlite3.connect(
+                str(path) if path else ":memory:", isolation_level=None, detect_types=sqlite3.PARSE_COLNAMES
+            )
             if path is not None:
                 conn.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL: a commit survives the process being killed; a power cut may undo the
@@ -573,6 +673,8 @@ class Journal(WriteThrough):
             if "extracted" not in columns:  # a journal from before extracted values were kept
                 conn.execute("ALTER TABLE calls ADD COLUMN fields_key TEXT")
                 conn.execute("ALTER TABLE calls ADD COLUMN extracted BLOB")
+            if "kind" not in columns:  # a journal from before kinds were stored: its entries have none
+                conn.execute("ALTER TABLE calls ADD COLUMN kind TEXT")
             conn.execute("SELECT count(*) FROM calls").fetchone()  # reads every page of the index
         except (sqlite3.Error, OSError) as exc:
             if conn is not None:
@@ -600,7 +702,7 @@ class Journal(WriteThrough):
                 raise OutputError(_storage_problem(path, exc, doing)) from None
         return journal
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> FileJournal:
         return self
 
     def __exit__(
@@ -701,7 +803,7 @@ class Journal(WriteThrough):
         With ``bodies=False`` the entries carry no body (cheaper, for deciding what to call).
         """
         found, rest = self._split(fps)
-        columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted"
+        columns = f"status, error, {'body' if bodies else 'NULL'}, attempts, latency_ms, at, fields_key, extracted, {self._kind}"
         make = Entry._make
         try:
             found.update((row[0], make(row[1:])) for row in self._select(columns, rest))

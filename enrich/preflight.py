@@ -14,23 +14,25 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import polars as pl
-
+from .calling import open_client
 from .client import Outcome, PreparedRequest
+from .column_types import typed_view
 from .config import Config
-from .engine import (
-    SKIPPED,
-    Job,
-    Planned,
+from .jobs import Job
+from .journal import Entry, open_journal
+from .planning import (
+    Call,
+    Plan,
+    RowError,
     RunOptions,
-    _client,
-    _plan_batch,
-    _reusable,
-    _template_rows,
-    open_journal,
+    Sort,
+    plan_batch,
+    reusable,
     shown_request,
+    sort_row,
+    template_rows,
 )
 
 
@@ -73,7 +75,7 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     """Render every row, count what a run would call, look the journal up read-only; send nothing,
     write nothing."""
     options = options or RunOptions()
-    from .tables import iter_batches, scan_table, typed_view
+    from .tables import iter_batches, scan_table
 
     lf = scan_table(job.input, config.input_types)
     samples: list[Sample] = []
@@ -83,37 +85,31 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     now = time.time()
     with contextlib.closing(open_journal(job.journal, readonly=True)) as journal:
         for batch in iter_batches(lf, job.input, options.limit):
-            plans, keep = _plan_batch(batch, config, options, offset, job.value_types)
+            batch_plan = plan_batch(batch, config, options, offset, job.value_types)
             first = offset
-            shown_rows = _template_rows(batch, config, job.value_types)[1] if len(samples) < show else []
-            numbers = range(offset, offset + batch.height)
+            shown_rows = template_rows(batch, config, job.value_types)[1] if len(samples) < show else []
+            kept, numbers = batch_plan.taken(batch, offset)
             offset += batch.height
-            kept = batch if keep is None else batch.filter(pl.Series(keep, dtype=pl.Boolean))
-            if keep is not None:
-                numbers = [n for n, k in zip(numbers, keep, strict=True) if k]  # type: ignore[assignment]
             rows += kept.height
             if config.when:
                 matching += int(typed_view(kept, job.value_types)[0].select(config.when_expr()).to_series().sum())
             else:
                 matching += kept.height
-            fresh = [p.fp for p in plans if p.fp is not None and p.fp not in seen]
-            known = journal.lookup(fresh, bodies=False)
+            plans = batch_plan.plans
+            known = journal.lookup([p.fp for p in plans if type(p) is Call and p.fp not in seen], bodies=False)
             for number, plan in zip(numbers, plans, strict=True):
-                if plan.fp is None:
-                    if plan.error is None:
-                        skipped += 1
-                        continue
+                sort = sort_row(plan, seen, known, options, now)
+                if sort is Sort.SKIPPED:
+                    skipped += 1
+                    continue
+                if sort is Sort.ROW_ERROR:
                     row_errors += 1
-                elif plan.fp not in seen:
-                    seen.add(plan.fp)
+                elif sort is not Sort.DUPLICATE:
+                    seen.add(cast(Call, plan).fp)
                     distinct += 1
-                    entry = known.get(plan.fp)
-                    in_journal += entry is not None and _reusable(entry, options, now)
+                    in_journal += sort is Sort.ANSWERED
                 if len(samples) < show:
-                    entry = known.get(plan.fp) if plan.fp is not None else None
-                    reused = entry is not None and _reusable(entry, options, now)
-                    request = shown_request(config, shown_rows[number - first]) if plan.request is not None else None
-                    samples.append(Sample(number, request, plan.error, reused))
+                    samples.append(_sample(config, number, plan, known, options, now, shown_rows[number - first]))
     return Preflight(
         samples=samples,
         rows=rows,
@@ -125,6 +121,22 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
         rate=config.rate_limit.per_second if config.rate_limit else None,
         concurrency=config.concurrency,
     )
+
+
+def _sample(
+    config: Config,
+    number: int,
+    plan: Plan,
+    known: dict[bytes, Entry],
+    options: RunOptions,
+    now: float,
+    row: dict[str, Any],
+) -> Sample:
+    if type(plan) is RowError:
+        return Sample(number, None, plan.message, False)
+    assert type(plan) is Call
+    entry = known.get(plan.fp)
+    return Sample(number, shown_request(config, row), None, entry is not None and reusable(entry, options, now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,27 +157,28 @@ async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Prev
 
     lf = scan_table(input_path, config.input_types)
     types = value_types(lf, config.columns_read, config.input_types, input_path)
-    picked: list[tuple[int, Planned, PreparedRequest | None]] = []
+    picked: list[tuple[int, Call | RowError, PreparedRequest | None]] = []
     offset = 0
     for batch in iter_batches(lf, input_path, None):
-        plans, _ = _plan_batch(batch, config, RunOptions(), types=types)
-        template_rows = _template_rows(batch, config, types)[1]
+        plans = plan_batch(batch, config, RunOptions(), types=types).plans
+        shown_rows = template_rows(batch, config, types)[1]
         for i, plan in enumerate(plans):
-            if plan != SKIPPED and len(picked) < rows:
-                shown = shown_request(config, template_rows[i]) if plan.request is not None else None
+            if isinstance(plan, (Call, RowError)) and len(picked) < rows:
+                shown = shown_request(config, shown_rows[i]) if type(plan) is Call else None
                 picked.append((offset + i, plan, shown))
         offset += batch.height
         if len(picked) >= rows:
             break
     out: list[Previewed] = []
     names = config.field_columns
-    async with _client(config) as client:
-        if client.tokens is not None and any(plan.request is not None for _, plan, _ in picked):
+    async with open_client(config) as client:
+        if client.tokens is not None and any(type(plan) is Call for _, plan, _ in picked):
             await client.tokens.login(client.session)
         for number, plan, shown in picked:
-            if plan.request is None:
-                out.append(Previewed(number, None, None, plan.error, {}))
+            if type(plan) is RowError:
+                out.append(Previewed(number, None, None, plan.message, {}))
                 continue
+            assert type(plan) is Call and plan.request is not None
             outcome = await client.call(plan.request)
             if outcome.error is not None or outcome.doc is None:
                 out.append(Previewed(number, shown, outcome, outcome.error, {}))

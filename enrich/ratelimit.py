@@ -26,14 +26,25 @@ from typing import Protocol
 
 
 class Limiter(Protocol):
-    """What the client needs of a limiter: ``RateLimiter`` here, ``SharedRateLimiter`` across processes."""
+    """What a run needs of a limiter: ``RateLimiter`` here, ``SharedRateLimiter`` across processes."""
 
     @property
-    def pacing(self) -> bool: ...
+    def pacing(self) -> bool:
+        """Whether ``acquire`` can make a caller wait (the client skips it when not)."""
+        ...
+
+    @property
+    def rebooked(self) -> int:
+        """Slots given up because this process reached them late (the summary's ``late_slots``)."""
+        ...
 
     async def acquire(self) -> None: ...
 
     def pause(self, seconds: float) -> None: ...
+
+    async def close(self) -> None:
+        """Finish what the limiter started (a shared pause on its way to Redis); the run ends."""
+        ...
 
 
 Clock = Callable[[], float]
@@ -87,6 +98,14 @@ class RateLimiter:
     def pacing(self) -> bool:
         """Whether ``acquire`` can make a caller wait (a rate is set, or a pause was ever asked for)."""
         return self._interval > 0 or self._paused_until > float("-inf")
+
+    @property
+    def rebooked(self) -> int:
+        """Always 0: a limiter of one process gives no slot up (only a shared one must)."""
+        return 0
+
+    async def close(self) -> None:
+        """Nothing to finish: no task, no connection."""
 
     @property
     def paused_for(self) -> float:

@@ -41,12 +41,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .errors import RunAborted
+from .errors import FailureKind, RunAborted
 from .journal import Entry, WriteThrough
 from .retry import redis_patience, redis_unreachable, retrying_sync
 
 FAIL_AFTER = 10.0  # seconds of Redis being unreachable before the run stops
 SCHEMES = ("redis://", "rediss://")
+DEFAULT_PREFIX = "enrich"  # a journal URL's `prefix` when it names none and there is no output to name it after
 _OWN_PARAMS = ("prefix", "ttl")  # ours: removed before redis-py sees the URL
 _CHUNK = 500  # fingerprints per MGET on look-up
 # The values of KEYS without their bodies (up to the second newline), read from their first
@@ -79,6 +80,17 @@ def is_redis_url(value: object) -> bool:
     return isinstance(value, str) and value.startswith(SCHEMES)
 
 
+def named_after(url: str, output: str | None) -> str:
+    """The journal URL with ``?prefix=`` the output file's name (``output``), unless it names one:
+    so every shard of a run, and ``enrich.dask``, share the journal ``enrich run`` keeps."""
+    from yarl import URL
+
+    parsed = URL(url)
+    if "prefix" in parsed.query:
+        return url
+    return str(parsed.update_query(prefix=output or DEFAULT_PREFIX))
+
+
 def shown_url(url: str) -> str:
     """The URL with its password masked, for messages and the summary file."""
     from yarl import URL
@@ -96,7 +108,7 @@ class JournalLost(JournalUnavailable):
 
 
 class RedisJournal(WriteThrough):
-    """The ``Journal`` interface (``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) over Redis."""
+    """A ``Journal`` (``journal.Journal``: ``lookup``, ``put``, ``flush``, ``close``, ``written``, ``len``) in Redis."""
 
     GATHER_SECONDS = 0.002  # a write waits up to this long for one more finished call: fewer round trips
     STALL_AFTER = 0.25  # seconds a write may go unanswered before the run holds its next call
@@ -115,7 +127,7 @@ class RedisJournal(WriteThrough):
         parsed = URL(url)
         self.path = shown_url(url)  # what messages show
         self.url = url
-        prefix = parsed.query.get("prefix") or "enrich"
+        prefix = parsed.query.get("prefix") or DEFAULT_PREFIX
         ttl = parsed.query.get("ttl")
         self._ttl = int(parse_duration(ttl)) if ttl else None
         plain = parsed.with_query({k: v for k, v in parsed.query.items() if k not in _OWN_PARAMS})
@@ -281,6 +293,7 @@ def _encode(entry: Entry) -> bytes:
             entry.at,
             entry.fields_key,
             entry.body is not None,
+            None if entry.kind is None else entry.kind.value,
         ]
     )
     return b"%s\n%s\n%s" % (head, entry.extracted or b"", entry.body or b"")
@@ -289,7 +302,16 @@ def _encode(entry: Entry) -> bytes:
 def _decode(value: bytes, bodies: bool = True) -> Entry:
     head, _, rest = value.partition(b"\n")
     extracted, _, body = rest.partition(b"\n")
-    status, error, attempts, latency_ms, at, fields_key, has_body = orjson.loads(head)
+    # An entry written before kinds were stored has seven figures, and no kind.
+    status, error, attempts, latency_ms, at, fields_key, has_body, *kind = orjson.loads(head)
     return Entry(
-        status, error, body if has_body and bodies else None, attempts, latency_ms, at, fields_key, extracted or None
+        status,
+        error,
+        body if has_body and bodies else None,
+        attempts,
+        latency_ms,
+        at,
+        fields_key,
+        extracted or None,
+        FailureKind(kind[0]) if kind and kind[0] is not None else None,
     )

@@ -15,6 +15,8 @@ from typing import TypeVar
 
 import polars as pl
 
+from .atomic import is_leftover, replacing
+from .column_types import INPUT_TYPES, unify_dtypes, value_kinds
 from .errors import InputChanged, InputError
 
 READ_FORMATS = {
@@ -26,7 +28,6 @@ READ_FORMATS = {
     ".jsonl": "ndjson",
 }
 WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
-_POLARS_TYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean}
 
 
 def input_format(path: Path) -> str:
@@ -64,17 +65,13 @@ def write_table(df: pl.DataFrame, path: Path) -> None:
     """Write ``df`` to ``path`` atomically: a temporary file beside it, then a rename."""
     fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         if fmt == "csv":
             df.write_csv(tmp)
         elif fmt == "parquet":
             df.write_parquet(tmp)
         else:
             df.write_ndjson(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- streaming ---------------------------------------------------------------------------
@@ -100,7 +97,7 @@ def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFra
         raise InputError(f"input file not found: {path}. Check `input` in the config, or pass --input PATH.")
     if path.is_dir():
         raise InputError(f"input {path} is a directory; name a file.")
-    overrides = {col: _POLARS_TYPES[t] for col, t in (types or {}).items()}
+    overrides = {col: INPUT_TYPES[t] for col, t in (types or {}).items()}
     if fmt in ("csv", "tsv", "ndjson") and path.stat().st_size == 0:
         what = "a header row with the column names" if fmt != "ndjson" else "one JSON object per line"
         raise InputError(f"input file {path} is empty: it needs {what}.")
@@ -168,12 +165,6 @@ def changed(path: Path | str, how: str) -> InputChanged:
     )
 
 
-# What a text cell must look like to be sent as a number or a boolean: exactly that, with no
-# sign but a minus, no leading zero, no space, and few enough digits to survive as a number.
-_INT_TEXT = r"^(?:0|-?[1-9][0-9]{0,17})$"
-_FLOAT_TEXT = r"^(?:-?(?:0|[1-9][0-9]*)\.[0-9]+|0|-?[1-9][0-9]*)(?:[eE][+-]?[0-9]{1,3})?$"
-_BOOL_TEXT = r"^(?i:true|false)$"
-FLOAT_DIGITS = 15  # a float keeps 15 significant digits exactly; more are text (an id, a phone number)
 SAMPLE_ROWS = 10_000  # rows a column's kind is judged on
 
 
@@ -181,14 +172,12 @@ def value_types(
     lf: pl.LazyFrame, columns: Iterable[str], declared: Mapping[str, str] | None = None, source: Path | None = None
 ) -> dict[str, pl.DataType]:
     """The kind of values of each text column among ``columns`` (but those ``declared`` in
-    ``input_types``, which keep the type given there), judged on the first rows:
-    Int64 when every value is a whole number written plainly, Float64 when every value is a
-    number, Boolean when every value is true or false (any case). Columns of anything else (a
-    zip code with a leading zero, a 30-digit id, a mix) are left out: they are text.
+    ``input_types``, which keep the type given there), judged on the first rows by
+    ``column_types.value_kinds``: numbers, booleans, or text.
 
     A column of numbers is still written to the output as it was read; the kind decides only
     what a whole JSON value in the request body becomes (``{{employees}}`` sends ``12``, not
-    ``"12"``). ``typed_view`` applies it to each batch.
+    ``"12"``). ``column_types.typed_view`` applies it to each batch.
     """
     schema = lf.collect_schema()
     text = [c for c in dict.fromkeys(columns) if schema.get(c) == pl.String and c not in (declared or {})]
@@ -198,69 +187,7 @@ def value_types(
         sample = lf.select(text).head(SAMPLE_ROWS).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise unreadable(source or Path("the input"), exc) from None
-    kinds = sample.select(
-        pl.struct(
-            pl.col(c).drop_nulls().len().alias("n"),
-            pl.col(c).str.contains(_INT_TEXT).sum().alias("int"),
-            (pl.col(c).str.contains(_FLOAT_TEXT) & (_digits(pl.col(c)) <= FLOAT_DIGITS)).sum().alias("float"),
-            pl.col(c).str.contains(_BOOL_TEXT).sum().alias("bool"),
-        ).alias(c)
-        for c in text
-    ).row(0, named=True)
-    out: dict[str, pl.DataType] = {}
-    for column, k in kinds.items():
-        if not k["n"]:
-            continue
-        if k["int"] == k["n"]:
-            out[column] = pl.Int64()
-        elif k["float"] == k["n"]:
-            out[column] = pl.Float64()
-        elif k["bool"] == k["n"]:
-            out[column] = pl.Boolean()
-    return out
-
-
-def _digits(text: pl.Expr) -> pl.Expr:
-    """The significant digits of a number written as text (its mantissa, leading zeros left out)."""
-    return text.str.replace(r"[eE].*$", "").str.replace_all(r"[^0-9]", "").str.strip_chars_start("0").str.len_chars()
-
-
-def _as(column: str, kind: pl.DataType) -> pl.Expr:
-    """A text column as values of ``kind``; null where a cell is not written as one."""
-    col = pl.col(column)
-    if kind == pl.Boolean:
-        return pl.when(col.str.contains(_BOOL_TEXT)).then(col.str.to_lowercase() == "true")
-    if kind == pl.Int64:
-        return pl.when(col.str.contains(_INT_TEXT)).then(col.cast(pl.Int64, strict=False))
-    return pl.when(col.str.contains(_FLOAT_TEXT) & (_digits(col) <= FLOAT_DIGITS)).then(
-        col.cast(pl.Float64, strict=False)
-    )
-
-
-def _kind_name(kind: pl.DataType) -> str:
-    return "a whole number" if kind == pl.Int64 else "a number" if kind == pl.Float64 else "true or false"
-
-
-def typed_view(batch: pl.DataFrame, types: Mapping[str, pl.DataType]) -> tuple[pl.DataFrame, list[str | None] | None]:
-    """``batch`` with the columns of ``types`` as values, and for each row the reason it cannot be
-    sent (a cell that is not of its column's kind: a later row of a number column that holds
-    ``n/a``), or None when every row can."""
-    present = {c: t for c, t in types.items() if c in batch.columns}
-    if not present:
-        return batch, None
-    typed = batch.with_columns(_as(c, t).alias(c) for c, t in present.items())
-    bad = pl.any_horizontal(batch[c].is_not_null() & typed[c].is_null() for c in present)
-    if not batch.select(bad).to_series().any():
-        return typed, None
-    reasons: list[str | None] = [None] * batch.height
-    for i in batch.with_row_index().filter(bad)["index"]:
-        column = next(c for c in present if batch[c][i] is not None and typed[c][i] is None)
-        reasons[i] = (
-            f"column {column!r} holds {batch[column][i]!r}, which is not {_kind_name(present[column])} like the "
-            f"column's first rows, so it cannot be sent as one. Set `input_types: {{{column}: str}}` to send "
-            "every value of the column as text."
-        )
-    return typed, reasons
+    return value_kinds(sample)
 
 
 def check_utf8(path: Path, chunk: int = 1 << 20) -> None:
@@ -356,23 +283,6 @@ def count_rows(lf: pl.LazyFrame, path: Path, limit: int | None = None) -> int | 
         return None
 
 
-def unify_dtypes(schemas: list[dict[str, pl.DataType]], nulls: list[set[str]]) -> dict[str, pl.DataType]:
-    """One dtype per column across batches: a column all-null in a batch does not vote;
-    Int64 with Float64 gives Float64; any other disagreement gives String (JSON text)."""
-    out: dict[str, pl.DataType] = {}
-    for name in schemas[0]:
-        kinds = {s[name] for s, n in zip(schemas, nulls, strict=True) if name not in n}
-        if not kinds:
-            out[name] = schemas[0][name]
-        elif len(kinds) == 1:
-            out[name] = kinds.pop()
-        elif kinds <= {pl.Int64, pl.Float64}:
-            out[name] = pl.Float64()
-        else:
-            out[name] = pl.String()
-    return out
-
-
 class OutputWriter:
     """Write the output batch by batch (as Arrow parts beside it), then one file, atomically.
 
@@ -409,17 +319,13 @@ class OutputWriter:
             lf = pl.concat(frames) if frames else pl.LazyFrame(schema=final)
             if self.escape_formulas:
                 lf = neutralise_formulas(lf, self.escape_formulas)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            try:
+            with replacing(self.path) as tmp:
                 if self.format == "csv":
                     lf.sink_csv(tmp)
                 elif self.format == "parquet":
                     lf.sink_parquet(tmp)
                 else:
                     lf.sink_ndjson(tmp)
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
         finally:
             self.discard()
 
@@ -430,7 +336,7 @@ class OutputWriter:
         for leftover in path.parent.glob(f".{path.name}.*"):
             if leftover.is_dir() and leftover.name.endswith(".parts"):
                 shutil.rmtree(leftover, ignore_errors=True)
-            elif leftover.name.endswith(".tmp"):
+            elif is_leftover(leftover):
                 leftover.unlink(missing_ok=True)
 
     def discard(self) -> None:

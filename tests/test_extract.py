@@ -7,8 +7,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from enrich.column_types import output_column
 from enrich.config import config_from_dict
-from enrich.engine import _column, assemble
+from enrich.engine import assemble
 from enrich.errors import ConfigError
 from enrich.extract import compile_fields, compile_path
 
@@ -224,7 +225,7 @@ def test_compile_fields_errors(spec: Any, expected: str) -> None:
     ],
 )
 def test_column_typing(values: list[Any], dtype: pl.DataType, expected: list[Any]) -> None:
-    series = _column("out", values)
+    series = output_column("out", values)
     assert series.name == "out"
     assert series.dtype == dtype
     assert series.to_list() == expected

@@ -616,6 +616,35 @@ def test_a_journal_from_before_extracted_values_still_resumes_and_extracts(
     assert pl.read_parquet(job.out)["got"].to_list() == [f"r{i:04d}" for i in range(5)]
 
 
+@pytest.mark.slow  # waits on purpose (a call past its timeout)
+def test_a_journal_from_before_kinds_were_stored_counts_its_failures_by_kind(
+    serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Journals written before each entry kept why it failed (the `kind` column): opening one adds the
+    # column, a dry run reads it as it is, and its failures are counted as they were when written.
+    api = failing_first_api(serve)
+    table = pl.DataFrame({"id": ["ok0", "flaky0", "gone0", "slow0", "drop0", "gone1"]})
+    job = make_job(tmp_path, items_config(api, timeout=0.2), table)
+    assert run_cli(job.argv("-q")) == 0
+    failures = {"HTTP 404": 2, "HTTP 503": 1, "timeout": 1, "connection error": 1}
+    summary = json.loads(job.out.with_name(job.out.name + ".summary.json").read_text())
+    assert summary["failures"] == failures
+    with sqlite3.connect(job.journal) as conn:  # make it an old journal: drop the column
+        conn.execute("ALTER TABLE calls DROP COLUMN kind")
+    pl.concat([table, pl.DataFrame({"id": ["new0"]})]).write_csv(job.inp)  # and a row never called
+    calls = api.n()
+    capsys.readouterr()
+    assert run_cli(job.argv("--dry-run", command="run")) == 0
+    assert run_cli(job.argv(command="extract")) == 0
+    assert api.n() == calls
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(
+        "extracted 7 rows from "
+    ) and ": 1 ok, 6 failed (HTTP 404: 2, HTTP 503: 1, timeout: 1, connection error: 1, not called: 1), 0 skipped" in (
+        err
+    ), err
+
+
 @pytest.mark.parametrize("how", ["no journal file", "journal: false"])
 def test_extract_without_a_journal_exits_2(
     serve: Serve, demo_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
@@ -1173,17 +1202,17 @@ def test_pass_2_refuses_rows_that_are_not_those_pass_1_saw() -> None:
     # Pass 2 reuses pass 1's fingerprints batch by batch; if the input changed in between, the
     # rows would silently get other rows' results, so it stops and says to run again.
     from enrich.config import config_from_dict
-    from enrich.engine import Planned, PlanSpool, RunOptions, build_pass
+    from enrich.engine import BatchPlan, PlanSpool, RowError, RunOptions, build_pass
     from enrich.errors import InputChanged
-    from enrich.journal import Journal
+    from enrich.journal import FileJournal
     from enrich.tables import content_digest
 
     config = config_from_dict({"request": {"url": "http://127.0.0.1:9/v1/items/{{id}}"}})
     seen = pl.DataFrame({"id": ["a", "b"]})
     for now, same in ((seen, True), (seen.reverse(), False), (seen.head(1), False)):
         spool = PlanSpool()
-        spool.write(content_digest(seen), [Planned(None, None, "no request")] * 2, None)
-        with Journal.open(None) as journal:
+        spool.write(content_digest(seen), BatchPlan([RowError("no request")] * 2))
+        with FileJournal.open(None) as journal:
             frames, _ = build_pass(lambda now=now: iter([now]), config, journal, RunOptions(), spool, source="in.csv")
             if same:
                 assert len(list(frames)) == 1
@@ -1211,12 +1240,12 @@ def test_a_run_sweeps_what_a_killed_run_left_beside_the_output(
 def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: Path) -> None:
     # A request that could not be sent (a local failure) is not an answer: the run's output shows
     # it, but a rerun calls again instead of serving it from the journal.
-    from enrich.journal import Entry, Journal
+    from enrich.journal import Entry, FileJournal
 
     path = tmp_path / "j.journal"
     answered = Entry(200, None, b'{"a": 1}', 1, 3.0, time.time())
     local = Entry(None, "cannot send the request: bad header", None, 1, None, time.time())
-    with Journal.open(path) as journal:
+    with FileJournal.open(path) as journal:
         journal.put(b"answered-fp-0001", answered)
         journal.put(b"local-fp-0000002", local, saved=False)
         journal.flush()
@@ -1225,7 +1254,7 @@ def test_a_failure_no_api_answered_is_seen_by_its_run_but_never_saved(tmp_path: 
             b"local-fp-0000002": local,
         }
         assert journal.written == 1
-    with Journal.open(path) as journal:
+    with FileJournal.open(path) as journal:
         assert journal.lookup([b"answered-fp-0001", b"local-fp-0000002"]) == {b"answered-fp-0001": answered}
 
 
@@ -1286,3 +1315,59 @@ def test_merging_parquet_shards_into_a_csv_is_refused(
         "the shards with a .csv output.\n"
     )
     assert not (tmp_path / "out/people.csv").exists()
+
+
+# --- failure kinds: stored with each entry; those written before are classified when counted ------
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        pytest.param(404, "HTTP 404 Not Found", "HTTP", id="http-status"),
+        pytest.param(302, "more than 5 redirects", "HTTP", id="redirect-status"),
+        pytest.param(200, "response is not JSON (HTTP 200, text/plain): ...", "bad response", id="2xx-no-json"),
+        pytest.param(None, "timed out after 0.2s (2 attempts)", "timeout", id="timeout"),
+        pytest.param(None, "connection error: reset by peer", "connection error", id="connection"),
+        pytest.param(None, "not called yet: no result in the journal", "not called", id="not-called"),
+        pytest.param(None, "cannot send the request: bad header", "bad row data", id="anything-else"),
+    ],
+)
+def test_kind_of_classifies_an_entry_written_before_kinds_were_stored(
+    status: int | None, error: str, kind: str
+) -> None:
+    from enrich.journal import kind_of
+
+    assert kind_of(status, error).value == kind
+
+
+def test_a_log_from_before_kinds_were_stored_is_moved_in_at_the_next_open(tmp_path: Path) -> None:
+    # A killed run of an older enrich left its log (records without a kind, no magic line): the
+    # next open moves its calls into SQLite, as it moves its own.
+    import struct
+    import zlib
+
+    from enrich.journal import Entry, FileJournal
+
+    def old_record(fp: bytes, status: int, error: bytes, at: float) -> bytes:
+        none = 0xFFFFFFFF
+        data = struct.pack("<16siiddIIII", fp, status, 1, 2.5, at, len(error), none, none, none) + error
+        return data + struct.pack("<I", zlib.crc32(data))
+
+    path = tmp_path / "old.journal"
+    FileJournal.open(path).close()
+    log = b"".join(old_record(b"%016d" % i, 404, b"HTTP 404 Not Found", 1000.0 + i) for i in range(3))
+    Path(f"{path}-log").write_bytes(log + bytes(64))  # the zeros after the last record
+    with FileJournal.open(path) as journal:
+        found = journal.lookup([b"%016d" % i for i in range(3)])
+    assert found == {b"%016d" % i: Entry(404, "HTTP 404 Not Found", None, 1, 2.5, 1000.0 + i) for i in range(3)}
+
+
+def test_a_redis_entry_from_before_kinds_were_stored_reads_without_one() -> None:
+    from enrich.errors import FailureKind
+    from enrich.journal import Entry
+    from enrich.redis_journal import _decode, _encode
+
+    old = b'[null,"timed out after 1s",2,null,1000.0,null,false]\n\n'
+    assert _decode(old) == Entry(None, "timed out after 1s", None, 2, None, 1000.0)
+    new = Entry(None, "timed out after 1s", None, 2, None, 1000.0, kind=FailureKind.TIMEOUT)
+    assert _decode(_encode(new)) == new

@@ -1,0 +1,271 @@
+"""The building pass: the output table, batch by batch, from the input rows and the journal.
+
+Each row's plan (from the calling pass's spool, or rendered again) finds its call in the
+journal; the fields come from the values extracted when the call was made (or from the
+body, when ``fields`` changed since), and the output gets the field columns, ``_http_status``,
+``_error`` and the diagnostics. Rows are counted by what they came to (``RowCounts``).
+
+    built, counts = build_pass(batches, config, journal, options, spool)
+    for batch in built:                   # Built(frame, failed)
+        writer.write(batch.frame)
+    counts.ok, counts.failures            # 940, {"HTTP 404": 3, "timeout": 1}
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+import polars as pl
+
+from .calling import fields_key
+from .column_types import output_column
+from .config import (
+    ATTEMPTS_COLUMN,
+    ERROR_COLUMN,
+    LATENCY_COLUMN,
+    REQUEST_COLUMNS,
+    ROW_COLUMN,
+    STATUS_COLUMN,
+    Config,
+)
+from .errors import FailureKind
+from .extract import parse_answer
+from .journal import Entry, Journal, kind_of
+from .planning import (
+    DEFAULT_OPTIONS,
+    SKIPPED,
+    Batches,
+    Call,
+    Plan,
+    PlanSpool,
+    RowError,
+    RunOptions,
+    plan_batch,
+    shown_request,
+    template_rows,
+)
+from .tables import changed, content_digest
+
+NOT_CALLED = "not called yet: no result in the journal; run `enrich run` to make the call"
+
+
+def failure_label(kind: FailureKind, status: int | None) -> str:
+    """How the summary names a failure: ``HTTP 404`` (an HTTP failure, by its status), else its kind."""
+    return f"HTTP {status}" if kind is FailureKind.HTTP else kind.value
+
+
+_ROW_ERROR = failure_label(FailureKind.BAD_ROW_DATA, None)
+_NOT_CALLED = failure_label(FailureKind.NOT_CALLED, None)
+
+
+@dataclass(slots=True)
+class RowCounts:
+    """The rows of the output, counted by what they came to."""
+
+    ok: int = 0
+    skipped: int = 0  # left out by `when` or `skip_if_filled`
+    failures: Counter[str] = field(default_factory=Counter)  # by ``failure_label``: "HTTP 404": 3, "timeout": 1
+
+
+class Built(NamedTuple):
+    """One batch of output, and (when asked for) its failed rows with their requests."""
+
+    frame: pl.DataFrame
+    failed: pl.DataFrame | None
+
+
+class OutputColumns(NamedTuple):
+    """A batch's output columns, by name: one value per row in each."""
+
+    fields: list[tuple[Any, ...]]  # one per field column (or the one `response` column)
+    status: tuple[int | None, ...]
+    error: tuple[str | None, ...]
+    attempts: tuple[int | None, ...]
+    latency_ms: tuple[float | None, ...]
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[tuple[Any, ...]], width: int) -> OutputColumns:
+        """From one result per row, ``(*fields, status, error, attempts, latency_ms)`` with ``width``
+        fields (the building pass makes a row's result as a plain tuple: the cheapest per row)."""
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in range(width + 4)]
+        *fields, status, error, attempts, latency_ms = columns
+        return cls(fields, status, error, attempts, latency_ms)
+
+
+def build_pass(
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions = DEFAULT_OPTIONS,
+    spool: PlanSpool | None = None,
+    with_failed: bool = False,
+    source: Path | str = "the input table",
+    types: Mapping[str, pl.DataType] | None = None,
+) -> tuple[Iterator[Built], RowCounts]:
+    """Yield the output batch by batch, from the journal; the counts fill as batches are taken.
+    With ``spool`` (what the calling pass saw of ``source``), a batch that differs from the one
+    the calls were made for stops the run (``InputChanged``)."""
+    counts = RowCounts()
+    failures = counts.failures
+    fields = config.fields
+    key = fields_key(config)
+    width = len(fields) if fields else 1
+    empty = (None,) * width
+    skipped_row = (*empty, None, None, None, None)
+    not_called = (*empty, None, NOT_CALLED, None, None)
+
+    def result(plan: Plan, entry: Entry | None) -> tuple[Any, ...]:
+        """(*fields, status, error, attempts, latency_ms)"""
+        if type(plan) is not Call:
+            if type(plan) is RowError:
+                failures[_ROW_ERROR] += 1
+                return (*empty, None, plan.message, 0, None)
+            counts.skipped += 1
+            return skipped_row
+        if entry is None:
+            failures[_NOT_CALLED] += 1
+            return not_called
+        diagnostics = (entry.attempts, None if entry.latency_ms is None else round(entry.latency_ms, 1))
+        if entry.error is not None:
+            kind = entry.kind
+            if kind is None:  # written before kinds were stored
+                kind = kind_of(entry.status, entry.error)
+            failures[failure_label(kind, entry.status)] += 1
+            return (*empty, entry.status, entry.error, *diagnostics)
+        counts.ok += 1
+        if entry.extracted is not None and entry.fields_key == key:  # extracted when the call was made
+            return (*orjson.loads(entry.extracted), entry.status, None, *diagnostics)
+        if not entry.body:
+            return (*empty, entry.status, None, *diagnostics)
+        doc = parse_answer(entry.body)
+        if fields:
+            return (*(f.get(doc) for f in fields), entry.status, None, *diagnostics)
+        return (entry.body.decode(), entry.status, None, *diagnostics)
+
+    def generate() -> Iterator[Built]:
+        offset = 0
+        planned = spool.read() if spool is not None else None
+        for batch in batches():
+            if planned is not None:
+                digest, batch_plan = next(planned, (None, None))
+                if batch_plan is None or digest != content_digest(batch):  # not the rows the calls were made for
+                    raise changed(
+                        source,
+                        f"rows {offset + 1:,} to {offset + batch.height:,} differ from those the calls were made for",
+                    )
+            else:
+                batch_plan = plan_batch(batch, config, options, offset, types)
+            kept, numbers = batch_plan.taken(batch, offset)
+            offset += batch.height
+            plans = batch_plan.plans
+            entries = journal.lookup((p.fp for p in plans if type(p) is Call), bodies=False)
+            # Bodies only where the values extracted at call time do not fit today's `fields`.
+            stale = [
+                fp for fp, e in entries.items() if e.error is None and (e.extracted is None or e.fields_key != key)
+            ]
+            if stale:
+                entries.update(journal.lookup(stale))
+            rows = [result(p, entries.get(p.fp) if type(p) is Call else None) for p in plans]
+            columns = OutputColumns.of_rows(rows, width)
+            skipped = [p is SKIPPED for p in plans] if config.selects_rows else None
+            frame = assemble_columns(kept, config, columns, skipped)
+            failed = failed_rows(kept, config, columns, numbers, types) if with_failed else None
+            if options.shard is not None:
+                frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
+            yield Built(frame, failed)
+
+    return generate(), counts
+
+
+def failed_rows(
+    batch: pl.DataFrame,
+    config: Config,
+    columns: OutputColumns,
+    numbers: list[int],
+    types: Mapping[str, pl.DataType] | None = None,
+) -> pl.DataFrame:
+    """The failed rows of a batch, for ``--errors-out``: row number, the columns the request reads
+    (as read), the request as sent (each secret and the token as ``***``, where they were put),
+    status, error and attempts."""
+    failed = [i for i, error in enumerate(columns.error) if error is not None]
+    used = sorted(config.columns_used)
+    part = batch[failed] if failed else batch.clear()
+    _, rows, _ = template_rows(part, config, types)
+    requests: list[tuple[str | None, str | None, str | None, str | None]] = []
+    for row in rows:
+        req = shown_request(config, row)
+        if req is None:
+            requests.append((None, None, None, None))
+            continue
+        text = req.body.decode("utf-8", "replace") if req.body else None
+        requests.append((req.method, str(req.url), orjson.dumps(req.headers).decode(), text))
+    return pl.DataFrame(
+        [
+            pl.Series(ROW_COLUMN, [numbers[i] for i in failed], dtype=pl.Int64),
+            *(part[c] for c in used),
+            *(pl.Series(name, [r[i] for r in requests], dtype=pl.String) for i, name in enumerate(REQUEST_COLUMNS)),
+            pl.Series(STATUS_COLUMN, [columns.status[i] for i in failed], dtype=pl.Int64),
+            pl.Series(ERROR_COLUMN, [columns.error[i] for i in failed], dtype=pl.String),
+            pl.Series(ATTEMPTS_COLUMN, [columns.attempts[i] for i in failed], dtype=pl.Int64),
+        ]
+    )
+
+
+def assemble(
+    df: pl.DataFrame, config: Config, results: Sequence[tuple[Any, ...]], skipped: list[bool] | None = None
+) -> pl.DataFrame:
+    """Append the output columns (fields, ``_http_status``, ``_error``, diagnostics) to the input rows.
+
+    ``results`` holds ``(*fields, status, error, attempts, latency_ms)`` per row. A column the
+    input already has (allowed with `skip_if_filled`) keeps the input's value in the rows that
+    got no call (``skipped``).
+    """
+    columns = OutputColumns.of_rows(results, len(config.field_columns))
+    return assemble_columns(df, config, columns, skipped)
+
+
+def assemble_columns(
+    df: pl.DataFrame, config: Config, columns: OutputColumns, skipped: list[bool] | None = None
+) -> pl.DataFrame:
+    """``assemble``, from the output columns by name."""
+    names = list(config.field_columns)
+    # A field column the input already has as text (a CSV, filled in part by hand): the API's values
+    # join it as their JSON text, so the input's own values stay exactly as written.
+    text = {n for n in names if df.schema.get(n) == pl.String} if skipped is not None else set()
+    new = [output_column(name, list(col), name in text) for name, col in zip(names, columns.fields, strict=True)]
+    new.append(pl.Series(STATUS_COLUMN, list(columns.status), dtype=pl.Int64))
+    new.append(pl.Series(ERROR_COLUMN, list(columns.error), dtype=pl.String))
+    if config.diagnostics:
+        new.append(pl.Series(ATTEMPTS_COLUMN, list(columns.attempts), dtype=pl.Int64))
+        new.append(pl.Series(LATENCY_COLUMN, list(columns.latency_ms), dtype=pl.Float64))
+    kept = set(df.columns)
+    if skipped is not None and kept.intersection(s.name for s in new):
+        mask = pl.Series("skipped", skipped, dtype=pl.Boolean)
+        fields = set(config.field_columns)
+        new = [_keep_where(df[s.name], s, mask, fill=s.name in fields) if s.name in kept else s for s in new]
+    return df.with_columns(new)
+
+
+def _keep_where(old: pl.Series, new: pl.Series, skipped: pl.Series, fill: bool) -> pl.Series:
+    """``new``, with the input column's own values in the rows that got no call; with ``fill``
+    (a field column) the API only fills the blanks: a value already there (entered by hand, or
+    from an earlier run) is kept, and a failed call never erases one. The types are joined
+    without loss (Int64 and Float64 give Float64; text and numbers give text)."""
+    if fill:
+        filled = old.is_not_null() if old.dtype.is_nested() else (old.is_not_null() & (old.cast(pl.String) != ""))
+        keep = skipped | filled.fill_null(False)
+    else:
+        keep = skipped
+    if new.null_count() == new.len():  # nothing new in this batch: the input's type stands
+        new = new.cast(old.dtype)
+    try:
+        return pl.select(pl.when(keep).then(old).otherwise(new).alias(new.name)).to_series()
+    except pl.exceptions.PolarsError:
+        return pl.select(
+            pl.when(keep).then(old.cast(pl.String)).otherwise(new.cast(pl.String)).alias(new.name)
+        ).to_series()
