@@ -27,7 +27,7 @@ import polars as pl
 from .client import Client, Counters, Outcome, PreparedRequest
 from .config import Config
 from .errors import InputError, OutputError, RunAborted, StorageError
-from .journal import Entry, Journal, kind_of
+from .journal import Entry, Journal
 from .planning import (
     DEFAULT_OPTIONS,
     SKIPPED,
@@ -344,15 +344,14 @@ def journal_entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
             extracted = orjson.dumps([f.get(doc) for f in config.fields])
         except orjson.JSONEncodeError:
             extracted = None
-    error, kind = outcome.error, outcome.kind
-    if error is not None:
-        if not error.isascii():
-            # As text that encodes: aiohttp keeps a header's bytes that are not UTF-8 (a reason
-            # phrase, a Content-Type) as lone surrogates, which neither SQLite nor JSON can store.
-            error = error.encode("utf-8", "replace").decode()
-        if kind is None:  # an outcome that carries no kind
-            kind = kind_of(outcome.status, error)
-    return Entry(outcome.status, error, body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted, kind)
+    error = outcome.error
+    if error is not None and not error.isascii():
+        # As text that encodes: aiohttp keeps a header's bytes that are not UTF-8 (a reason
+        # phrase, a Content-Type) as lone surrogates, which neither SQLite nor JSON can store.
+        error = error.encode("utf-8", "replace").decode()
+    return Entry(
+        outcome.status, error, body, outcome.attempts, outcome.latency_ms, time.time(), key, extracted, outcome.kind
+    )
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:

@@ -96,8 +96,8 @@ class Entry(NamedTuple):
 
 def kind_of(status: int | None, error: str) -> FailureKind:
     """The legacy classification of a failure, from its status and its message's first words: for
-    entries written before kinds were stored, and for outcomes that carry no kind. Everything
-    newer carries its kind, set where the failure was known."""
+    entries written before kinds were stored. Everything newer carries its kind, set where the
+    failure was known."""
     if status is not None:
         return FailureKind.HTTP if status >= 300 else FailureKind.BAD_RESPONSE
     for start, kind in _LEGACY_STARTS:
