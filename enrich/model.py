@@ -105,7 +105,9 @@ class Section(BaseModel):
     when loading.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True, validate_default=False)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, validate_default=False, defer_build=True
+    )
     PATH: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
