@@ -194,7 +194,7 @@ def secret(example: str, *, empty_ok: bool = False, is_secret: bool = True, cont
     name = example.split(":")[0]
     return Parsed(
         parse,
-        {"type": "string", "minLength": 0 if empty_ok else 1},
+        {"type": "string"} if empty_ok else {"type": "string", "minLength": 1},
         load=True,
         missing=f"`auth.{name}` is missing. Add it, e.g. `{example}`.",
     )

@@ -445,7 +445,7 @@ def _rate_limit(value: Any, where: str, load: Load) -> Rate | None:
 
 def _rate_limit_schema() -> dict[str, Any]:
     text = {**_RATE_TEXT, "type": ["string", "number", "null"], "minimum": 0, "examples": ["20/s", "600/min"]}
-    shared = SharedRate.model_json_schema()
+    shared = {k: v for k, v in SharedRate.model_json_schema().items() if k != "description"}
     return {"anyOf": [text, {**shared, "required": ["rate"]}]}
 
 

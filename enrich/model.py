@@ -165,12 +165,6 @@ class Section(BaseModel):
             load.sections.pop()
 
 
-def key_fields(section: type[Section]) -> Iterator[tuple[str, Any]]:
-    """(name, FieldInfo) of each key of ``section``."""
-    for name in section.key_names():
-        yield name, section.model_fields[name]
-
-
 # --- kinds of value the sections share -------------------------------------------------------
 
 # What the schema lets through as text: numbers from ${VAR} or a flag arrive as text.

@@ -53,15 +53,15 @@ def config_schema() -> Schema:
 def _tidy(node: Any, defs: Schema) -> Any:
     """pydantic's schema as an editor reads it: each ``$ref`` put in place (draft-07 ignores a
     ``$ref``'s siblings, which hold the key's description), no generated titles, and no default
-    that only means "not set" (null, "", {})."""
+    that only means "not set" (null, "", {}, [])."""
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         node = {**defs[node["$ref"].rsplit("/", 1)[1]], **siblings}
-    out: Schema = {}
+    out: Schema = {"description": node["description"]} if "description" in node else {}  # shown first
     for key, value in node.items():
-        if key in ("title", "$defs") or (key == "default" and value in (None, "", {})):
+        if key in ("title", "$defs") or (key == "default" and value in (None, "", {}, [])):
             continue
         if key == "properties":
             value = {name: _tidy(sub, defs) for name, sub in value.items()}
