@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 from pydantic import Field
@@ -26,7 +27,20 @@ from pydantic import Field
 from .checks import _ENV, _HEADER_NAME, _check_keys, _check_url, _path, _string_map
 from .errors import ConfigError, child_of
 from .extract import compile_path
-from .model import Derived, Load, Parsed, Schema, Section, about, derived, did_you_mean, http_method, number, validate
+from .model import (
+    NEEDED,
+    Derived,
+    Load,
+    Parsed,
+    Schema,
+    Section,
+    about,
+    derived,
+    did_you_mean,
+    http_method,
+    number,
+    validate,
+)
 from .redact import Redactor, secret_position
 
 if TYPE_CHECKING:
@@ -50,6 +64,8 @@ def _refresh_statuses(value: Any, where: str) -> frozenset[int]:
 
 
 def _refresh_body(value: Any, where: str) -> re.Pattern[bytes] | None:
+    if value is None:
+        return None
     if not isinstance(value, str) or not value:
         raise ConfigError(
             f'{where} must be a regular expression in quotes, e.g. "token expired|invalid_token", got {value!r}.'
@@ -294,24 +310,31 @@ class AuthConfig(Section):
             "oauth2_client_credentials, jwt_signed (a JWT signed here)."
         ),
     ] = "login"
+    # What every kind comes down to, in the order `auth` keys are listed (AUTH_KEYS).
     url: Derived[str] = derived(default="")
     method: Derived[str] = derived(default="POST")
     body: Derived[Any] = derived(default=None)  # credentials
     headers: Derived[Mapping[str, str]] = derived(default_factory=dict)
     token_path: Derived[str] = derived(default="")
-    token_type: Derived[str] = derived(default="Bearer")
-    header: Derived[str] = derived(
-        default="Authorization"
-    )  # "Cookie": the token goes back as a cookie; "": in the query
-    get_token: Derived[Any] = derived(default=None)
     token_header: Derived[str | None] = derived(default=None)  # the login response header that holds the token
     token_cookie: Derived[str | None] = derived(default=None)  # the cookie that holds the token
     expires_in_path: Derived[str | None] = derived(default=None)
-    get_expires_in: Derived[Any] = derived(default=None)
     refresh_on: Derived[RefreshOn] = derived(default_factory=RefreshOn)
-    query_param: Derived[str | None] = derived(default=None)  # fixed tokens: sent as this query parameter
+    token_type: Derived[str] = derived(default="Bearer")
+    # "Cookie": the token goes back as a cookie; "": it goes in the query string.
+    header: Derived[str] = derived(default="Authorization")
     token: Derived[str | None] = derived(default=None)  # fixed tokens: the token (basic: base64 of user:password)
+    query_param: Derived[str | None] = derived(default=None)  # fixed tokens: sent as this query parameter
+    get_token: Derived[Any] = derived(default=None)
+    get_expires_in: Derived[Any] = derived(default=None)
     secret_source: Derived[str] = derived(default="")  # for messages: where a fixed secret comes from
+
+    @classmethod
+    def prepare(cls, data: Any, load: Load) -> Any:
+        data = _check_keys(data, cls.key_names(), load.where, cls.PATH)
+        if data.get("refresh_on") is not None:  # every kind takes it: read first, before the kind's own keys
+            data = {**data, "refresh_on": validate(RefreshOn, data["refresh_on"], load)}
+        return super().prepare(data, load)
 
     @classmethod
     def kind_keys(cls) -> tuple[str, ...]:
@@ -422,7 +445,7 @@ class LoginAuth(AuthConfig):
         str,
         _token_url("`auth.url` is missing; it is the login endpoint that returns the token."),
         about("login: the login endpoint that returns the token.", examples=["https://api.example.com/auth/token"]),
-    ]
+    ] = NEEDED
     method: Annotated[str, http_method("POST"), about("login: the login's HTTP method.")] = "POST"
     body: Annotated[
         Any,
@@ -443,7 +466,11 @@ class LoginAuth(AuthConfig):
         about("login: extra headers for the login call."),
         SECRET,
     ] = Field(default_factory=dict)
-    token_path: TokenPath = ""
+    token_path: Annotated[
+        str,
+        Parsed(lambda value, where: str(value) if value else "", {"type": "string", "minLength": 1}),
+        about(_TOKEN_PATH_DOC, examples=["access_token", "data.session.jwt"]),
+    ] = ""
     token_header: Annotated[
         str | None,
         HEADER,
@@ -558,7 +585,7 @@ class BearerAuth(FixedTokenAuth):
 
     kind = "bearer"
 
-    token: Annotated[str, secret('token: "${API_TOKEN}"'), about(_TOKEN_DOC, examples=["${API_KEY}"]), SECRET]
+    token: Annotated[str, secret('token: "${API_TOKEN}"'), about(_TOKEN_DOC, examples=["${API_KEY}"]), SECRET] = NEEDED
     header: Header = "Authorization"
     token_type: TokenType = "Bearer"
     query_param: QueryParam = None
@@ -572,7 +599,7 @@ class HeaderAuth(FixedTokenAuth):
     needs_header = True
     schema_rules = (_unless("query_param", then="header"),)
 
-    token: Annotated[str, secret('token: "${API_KEY}"'), about(_TOKEN_DOC, examples=["${API_KEY}"]), SECRET]
+    token: Annotated[str, secret('token: "${API_KEY}"'), about(_TOKEN_DOC, examples=["${API_KEY}"]), SECRET] = NEEDED
     header: Header = "Authorization"
     token_type: TokenType = ""
     query_param: QueryParam = None
@@ -602,13 +629,13 @@ class BasicAuth(StaticAuth):
             missing='`auth.username` is missing. Add it, e.g. `username: "${API_USER}"`.',
         ),
         about("basic: the user name.", examples=["${API_USER}"]),
-    ]
+    ] = NEEDED
     password: Annotated[
         str,
         secret('password: "${API_PASSWORD}"', empty_ok=True),
         about("basic: the password.", examples=["${API_PASSWORD}"]),
         SECRET,
-    ]
+    ] = NEEDED
     refresh_on: RefreshOnKey
 
     def finish(self, load: Load) -> BasicAuth:
@@ -659,18 +686,18 @@ class OAuth2Auth(AuthConfig):
         str,
         _token_url("`auth.token_url` is missing; it is the authorization server's token endpoint."),
         about(_TOKEN_URL_DOC, examples=["https://auth.example.com/oauth/token"]),
-    ]
+    ] = NEEDED
     client_id: Annotated[
         str,
         secret('client_id: "${API_CLIENT_ID}"', is_secret=False),
         about("oauth2_client_credentials: the client id.", examples=["${API_CLIENT_ID}"]),
-    ]
+    ] = NEEDED
     client_secret: Annotated[
         str,
         secret('client_secret: "${API_CLIENT_SECRET}"'),
         about("oauth2_client_credentials: the client secret.", examples=["${API_CLIENT_SECRET}"]),
         SECRET,
-    ]
+    ] = NEEDED
     client_auth: Annotated[
         str,
         Parsed(_client_auth, {"enum": list(_CLIENT_AUTH)}),
@@ -735,8 +762,19 @@ def _algorithm(value: Any, where: str) -> str:
     return str(value)
 
 
-def _signing_secret(value: Any, where: str, load: Load) -> str:
-    key = secret('key: "${SIGNING_KEY}"', control_ok=True).parse(value, where, load)
+def _signing_secret(value: Any, where: str, load: Load) -> str | None:
+    given = load.given[-1]
+    if ("key" in given) == ("key_file" in given):
+        raise ConfigError(
+            f'{load.where("auth")}: give the signing key once: `key: "${{SIGNING_KEY}}"` (a secret or a PEM key '
+            "from the environment) or `key_file: keys/service.pem`" + (", not both." if "key" in given else ".")
+        )
+    if "key" not in given:
+        return None
+    parsed = secret('key: "${SIGNING_KEY}"', control_ok=True)
+    if value is None:
+        raise ConfigError(f"{load.where('auth')}: {parsed.missing}")
+    key = parsed.parse(value, where, load)
     if "-----BEGIN" in key and "\\n" in key and "\n" not in key.strip():
         key = key.replace("\\n", "\n")  # a PEM key squeezed onto one line for an environment variable
         load.redactor.add(key)
@@ -760,6 +798,34 @@ def _claims(value: Any, where: str) -> dict[str, Any]:
                 "default 300). Remove it from claims."
             )
     return claims
+
+
+def _key_file(value: Any, where: str, load: Load) -> str:
+    path = _path(value, where)
+    try:
+        key = path.read_text(encoding="utf-8") if path is not None else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(
+            f"{where}: cannot read {path} ({reason}). Check the path; it is relative to the folder you run enrich from."
+        ) from None
+    load.redactor.add(key)
+    load.redactor.add(key.strip())
+    return str(path)
+
+
+def _only_with_token_url(parse: Parsed) -> Parsed:
+    """A key about the token URL's answer: refused without ``token_url`` (then parsed as ``parse``)."""
+
+    def only(value: Any, where: str, load: Load) -> Any:
+        if not load.fields.get("token_url"):
+            raise ConfigError(
+                f"{where} applies only with auth.token_url (a signed JWT exchanged for an access token); without "
+                "it the signed JWT itself is the token. Add `token_url:`, or remove the key."
+            )
+        return parse.parse(value, where)
+
+    return Parsed(only, parse.schema, load=True)
 
 
 class JwtSignedAuth(AuthConfig):
@@ -786,16 +852,16 @@ class JwtSignedAuth(AuthConfig):
             missing=f"`auth.algorithm` is missing. {_ALGORITHM_FIX}",
         ),
         about("jwt_signed: HS256, HS384, HS512 (a shared secret) or RS256, ES256 (a private key)."),
-    ]
+    ] = NEEDED
     key: Annotated[
         str | None,
         Parsed(_signing_secret, {"type": "string", "minLength": 1}, load=True),
         about('jwt_signed: the signing key, from the environment: "${SIGNING_KEY}".'),
         SECRET,
-    ] = None
+    ] = Field(default=None, validate_default=True)
     key_file: Annotated[
         str | None,
-        Parsed(lambda value, where: str(_path(value, where)), {"type": "string", "minLength": 1}),
+        Parsed(_key_file, {"type": "string", "minLength": 1}, load=True),
         about("jwt_signed: a file holding the signing key (PEM for RS256 and ES256)."),
     ] = None
     claims: Annotated[
@@ -808,49 +874,26 @@ class JwtSignedAuth(AuthConfig):
         float, number(minimum=1), about("jwt_signed: seconds from iat to exp; signed again before it ends.")
     ] = 300.0
     token_url: Annotated[
-        str | None, _token_url(), about(_TOKEN_URL_DOC, examples=["https://auth.example.com/oauth/token"])
+        str | None,
+        Parsed(lambda value, where: _url(value, where) if value else None, {"type": "string", "minLength": 1}),
+        about(_TOKEN_URL_DOC, examples=["https://auth.example.com/oauth/token"]),
     ] = None
-    scope: Scope = None
-    token_path: TokenPath = ""
-    expires_in_path: ExpiresInPath = None
+    scope: Annotated[str | None, _only_with_token_url(SCOPE), about(_SCOPE_DOC)] = None
+    token_path: Annotated[
+        str, _only_with_token_url(TEXT), about(_TOKEN_PATH_DOC, examples=["access_token", "data.session.jwt"])
+    ] = ""
+    expires_in_path: Annotated[
+        str | None, _only_with_token_url(TEXT), about(_EXPIRES_DOC, examples=["expires_in", "data.expires_in"])
+    ] = None
     token_type: TokenType = "Bearer"
     header: Header = "Authorization"
     refresh_on: RefreshOnKey
     signing_key: Derived[Any] = derived(default=None)  # the key, parsed once
 
-    @classmethod
-    def prepare(cls, data: Any, load: Load) -> Any:
-        data = super().prepare(data, load)
-        if ("key" in data) == ("key_file" in data):
-            raise ConfigError(
-                f'{load.where("auth")}: give the signing key once: `key: "${{SIGNING_KEY}}"` (a secret or a PEM key '
-                "from the environment) or `key_file: keys/service.pem`" + (", not both." if "key" in data else ".")
-            )
-        return data
-
     def finish(self, load: Load) -> JwtSignedAuth:
         where = load.where
-        if self.key_file is not None:
-            try:
-                key = open(self.key_file, encoding="utf-8").read()  # noqa: SIM115
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-                raise ConfigError(
-                    f"{where('auth', 'key_file')}: cannot read {self.key_file} ({reason}). Check the path; it is "
-                    "relative to the folder you run enrich from."
-                ) from None
-            load.redactor.add(key)
-            load.redactor.add(key.strip())
-        else:
-            key = self.key or ""
+        key = Path(self.key_file).read_text(encoding="utf-8") if self.key_file else self.key or ""
         signing_key = _signing_key(key, self.algorithm, where("auth", "key_file" if self.key_file else "key"))
-        given = self.model_fields_set
-        for name in ("scope", "token_path", "expires_in_path"):
-            if name in given and not self.token_url:
-                raise ConfigError(
-                    f"{where('auth', name)} applies only with auth.token_url (a signed JWT exchanged for an access "
-                    "token); without it the signed JWT itself is the token. Add `token_url:`, or remove the key."
-                )
         paths = (
             self._paths(load, self.token_path or "access_token", self.expires_in_path or "expires_in")
             if self.token_url
@@ -928,7 +971,14 @@ AUTH_TYPES = tuple(AUTH_KINDS)
 STATIC_AUTH_TYPES = frozenset(name for name, cls in AUTH_KINDS.items() if cls.static)
 # Which keys each kind takes besides `type`; any other key of AUTH_KEYS is refused for that kind.
 AUTH_TYPE_KEYS: dict[str, tuple[str, ...]] = {name: cls.kind_keys() for name, cls in AUTH_KINDS.items()}
-AUTH_KEYS = ("type", *dict.fromkeys(k for keys in AUTH_TYPE_KEYS.values() for k in keys))
+# `type`, what every kind comes down to (in AuthConfig's order), then the keys of one kind or two.
+_TAKEN = {k for keys in AUTH_TYPE_KEYS.values() for k in keys}
+AUTH_KEYS = (
+    "type",
+    *dict.fromkeys(
+        [*(k for k in AuthConfig.model_fields if k in _TAKEN), *(k for ks in AUTH_TYPE_KEYS.values() for k in ks)]
+    ),
+)
 
 
 def parse_auth(value: Any, where: str, load: Load) -> AuthConfig | None:
@@ -937,7 +987,7 @@ def parse_auth(value: Any, where: str, load: Load) -> AuthConfig | None:
         return None
     auth = _check_keys(value, AUTH_KEYS, load.where, ("auth",))
     kind = auth.get("type", "login")
-    if kind not in AUTH_KINDS:
+    if not isinstance(kind, str) or kind not in AUTH_KINDS:
         close = did_you_mean(str(kind), AUTH_TYPES)
         raise ConfigError(
             f"{load.where('auth', 'type')}: {kind!r} is not a kind of auth. Use one of: {', '.join(AUTH_TYPES)}."
@@ -971,7 +1021,7 @@ def auth_schema() -> Schema:
         when: Schema = {"properties": {"type": {"const": name}}}
         if name != "login":
             when["required"] = ["type"]
-        needed = [k for k in cls.kind_keys() if cls.model_fields[k].is_required()]
+        needed = [name for name, _ in cls.needed()]
         # "type" makes jsonschema's best_match rank a missing key no higher than an unknown one.
         required = [{"type": "object", "required": needed}] if needed else []
         # A key of another kind: "'client_id' is not one of ['type', 'token', ...]", the keys this kind takes.

@@ -64,7 +64,20 @@ from .checks import (
 )
 from .errors import ConfigError, child_of
 from .extract import FieldPath, compile_fields
-from .model import FLAG, NOT_BLANK, Derived, Load, Parsed, Section, about, derived, http_method, number, validate
+from .model import (
+    FLAG,
+    NEEDED,
+    NOT_BLANK,
+    Derived,
+    Load,
+    Parsed,
+    Section,
+    about,
+    derived,
+    http_method,
+    number,
+    validate,
+)
 from .redact import MASK, Redactor, secret_name, secret_position
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
 
@@ -506,7 +519,7 @@ class RequestConfig(Section):
             "supplies the whole URL from a column.",
             examples=["https://api.example.com/v1/people/{{email}}"],
         ),
-    ]
+    ] = NEEDED
     params: Annotated[
         Template | None,
         Parsed(
@@ -576,6 +589,8 @@ class RequestConfig(Section):
         if isinstance(data, _Twin):
             return dict(data)
         raw = super().prepare(data, load)
+        if not raw.get("url"):  # before anything else: every other key is about the call to this URL
+            raise ConfigError(f"{load.where('request')}: {dict(cls.needed())['url'].missing}")
         settings = load.vars.expand({k: v for k, v in raw.items() if k not in _TEMPLATE_KEYS}, ("request",))
         templates = {k: raw[k] for k in _TEMPLATE_KEYS if raw.get(k) is not None}
         # Every variable looked up once here (an unset one named with its place), and the secrets
@@ -887,6 +902,7 @@ class Config(Section):
                 "`request: {url: https://api.example.com/v1/{{id}}}`."
             )
         secrets = _secrets(data, load.where)
+        _check_keys(data["request"], RequestConfig.key_names(), load.where, ("request",))  # before any ${VAR}
         load.vars = _Env(load.env, load.where, secrets, load.redactor)
         # Everything but the request's templates gets its ${VAR}s now (the request: RequestConfig.prepare).
         load.data = load.vars.expand({k: v for k, v in data.items() if k != "request"})

@@ -47,6 +47,8 @@ class Load:
         self.vars: Any = None  # config._Env: the ${VAR} lookups, once `secrets` is known
         self.literal: Callable[[str], str] = str  # how a request template's literal text gets its ${VAR}s
         self.sections: list[tuple[str, ...]] = [()]  # the path of the section being validated
+        self.given: list[frozenset[str]] = [frozenset()]  # the keys it was given
+        self.fields: Mapping[str, Any] = {}  # its keys validated so far (a key may depend on an earlier one)
         self.pending: Any = None  # what a section's prepare leaves for its finish
 
     def at(self, *keys: str) -> Where:
@@ -79,6 +81,9 @@ class Parsed:
         load = info.context
         if not isinstance(load, Load):
             return value  # built from Python: the values are what they should be
+        if self.missing and (value is None or (self.blank_is_missing and not value)):
+            raise ConfigError(f"{load.where(*load.sections[-1])}: {self.missing}")
+        load.fields = info.data
         where = load.at(info.field_name or "")
         return self.parse(value, where, load) if self.load else self.parse(value, where)
 
@@ -86,6 +91,11 @@ class Parsed:
 def about(description: str, **schema: Any) -> Any:
     """A key: its description, and schema keywords to add (``examples``, a ``default`` as written)."""
     return Field(description=description, json_schema_extra=schema or None)
+
+
+# The default of a key that must be given: its validator still runs (in the order of the keys),
+# and says it is missing. In the schema the key is required.
+NEEDED: Any = Field(default=None, validate_default=True)
 
 
 def derived(**kwargs: Any) -> Any:
@@ -106,9 +116,23 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", arbitrary_types_allowed=True, validate_default=False, defer_build=True
+        frozen=True,
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        validate_default=False,
+        defer_build=True,
+        json_schema_extra=lambda schema, cls: _required(schema, cls),
     )
     PATH: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Validate the keys in the order they are declared as keys, then the derived fields: a kind of
+        auth checks its own keys in its own order, though its base declares some of their names first
+        (pydantic keeps a base's order). The first key that is wrong is the one the message names."""
+        super().__pydantic_init_subclass__(**kwargs)
+        fields, keys = cls.__pydantic_fields__, cls.key_names()
+        cls.__pydantic_fields__ = {**{k: fields[k] for k in keys}, **{k: f for k, f in fields.items() if k not in keys}}
 
     @classmethod
     def key_names(cls) -> tuple[str, ...]:
@@ -138,12 +162,7 @@ class Section(BaseModel):
 
     @classmethod
     def prepare(cls, data: Any, load: Load) -> Any:
-        data = _check_keys(data, cls.key_names(), load.where, cls.PATH)
-        for name, parsed in cls.needed():
-            value = data.get(name)
-            if value is None or (parsed.blank_is_missing and not value):
-                raise ConfigError(f"{load.where(*cls.PATH)}: {parsed.missing}")
-        return data
+        return _check_keys(data, cls.key_names(), load.where, cls.PATH)
 
     def finish(self, load: Load) -> Section:
         return self
@@ -159,10 +178,12 @@ class Section(BaseModel):
         if not isinstance(load, Load) or isinstance(data, cls):
             return handler(data)
         load.sections.append(cls.PATH)
+        load.given.append(frozenset(data) if isinstance(data, dict) else frozenset())
         try:
             return handler(cls.prepare(data, load)).finish(load)
         finally:
             load.sections.pop()
+            load.given.pop()
 
 
 # --- kinds of value the sections share -------------------------------------------------------
@@ -204,6 +225,13 @@ def http_method(default: str) -> Parsed:
     return Parsed(
         lambda value, where: _method(value, where, default), {"enum": [*METHODS, *(m.lower() for m in METHODS)]}
     )
+
+
+def _required(schema: Schema, section: Any) -> None:
+    """The keys that must be given are required in the schema (their default only says "missing")."""
+    needed = [name for name, _ in section.needed()]
+    if needed:
+        schema["required"] = needed
 
 
 def validate(section: type[Section], data: Any, load: Load) -> Any:
