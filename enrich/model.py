@@ -6,9 +6,11 @@ Its fields with a description are its keys, in the order messages list them; a k
 ``Annotated`` metadata says how its value is parsed (one validator, the only copy of that
 parsing) and what the editor schema says of it (``enrich schema``, the docs' reference)::
 
-    concurrency: Annotated[int, number(minimum=1, maximum=MAX_CONCURRENCY, integer=True), key("Requests in flight.")] = 16
+    concurrency: Annotated[int, number(minimum=1, maximum=MAX_CONCURRENCY), about("Requests in flight.")] = 16
+    url: Annotated[str, Parsed(_url, {"type": "string"}, missing="`auth.url` is missing; ..."), about(...)] = NEEDED
 
-A field without a description is *derived*: set by the loader (a compiled path, the request
+Keys are checked in that order; the first wrong one is the one the message names. A field
+without a description is *derived*: set by the loader (a compiled path, the request
 as shown), never read from the file. Loading runs ``Config.model_validate(data, context=Load(...))``:
 the context knows the file's lines (so a message says "demo.yaml, line 3: concurrency"), the
 ``${VAR}``s and the redactor. A validator raises ``ConfigError`` with the message the user sees;
