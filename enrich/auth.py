@@ -38,14 +38,13 @@ import contextlib
 import math
 import re
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
 
-from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig, client_basic, format_size
+from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig, format_size
 from .errors import AuthError
 from .http import read_body
 from .redact import Redactor
@@ -66,7 +65,6 @@ MIN_LIFETIME = 2.0
 # from a refused record, when none is on the wire.
 EVIDENCE_WAIT = 0.05
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 2.1
 
 
 class Ticket(NamedTuple):
@@ -330,9 +328,9 @@ class TokenManager:
                 return
             said = f" The API answered {answer}." if answer else ""
             if self.config.static:
-                raise AuthError(self.redactor.redact(self._static_rejected() + said))
+                raise AuthError(self.redactor.redact(self.config.static_rejected() + said))
             if self.generation > 1 and self._accepted < self.generation:
-                raise AuthError(self.redactor.redact(self._fresh_rejected() + said))
+                raise AuthError(self.redactor.redact(self.config.fresh_rejected() + said))
             await self._fetch(session)
 
     async def _due(self, session: aiohttp.ClientSession) -> None:
@@ -344,27 +342,31 @@ class TokenManager:
             await self._fetch(session)
 
     async def _fetch(self, session: aiohttp.ClientSession) -> None:
-        cfg = self.config
         started = self._clock()
-        if cfg.type == "jwt_signed":
-            assertion, left = self._sign()
-            if not cfg.url:
-                self.logins += 1
-                self._install(assertion, left, started)
-                return
-            form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
-            if cfg.scope:
-                form["scope"] = cfg.scope
-            token, lifetime = await self._request(session, data=form, headers={"Accept": "application/json"})
-        elif cfg.type == "oauth2_client_credentials":
-            token, lifetime = await self._request(session, data=self._client_form(), headers=self._client_headers())
-        else:
-            token, lifetime = await self._request(session, json=cfg.body, headers=dict(cfg.headers))
+        token, lifetime = await self.config.fetch(self, session)  # each kind gets its token its own way
+        self._install(token, lifetime, started)
+
+    # --- what a kind of auth uses to get a token (auth_config.TokenSource) ---------------------------
+
+    def now(self) -> float:
+        """The wall clock, in epoch seconds: what a signed token's ``iat`` is."""
+        return self._wall()
+
+    def remember(self, token: str) -> None:
+        """A token made here: masked from now on."""
+        self.redactor.add_token(token)
+
+    async def exchange(
+        self, session: aiohttp.ClientSession, *, headers: dict[str, str], json: Any = None, data: Any = None
+    ) -> tuple[str, float | None]:
+        """Send the login or token request: the token, and the seconds it lives (as the API states it,
+        else the JWT's own ``exp``; at least ``MIN_LIFETIME``), or None when unknown."""
+        token, lifetime = await self._request(session, json=json, data=data, headers=headers)
         if lifetime is None:
             lifetime = jwt_lifetime(token, self._wall())
         if lifetime is not None:
             lifetime = max(lifetime, MIN_LIFETIME)
-        self._install(token, lifetime, started)
+        return token, lifetime
 
     def _install(self, token: str, lifetime: float | None, started: float) -> None:
         """Make ``token`` the current one, valid for ``lifetime`` seconds from ``started`` (None: unknown)."""
@@ -383,47 +385,12 @@ class TokenManager:
             self._refresh_at = started + lifetime - margin
             self._use_until = started + lifetime - margin / 2
 
-    def _sign(self) -> tuple[str, float]:
-        """A new JWT from ``auth.claims``, with ``iat`` now and ``exp`` ``auth.lifetime`` later; its seconds left."""
-        import jwt
-
-        cfg = self.config
-        now = self._wall()
-        iat = int(now)  # a whole second, not after now: servers reject an `iat` in the future
-        exp = iat + cfg.lifetime
-        claims = {**cfg.claims, "iat": iat, "exp": int(exp) if exp.is_integer() else exp}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PyJWT warns on short HMAC secrets; the API chose the secret
-            token = jwt.encode(claims, cfg.signing_key, algorithm=cfg.algorithm)
-        self.redactor.add_token(token)
-        return token, exp - now
-
-    def _client_form(self) -> dict[str, str]:
-        """The form of a client-credentials grant (RFC 6749 4.4.2)."""
-        cfg = self.config
-        form = {"grant_type": "client_credentials"}
-        if cfg.scope:
-            form["scope"] = cfg.scope
-        if cfg.audience:
-            form["audience"] = cfg.audience
-        if cfg.client_auth == "body":
-            form["client_id"] = cfg.client_id or ""
-            form["client_secret"] = cfg.client_secret or ""
-        return form
-
-    def _client_headers(self) -> dict[str, str]:
-        cfg = self.config
-        headers = {"Accept": "application/json"}
-        if cfg.client_auth == "basic":
-            headers["Authorization"] = f"Basic {client_basic(cfg.client_id or '', cfg.client_secret or '')}"
-        return headers
-
     async def _request(
         self, session: aiohttp.ClientSession, *, headers: dict[str, str], json: Any = None, data: Any = None
     ) -> tuple[str, float | None]:
         """Send the login or token request (retrying what ``retry`` allows); the token and its stated lifetime."""
         cfg = self.config
-        what, where = ("login", "auth.url") if cfg.type == "login" else ("token request", "auth.token_url")
+        what, where = cfg.requested_as
 
         async def send() -> _Reply:
             # Never redirected: a 307 would replay the credentials in the body to wherever it points.
@@ -469,7 +436,7 @@ class TokenManager:
             raise AuthError(
                 self.redactor.redact(
                     f"{what} failed: {cfg.method} {cfg.url} returned HTTP {status} {reason}"
-                    f"{': ' + self.redactor.snippet(body) if body else ''}. {self._credentials_hint()}"
+                    f"{': ' + self.redactor.snippet(body) if body else ''}. {cfg.credentials_hint}"
                 )
             )
         doc: Any = None
@@ -537,67 +504,3 @@ class TokenManager:
                 "if it is in the body."
             )
         return value
-
-    # --- messages ------------------------------------------------------------------------------
-
-    def _credentials_hint(self) -> str:
-        cfg = self.config
-        if cfg.type == "oauth2_client_credentials":
-            return (
-                "Check auth.client_id and auth.client_secret (and the environment variables they use), "
-                "auth.client_auth (`basic` or `body`: the server may want the other), auth.scope and auth.audience."
-            )
-        if cfg.type == "jwt_signed":
-            return (
-                "Check auth.key and auth.algorithm (the server must know the key) and auth.claims "
-                "(iss, sub and aud are what a token endpoint usually checks)."
-            )
-        return "Check the credentials in auth.body and auth.headers, and the environment variables they use."
-
-    def _sent_in(self) -> str:
-        cfg = self.config
-        if cfg.query_param:
-            return f"the query parameter {cfg.query_param}"
-        if cfg.header == "Cookie" and cfg.token_cookie:
-            return f"the cookie {cfg.token_cookie}"
-        return f"the {cfg.header} header"
-
-    def _static_rejected(self) -> str:
-        cfg = self.config
-        if cfg.type == "basic":
-            return (
-                f"the API rejected the Basic credentials (HTTP 401 or an auth.refresh_on match); a fixed password "
-                f"cannot be refreshed. Check auth.username and auth.password ({cfg.secret_source}) and that this "
-                "account may call request.url."
-            )
-        fix = (
-            "and auth.query_param (the parameter the API reads)"
-            if cfg.query_param
-            else 'and auth.header and auth.token_type (the API may want another header, or `token_type: ""`)'
-        )
-        return (
-            f"the API rejected the token sent in {self._sent_in()} (HTTP 401 or an auth.refresh_on match); a "
-            f"fixed token cannot be refreshed. Check auth.token ({cfg.secret_source}) {fix}, and that the key "
-            "may call request.url."
-        )
-
-    def _fresh_rejected(self) -> str:
-        cfg = self.config
-        if cfg.type == "jwt_signed" and not cfg.url:
-            got, fix = (
-                f"signing a new one ({cfg.algorithm})",
-                "auth.claims (iss, sub and aud must be what the API expects), auth.key and auth.algorithm (the API "
-                "must know the key)",
-            )
-        else:
-            got = f"getting a new one from {cfg.url}"
-            fix = (
-                f"that the API reads the token from {self._sent_in()} (set auth.header to send it in a header)"
-                if cfg.header == "Cookie"
-                else "auth.header and auth.token_type (the API may want another header, or the bare token with "
-                '`token_type: ""`)'
-            )
-        return (
-            f"the API rejected a freshly issued token (HTTP 401 or an auth.refresh_on match right after {got}). "
-            f"Check {fix}, and that this account may call request.url."
-        )

@@ -1,4 +1,4 @@
-"""Small validators shared by the config loaders (``config.py`` and ``auth_config.py``).
+"""Small validators shared by the config's sections (``config.py`` and ``auth_config.py``).
 
 Each takes a value and where it came from, and returns it typed or raises ``ConfigError``
 saying where, what was received and what is allowed. ``_Locator`` is the "where": it
@@ -23,8 +23,42 @@ from typing import Any
 from .errors import ConfigError, Where
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # an environment variable's name
+_ENV = re.compile(r"\$\{(" + _VAR_NAME.pattern[1:-1] + r")(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
+def json_pattern(regex: re.Pattern[str]) -> str:
+    r"""The loader's regex as a JSON Schema pattern (ECMA 262, which takes no flags): named groups
+    unnamed, and under ``re.IGNORECASE`` each letter as both cases.
+
+    >>> print(json_pattern(re.compile(r"^(?P<n>\d+)\s*[kmg]b$", re.IGNORECASE)))
+    ^(\d+)\s*[kmgKMG][bB]$
+    """
+    text, fold, out, i = regex.pattern, bool(regex.flags & re.IGNORECASE), [], 0
+    while i < len(text):
+        if text[i] == "\\":
+            out.append(text[i : i + 2])
+            i += 2
+        elif text.startswith("(?P<", i):
+            out.append("(")
+            i = text.index(">", i) + 1
+        elif text[i] == "[":  # a class: its letters get their other case (no ranges of letters are folded)
+            end = i + 1
+            while text[end] != "]":
+                end += 2 if text[end] == "\\" else 1
+            chars = text[i + 1 : end]
+            if fold:
+                chars += "".join(c.swapcase() for c in chars if c.isalpha() and c.swapcase() not in chars)
+            out.append(f"[{chars}]")
+            i = end + 1
+        else:
+            out.append(f"[{text[i]}{text[i].swapcase()}]" if fold and text[i].isalpha() else text[i])
+            i += 1
+    return "".join(out)
+
+
+ENV_TEXT = json_pattern(_ENV)  # a value that is a ${VAR}: the schema cannot know what it holds
 
 
 class _Locator:

@@ -1,18 +1,24 @@
-"""YAML config -> validated, frozen ``Config``.
+"""YAML config -> validated, frozen ``Config``: every key declared once, here.
 
-Everything a run needs is checked here, before any request: unknown keys (with a
-"did you mean"), types, ``${VAR}`` lookups, templates and field paths (compiled
+Each section of the file is a frozen model (``model.py`` says how a key is declared): its
+fields are its keys, each with its type, default, description and the validator that parses
+it. The same declaration gives the loader, the key lists (``TOP_KEYS``...), ``enrich schema``
+and the docs' config reference. Everything a run needs is checked before any request: unknown
+keys (with a "did you mean"), types, ``${VAR}`` lookups, templates and field paths (compiled
 once). Errors name the file, the line and the key, and say what would fix them.
 
     >>> cfg = load_config("configs/demo.yaml")          # doctest: +SKIP
     >>> cfg.request.method, cfg.concurrency             # doctest: +SKIP
     ('GET', 16)
 
+Adding a key: one field in its section (a type, a ``key("description")``, a default, and the
+value's validator), then the code that uses it.
+
 The secrets among the config's values (``redact.py`` says which) are registered with the
 config's ``Redactor``, and ``repr(config)`` never shows them; the request is compiled
-twice, as sent and as shown (each secret as ``***``). The ``auth:`` block is parsed in
-``auth_config.py``, and the small validators both loaders share are in ``checks.py``;
-their public names are importable from here too.
+twice, as sent and as shown (each secret as ``***``). The ``auth:`` block's kinds are in
+``auth_config.py``, the small validators both share in ``checks.py``; their public names are
+importable from here too.
 """
 
 from __future__ import annotations
@@ -23,26 +29,55 @@ import random
 import re
 import ssl
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import Field
 
 from .auth_config import (
     AUTH_KEYS,
+    AUTH_KINDS,
     AUTH_TYPE_KEYS,
     AUTH_TYPES,
     SIGNING_ALGORITHMS,
     STATIC_AUTH_TYPES,
     AuthConfig,
     RefreshOn,
-    _auth,
+    auth_schema,
     client_basic,
+    parse_auth,
 )
-from .checks import _ENV, _HEADER_NAME, METHODS, _check_keys, _check_url, _Locator, _method, _number, _path, _string_map
-from .errors import ConfigError
+from .checks import (
+    _ENV,
+    _HEADER_NAME,
+    _VAR_NAME,
+    ENV_TEXT,
+    METHODS,
+    _check_keys,
+    _check_url,
+    _Locator,
+    _path,
+    _string_map,
+    json_pattern,
+)
+from .errors import ConfigError, child_of
 from .extract import FieldPath, compile_fields
+from .model import (
+    FLAG,
+    NEEDED,
+    NOT_BLANK,
+    Derived,
+    Load,
+    Parsed,
+    Section,
+    about,
+    derived,
+    http_method,
+    number,
+    validate,
+)
 from .redact import MASK, Redactor, secret_name, secret_position
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
 
@@ -50,6 +85,7 @@ from .template import Template, compile_json_text, compile_template, compile_url
 __all__ = [
     "ATTEMPTS_COLUMN",
     "AUTH_KEYS",
+    "AUTH_KINDS",
     "AUTH_TYPES",
     "AUTH_TYPE_KEYS",
     "ERRORS_COLUMNS",
@@ -60,6 +96,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "MAX_RESPONSE_BYTES",
     "METHODS",
+    "RATE_KEYS",
     "REQUEST_COLUMNS",
     "REQUEST_KEYS",
     "RESPONSE_COLUMN",
@@ -76,10 +113,12 @@ __all__ = [
     "RefreshOn",
     "RequestConfig",
     "RetryConfig",
+    "SharedRate",
     "TLSConfig",
     "client_basic",
     "config_from_dict",
     "format_size",
+    "journal_location",
     "load_config",
     "parse_duration",
     "parse_rate",
@@ -101,6 +140,10 @@ ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge`
 # The errors file (`errors_out`): the row number, the columns the request reads, then these.
 REQUEST_COLUMNS = ("_request_method", "_request_url", "_request_headers", "_request_body")
 ERRORS_COLUMNS = (ROW_COLUMN, *REQUEST_COLUMNS, STATUS_COLUMN, ERROR_COLUMN, ATTEMPTS_COLUMN)
+
+
+# --- values written as text: rates, sizes, durations (each parsed here only) ------------------------
+
 _RATE = re.compile(
     # The unit is optional: a bare number is per second (`--rate-limit 20` and `${RATE}` give text).
     r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?)?\s*$",
@@ -132,58 +175,179 @@ class Rate:
         return text + (f", shared in Redis (key {self.key})" if self.shared else "")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestConfig:
-    """How each row becomes a request; every part is a compiled template."""
-
-    method: str
-    url: Template
-    params: Template | None
-    headers: Template | None
-    body: Template | None
-    remove_nulls: bool
-    follow_redirects: bool = True  # within the API's origin only; false: a 3xx ends the row
-    idempotency_key: Template | None = None  # sent as `idempotency_header`; makes POST/PATCH safe to retry
-    idempotency_header: str = "Idempotency-Key"
-    # The same request with each secret it holds replaced by `***` (redact.py says which): what a
-    # dry run, preview and the errors file show. None: the request holds no secret.
-    shown: RequestConfig | None = field(default=None, repr=False, compare=False)
-    # What the journal's fingerprint is made of: the shown request, with the `${VAR}`s of the URL's
-    # origin (`${API_BASE}/v1/...`, `https://${HOST}/...`) masked too, so a rotated key or an API
-    # that moved keeps the journal; every other value is the request's own. None: the request itself.
-    fingerprinted: RequestConfig | None = field(default=None, repr=False, compare=False)
-    url_text: str = ""  # the URL as written, ${VAR}s put in (secrets as ***), for `validate`
-
-    @property
-    def for_display(self) -> RequestConfig:
-        """The request to render for showing it: secrets masked where they were put."""
-        return self.shown or self
+def parse_rate(value: Any, loc: str) -> Rate | None:
+    """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null means unlimited."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{loc} must be positive, got {value!r}.")
+        return Rate(float(value), 1.0)
+    match = _RATE.match(str(value))
+    if not match or float(match.group("n")) <= 0:
+        raise ConfigError(
+            f"{loc}: {value!r} is not a rate. Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), "
+            "or leave it out for no limit."
+        )
+    unit = match.group("unit")
+    return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
-    """When and how long to retry a call."""
+_SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[kmg]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
-    attempts: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
-    max_retry_after: float = 300.0  # a longer Retry-After stops the run (resumable) instead of sleeping
-    non_idempotent: bool = False  # retry POST/PATCH after a 5xx, a timeout or a dropped connection too
+
+def parse_size(value: Any, loc: str) -> int:
+    """Bytes in ``10MB``, ``512KB``, ``1GB`` (binary: 1 MB = 1,048,576 bytes) or a number of bytes."""
+    match = None if isinstance(value, bool) else _SIZE.match(str(value))
+    size = float(match.group("n")) * _SIZE_UNITS[(match.group("unit") or "")[:1].lower()] if match else 0
+    if size < 1:
+        raise ConfigError(f"{loc} must be a size such as 10MB, 512KB or a number of bytes, got {value!r}.")
+    return int(size)
+
+
+def format_size(size: int) -> str:
+    """``10 MB``, ``512 KB``, ``1,500 bytes``: the largest unit that divides ``size``."""
+    for unit, name in ((1024**3, "GB"), (1024**2, "MB"), (1024, "KB")):
+        if size % unit == 0:
+            return f"{size // unit:,} {name}"
+    return f"{size:,} bytes"
+
+
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)\s*$", re.IGNORECASE)
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ``ValueError`` for anything else."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"expected an age such as 30m, 12h, 7d or 2w, got {text!r}")
+    return float(match.group("n")) * _DURATION_SECONDS[match.group("unit").lower()]
+
+
+# --- the kinds of value a key holds: each a validator and the schema of what may be written ---------
+
+# A share of rows as text: 0.05, or a percentage up to 100%.
+_SHARE_TEXT = rf"^\s*(0(\.\d*)?|1(\.0*)?|\.\d+|(100(\.0*)?|\d{{1,2}}(\.\d*)?)\s*%)\s*$|{ENV_TEXT}"
+_SCALAR = ["string", "number", "boolean", "null"]
+
+
+FILE = Parsed(_path, {"type": "string", "pattern": NOT_BLANK})  # a file path that must not be blank
+TABLE = Parsed(lambda value, where: Path(str(value)) if value else None, {"type": "string", "pattern": NOT_BLANK})
+
+
+def _columns(value: Any, loc: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{loc} must be a column name or a list of column names, e.g. [email], got {value!r}.")
+    return tuple(value)
+
+
+COLUMNS = Parsed(
+    _columns,
+    {"type": ["string", "array"], "minLength": 1, "minItems": 1, "items": {"type": "string", "minLength": 1}},
+)
+
+
+def _header_name(value: Any, loc: str) -> str:
+    if not isinstance(value, str) or not _HEADER_NAME.match(value):
+        raise ConfigError(f"{loc} must be an HTTP header name such as Idempotency-Key, got {value!r}.")
+    return value
+
+
+def _statuses(example: str) -> Parsed:
+    def parse(value: Any, where: str) -> frozenset[int]:
+        if not isinstance(value, list) or not all(isinstance(s, int) and 100 <= s <= 599 for s in value):
+            raise ConfigError(f"{where} must be a list of HTTP status codes, e.g. {example}, got {value!r}.")
+        return frozenset(value)
+
+    return Parsed(parse, {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}})
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+class RetryConfig(Section):
+    """When and how long to retry a call: a mapping, or just the number of attempts (`retry: 5`)."""
+
+    PATH = ("retry",)
+
+    attempts: Annotated[
+        int, number(minimum=1, maximum=MAX_ATTEMPTS, integer=True), about("Tries per row, the first included.")
+    ] = 5
+    backoff: Annotated[
+        float, number(minimum=0), about("The first backoff in seconds; it doubles each try, with full jitter.")
+    ] = 0.5
+    max_backoff: Annotated[float, number(minimum=0), about("The cap on one backoff, in seconds.")] = 30.0
+    statuses: Annotated[
+        frozenset[int],
+        _statuses("[429, 503]"),
+        about("HTTP statuses worth another try.", default=[429, 500, 502, 503, 504]),
+    ] = frozenset({429, 500, 502, 503, 504})
+    max_retry_after: Annotated[
+        float,
+        number(minimum=0),
+        about("The longest Retry-After waited out, in seconds; a longer one stops the run (exit 3, resumable)."),
+    ] = 300.0
+    non_idempotent: Annotated[
+        bool,
+        FLAG,
+        about("Retry POST and PATCH after a 5xx, a timeout or a dropped connection too (they may run twice)."),
+    ] = False
+
+    @classmethod
+    def prepare(cls, data: Any, load: Load) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            data = {"attempts": data}
+        return super().prepare(data, load)
 
     def backoff_for(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, full jitter."""
         return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
-@dataclass(frozen=True, slots=True)
-class TLSConfig:
-    """How the API's certificate is checked, and the client certificate to present (mutual TLS)."""
+def _pem_file(value: Any, where: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be the path of a PEM file, got {value!r}.")
+    if not Path(value).is_file():
+        raise ConfigError(
+            f"{where}: {value} is not a file. Check the path (relative paths start from the folder you run enrich from)."
+        )
+    return Path(value)
 
-    verify: bool = True
-    ca_bundle: Path | None = None  # PEM file of the CAs to trust instead of the system's
-    client_cert: Path | None = None  # PEM certificate (it may hold the key too)
-    client_key: Path | None = None
+
+PEM_FILE = Parsed(_pem_file, {"type": "string", "pattern": NOT_BLANK})
+
+
+class TLSConfig(Section):
+    """How the API's TLS certificate is checked, and a client certificate for mutual TLS."""
+
+    PATH = ("tls",)
+
+    verify: Annotated[bool, FLAG, about("Check the API's certificate (false is unsafe, and warned about).")] = True
+    ca_bundle: Annotated[
+        Path | None, PEM_FILE, about("A PEM file of the CA certificates to trust instead of the system's.")
+    ] = None
+    client_cert: Annotated[
+        Path | None, PEM_FILE, about("A PEM client certificate (it may hold the key too), for mutual TLS.")
+    ] = None
+    client_key: Annotated[Path | None, PEM_FILE, about("The client certificate's private key (PEM, unencrypted).")] = (
+        None
+    )
+
+    def finish(self, load: Load) -> TLSConfig:
+        if self.client_key is not None and self.client_cert is None:
+            raise ConfigError(
+                f"{load.where('tls', 'client_key')} needs tls.client_cert, the certificate that goes with the key."
+            )
+        self.context(lambda key: load.where("tls", key))  # reads the files: one that is not PEM is found now
+        return self
 
     @property
     def is_default(self) -> bool:
@@ -231,40 +395,549 @@ def _ssl_reason(exc: OSError) -> str:
     return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", exc.strerror or str(exc)) or type(exc).__name__
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
-    """A whole, validated run configuration."""
+def _redis_url(value: Any, where: str, load: Load) -> str | None:
+    if value is None:
+        return None
+    from yarl import URL
 
-    request: RequestConfig
-    auth: AuthConfig | None = None
-    input: Path | None = None
-    output: Path | None = None
-    fields: tuple[FieldPath, ...] | None = None
-    concurrency: int = 16
-    rate_limit: Rate | None = None
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    timeout: float = 30.0
-    input_types: Mapping[str, str] = field(default_factory=dict)
-    key: tuple[str, ...] = ()  # columns that identify a row, for --shard (default: the rendered request)
-    journal: Path | str | None = None  # None: beside the output, `<output>.journal`; str: a redis:// URL
-    use_journal: bool = True
-    when: str | None = None  # a polars SQL predicate: rows that do not match get no call
-    skip_if_filled: tuple[str, ...] = ()  # rows whose listed columns all hold values get no call
-    diagnostics: bool = True  # the `_attempts` and `_latency_ms` columns
-    max_error_rate: float | None = None  # a larger share of failed rows makes the run exit 1
-    errors_out: Path | None = None  # failed rows, with their request, go to this table
-    escape_formulas: bool = True  # CSV output: API values that Excel would run as formulas get a '
-    tls: TLSConfig = field(default_factory=TLSConfig)
-    max_response_bytes: int = MAX_RESPONSE_BYTES  # a larger response is cut off and fails its row
-    warnings: tuple[str, ...] = field(default=(), compare=False)  # found at load time; the CLI shows them
-    source: str = "<config>"
-    redactor: Redactor = field(default_factory=Redactor, compare=False)
+    url = URL(str(value))
+    if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+        raise ConfigError(
+            f"{where}: {load.redactor.redact(str(value))!r} is not a Redis URL. "
+            "Write it as redis://host:6379/0 (rediss:// for TLS)."
+        )
+    load.redactor.add(url.password)
+    return str(value)
+
+
+def _limit_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a name such as acme-api, got {value!r}.")
+    return value
+
+
+_RATE_TEXT: dict[str, Any] = {"type": ["string", "number"], "pattern": f"{json_pattern(_RATE)}|{ENV_TEXT}"}
+RATE = Parsed(parse_rate, _RATE_TEXT)
+
+
+class SharedRate(Section):
+    """``rate_limit`` as a mapping: ``{rate: 1000/s, burst: 50, shared: redis://..., key: acme-api}``."""
+
+    PATH = ("rate_limit",)
+
+    rate: Annotated[Rate | None, RATE, about("Requests started per second, minute or hour: N/s, N/min, N/h.")] = None
+    burst: Annotated[int, number(minimum=0, integer=True), about("Starts allowed ahead of the pace (default 0).")] = 0
+    shared: Annotated[
+        str | None,
+        Parsed(_redis_url, {"type": "string", "pattern": "^(redis|rediss|unix)://"}, load=True),
+        about("A Redis URL (redis://host:6379/0): every process using the same Redis and key shares the limit."),
+    ] = None
+    key: Annotated[
+        str,
+        Parsed(_limit_name, {"type": "string", "minLength": 1}),
+        about("The limit's name in Redis (default enrich): one per API."),
+    ] = "enrich"
+
+    def finish(self, load: Load) -> SharedRate:
+        if self.rate is None:
+            raise ConfigError(
+                f"{load.where('rate_limit', 'rate')} is missing: say how many calls, e.g. `rate: 1000/s`."
+            )
+        return self
+
+    def loaded(self) -> Rate:
+        assert self.rate is not None
+        return Rate(self.rate.count, self.rate.period, self.burst, self.shared, self.key)
+
+
+def _rate_limit(value: Any, where: str, load: Load) -> Rate | None:
+    if isinstance(value, Mapping):
+        return validate(SharedRate, value, load).loaded()
+    return parse_rate(value, where)
+
+
+def _rate_limit_schema() -> dict[str, Any]:
+    text = {**_RATE_TEXT, "type": ["string", "number", "null"], "minimum": 0, "examples": ["20/s", "600/min"]}
+    shared = {k: v for k, v in SharedRate.model_json_schema().items() if k != "description"}
+    return {"anyOf": [text, {**shared, "required": ["rate"]}]}
+
+
+_TEMPLATE_KEYS = ("url", "params", "headers", "body", "idempotency_key")
+
+
+def _url(value: Any, where: str, load: Load) -> Template:
+    return compile_url(str(value), where, load.literal)
+
+
+def _string_template(value: Any, where: str, load: Load) -> Template | None:
+    mapping = _string_map(value, where)
+    return compile_template(mapping, where, typed=False, literal=load.literal) if mapping else None
+
+
+def _body(value: Any, where: str, load: Load) -> Template | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return compile_json_text(value, where, load.literal)
+    if isinstance(value, (dict, list)):
+        return compile_template(value, where, literal=load.literal)
+    raise ConfigError(f"{where} must be a mapping (YAML) or a JSON string, got {value!r}.")
+
+
+def _idempotency_key(value: Any, where: str, load: Load) -> Template | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f'{where} must be a template that gives each row its own key, e.g. "{{{{id}}}}" or "order-{{{{order_id}}}}", '
+            f"got {value!r}."
+        )
+    return compile_template(value, where, typed=False, literal=load.literal)
+
+
+class _Twin(dict[str, Any]):
+    """A request's templates already prepared (its keys checked, its ${VAR}s looked up)."""
+
+
+class RequestConfig(Section):
+    """How each row becomes a request. Strings may hold {{column}} placeholders: the row's value."""
+
+    PATH = ("request",)
+
+    method: Annotated[str, http_method("GET"), about("The HTTP method of each call (any case).")] = "GET"
+    url: Annotated[
+        Template,
+        Parsed(
+            _url,
+            {"type": "string", "minLength": 1},
+            load=True,
+            missing="`request.url` is missing; it is the endpoint each row calls.",
+            blank_is_missing=True,
+        ),
+        about(
+            "The endpoint each row calls; placed values are percent-encoded. A placeholder at the very start "
+            "supplies the whole URL from a column.",
+            examples=["https://api.example.com/v1/people/{{email}}"],
+        ),
+    ] = NEEDED
+    params: Annotated[
+        Template | None,
+        Parsed(
+            _string_template,
+            {"type": "object", "additionalProperties": {"type": [*_SCALAR, "array"], "items": {"type": _SCALAR}}},
+            load=True,
+        ),
+        about('The query string, e.g. {domain: "{{domain}}"}; null values are left out, a list repeats its key.'),
+    ] = None
+    headers: Annotated[
+        Template | None,
+        Parsed(_string_template, {"type": "object", "additionalProperties": {"type": _SCALAR}}, load=True),
+        about("Extra headers for each call, e.g. {Accept: application/json}; null values are left out."),
+    ] = None
+    body: Annotated[
+        Template | None,
+        Parsed(_body, {"type": ["object", "array", "string"]}, load=True),
+        about('The JSON body: a YAML mapping or list, or JSON text. "{{column}}" alone keeps the cell\'s type.'),
+    ] = None
+    remove_nulls: Annotated[bool, FLAG, about("Drop body keys whose value is null, at every depth.")] = False
+    follow_redirects: Annotated[
+        bool,
+        FLAG,
+        about(
+            "Follow redirects within the API's origin (never to another host, port or scheme); false ends the "
+            "row at a 3xx."
+        ),
+    ] = True
+    idempotency_key: Annotated[
+        Template | None,
+        Parsed(_idempotency_key, {"type": "string", "pattern": NOT_BLANK}, load=True),
+        about(
+            'A template giving each row its own key, e.g. "{{id}}", sent as the idempotency_header; with it, '
+            "POST and PATCH are retried like GET.",
+            examples=["{{id}}", "order-{{order_id}}"],
+        ),
+    ] = None
+    idempotency_header: Annotated[
+        str,
+        Parsed(_header_name, {"type": "string", "pattern": json_pattern(_HEADER_NAME)}),
+        about("The header the idempotency key goes in."),
+    ] = "Idempotency-Key"
+    # The same request with each secret it holds replaced by `***` (redact.py says which): what a
+    # dry run, preview and the errors file show. None: the request holds no secret.
+    shown: Derived[RequestConfig | None] = derived(default=None)
+    # What the journal's fingerprint is made of: the shown request, with the `${VAR}`s of the URL's
+    # origin (`${API_BASE}/v1/...`, `https://${HOST}/...`) masked too, so a rotated key or an API
+    # that moved keeps the journal; every other value is the request's own. None: the request itself.
+    fingerprinted: Derived[RequestConfig | None] = derived(default=None)
+    url_text: Derived[str] = derived(default="")  # the URL as written, ${VAR}s put in (secrets as ***), for `validate`
+
+    @property
+    def for_display(self) -> RequestConfig:
+        """The request to render for showing it: secrets masked where they were put."""
+        return self.shown or self
+
+    def template_sites(self, where: _Locator) -> list[tuple[str, Template]]:
+        """Each template with where it came from, for errors found once the input is known."""
+        sites = [(where("request", k), getattr(self, k)) for k in ("url", "params", "headers", "body")]
+        sites.append((where("request", "idempotency_key"), self.idempotency_key))
+        return [(w, t) for w, t in sites if t is not None]
+
+    @classmethod
+    def prepare(cls, data: Any, load: Load) -> Any:
+        """The request as sent: its settings with their ${VAR}s put in; its templates get them as values
+        when they are compiled (a value holding `{{id}}` is sent as it is, never rendered)."""
+        if isinstance(data, _Twin):
+            return dict(data)
+        raw = super().prepare(data, load)
+        if not raw.get("url"):  # before anything else: every other key is about the call to this URL
+            raise ConfigError(f"{load.where('request')}: {dict(cls.needed())['url'].missing}")
+        settings = load.vars.expand({k: v for k, v in raw.items() if k not in _TEMPLATE_KEYS}, ("request",))
+        templates = {k: raw[k] for k in _TEMPLATE_KEYS if raw.get(k) is not None}
+        # Every variable looked up once here (an unset one named with its place), and the secrets
+        # among them registered.
+        load.vars.expand(templates, ("request",))
+        for name in ("params", "headers"):
+            _string_map(templates.get(name), load.where("request", name))
+        sent = cls._parsed(templates, load.vars.literal, load)
+        _register_fixed_secrets(sent, load.redactor, load.vars.literal)
+        load.literal = load.vars.literal
+        load.pending = (templates, settings)  # for finish: the twins
+        return {**sent, **settings}
+
+    @classmethod
+    def _parsed(cls, templates: Mapping[str, Any], literal: Callable[[str], str], load: Load) -> dict[str, Any]:
+        """The templates with a JSON-text body read as its structure."""
+        body = templates.get("body")
+        if not isinstance(body, str):
+            return dict(templates)
+        return {**templates, "body": json_body(body, load.where("request", "body"), literal)}
+
+    def finish(self, load: Load) -> RequestConfig:
+        if load.pending is None:
+            return self  # a twin
+        (templates, settings), load.pending = load.pending, None
+        _check_url(
+            self.url.render({c: "x" for c in self.url.columns}),
+            load.where("request", "url"),
+            allow_template_base=bool(self.url.columns),
+        )
+        vars_ = load.vars
+        sent_templates = self._parsed(templates, vars_.literal, load)
+        shown = _masked(self._parsed(templates, vars_.shown, load))
+        load.literal = vars_.shown
+        try:
+            display = validate(RequestConfig, _Twin({**shown, **settings}), load)
+            has_secret = shown != sent_templates or any(
+                vars_.shown(t) != vars_.literal(t) for t in _strings(sent_templates)
+            )
+            origin = _ORIGIN.match(str(shown["url"]))
+            fingerprinted = display
+            if origin is not None and _ENV.search(origin.group()):
+                url = _ENV.sub(MASK, origin.group()) + str(shown["url"])[origin.end() :]
+                fingerprinted = validate(RequestConfig, _Twin({**shown, "url": url, **settings}), load)
+        finally:
+            load.literal = str
+        return self.derive(
+            shown=display if has_secret else None,
+            fingerprinted=fingerprinted if has_secret or fingerprinted is not display else None,
+            url_text=vars_.shown(str(shown["url"])),
+        )
+
+
+# The origin part of a URL template: a variable it starts with, or the scheme and host.
+_ORIGIN = re.compile(r"^(?:\$\{[^}]*\}|[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)")
+
+
+def _journal(value: Any, where: str, load: Load) -> Path | str | None:
+    if value is True or value is None or value is False:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be a file path or a redis:// URL, or false to keep no journal, got {value!r}.")
+    return journal_location(value, where, load.redactor)
+
+
+def journal_location(value: str, loc: str, redactor: Redactor) -> Path | str:
+    """A journal file path, or a ``redis://host:6379/0?prefix=NAME&ttl=30d`` URL (checked, its
+    password registered with ``redactor``)."""
+    if not value.startswith(("redis://", "rediss://")):
+        return Path(value)
+    from yarl import URL
+
+    try:
+        url = URL(value)
+        host = url.host
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(
+            f"{loc}: {redactor.redact(value)!r} is not a Redis URL. Write it as redis://host:6379/0 "
+            "(rediss:// for TLS), optionally with ?prefix=NAME&ttl=30d."
+        )
+    redactor.add(url.password)
+    ttl = url.query.get("ttl")
+    if ttl is not None:
+        try:
+            seconds = parse_duration(ttl)
+        except ValueError as exc:
+            raise ConfigError(f"{loc}: ttl={ttl!r} in the journal URL: {exc}.") from None
+        if seconds < 1:
+            raise ConfigError(
+                f"{loc}: ttl={ttl!r} in the journal URL is under a second, which Redis cannot keep. "
+                "Give whole seconds or more (ttl=30d), or leave ttl out to keep entries for good."
+            )
+    return value
+
+
+def _input_types(value: Any, where: str) -> dict[str, str]:
+    types = _string_map(value, where)
+    for col, kind in types.items():
+        if kind not in INPUT_TYPES:
+            raise ConfigError(f"{child_of(where, col)}: {kind!r} is not a type. Use one of: {', '.join(INPUT_TYPES)}.")
+    return types
+
+
+def _error_rate(value: Any, loc: str) -> float | None:
+    """A share of rows, 0.05, or a percentage, "5%"."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        rate = -1.0
+    if isinstance(value, bool) or not 0 <= rate <= 1:
+        raise ConfigError(f"{loc} must be a share of rows between 0 and 1 (0.05) or a percentage (5%), got {value!r}.")
+    return rate
+
+
+def _when(value: Any, loc: str) -> str | None:
+    """Check the `when` predicate parses as polars SQL; its columns are checked against the input later."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{loc} must be a SQL condition in quotes, e.g. \"email IS NOT NULL AND country = 'US'\".")
+    import polars as pl
+
+    try:
+        pl.sql_expr(value)
+    except pl.exceptions.PolarsError as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"{loc}: {value!r} is not a SQL condition polars understands ({detail}). Write it as a WHERE "
+            "clause without WHERE, e.g. \"email IS NOT NULL AND country = 'US'\"."
+        ) from None
+    return value
+
+
+def _secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
+    """``secrets: [VAR, ...]``: the ``${VAR}``s to treat as secrets besides those redact.py names;
+    each must be a variable the config uses."""
+    value = data.get("secrets")
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and _VAR_NAME.match(v) for v in value):
+        raise ConfigError(
+            f"{where('secrets')} must be a list of environment variable names, e.g. [API_USER], got {value!r}."
+        )
+    used = {
+        m.group(1) for text in _strings({k: v for k, v in data.items() if k != "secrets"}) for m in _ENV.finditer(text)
+    }
+    for name in value:
+        if name not in used:
+            close = difflib.get_close_matches(name, sorted(used), n=1)
+            fix = f" Did you mean {close[0]}?" if close else f" The config uses: {', '.join(sorted(used)) or 'none'}."
+            raise ConfigError(f"{where('secrets')} lists {name}, which no ${{...}} in the config uses.{fix}")
+    return frozenset(value)
+
+
+_FIELDS_SCHEMA = {
+    "type": ["string", "array", "object", "null"],
+    "pattern": r"[^\s,]",
+    "minItems": 1,
+    "items": {"type": "string", "pattern": NOT_BLANK},
+    "minProperties": 1,
+    "additionalProperties": {"type": "string", "pattern": NOT_BLANK},
+}
+
+
+class Config(Section):
+    """A whole, validated run configuration: the file's top-level keys, and what the loader derives."""
+
+    input: Annotated[
+        Path | None, TABLE, about("The input table: .csv, .tsv, .parquet, .ndjson or .jsonl (--input overrides).")
+    ] = None
+    output: Annotated[
+        Path | None, TABLE, about("The output table: .csv, .parquet or .ndjson (--output overrides).")
+    ] = None
+    # None: beside the output, `<output>.journal`; str: a redis:// URL
+    journal: Annotated[
+        Path | str | None,
+        Parsed(_journal, {"type": ["string", "boolean"], "pattern": NOT_BLANK}, load=True),
+        about("Where the journal of finished calls is kept (default <output>.journal); false keeps none."),
+    ] = None
+    auth: Annotated[
+        AuthConfig | None,
+        Parsed(parse_auth, auth_schema, load=True),
+        about(
+            "How each call is authorised: `type` picks the kind (default `login`: log in for a JWT at the start, "
+            "and again before it expires or when it is rejected). Leave it out for an API without auth."
+        ),
+    ] = None
+    request: Annotated[
+        RequestConfig,
+        about("How each row becomes a request. Strings may hold {{column}} placeholders: the row's value."),
+    ]
+    fields: Annotated[
+        tuple[FieldPath, ...] | None,
+        Parsed(lambda value, where: compile_fields(value, where) if value is not None else None, _FIELDS_SCHEMA),
+        about(
+            'What to keep from each JSON response: "a.b, c.d", a list of paths, or a mapping column: path. Leave '
+            "it out (or empty) to keep the whole response in one column, `response`.",
+            examples=["person.name, company.domain", {"title": "person.employment.title"}],
+        ),
+    ] = None
+    concurrency: Annotated[
+        int, number(minimum=1, maximum=MAX_CONCURRENCY, integer=True), about("Requests in flight.")
+    ] = 16
+    rate_limit: Annotated[
+        Rate | None,
+        Parsed(_rate_limit, _rate_limit_schema, load=True),
+        about(
+            "Requests started per second, minute or hour, across all workers: N/s, N/min, N/h, or a number (per "
+            "second); or a mapping with `shared` for one limit across processes. Default: no limit."
+        ),
+    ] = None
+    retry: Annotated[
+        RetryConfig,
+        Field(default_factory=RetryConfig),
+        about(
+            "When and how long to retry a call: a mapping, or just the number of attempts (`retry: 5`).",
+            type=["integer", "object"],
+            minimum=1,
+        ),
+    ]
+    timeout: Annotated[float, number(minimum=0.001), about("Seconds per attempt.")] = 30.0
+    input_types: Annotated[
+        Mapping[str, str],
+        Parsed(_input_types, {"type": "object", "additionalProperties": {"enum": list(INPUT_TYPES)}}),
+        about("Read these columns as str, int, float or bool instead of inferring, e.g. {zip: str}."),
+    ] = Field(default_factory=dict)
+    # Columns that identify a row, for --shard (default: the rendered request).
+    key: Annotated[
+        tuple[str, ...], COLUMNS, about("Columns that identify a row, for --shard (default: the rendered request).")
+    ] = ()
+    when: Annotated[
+        str | None,
+        Parsed(_when, {"type": "string", "pattern": NOT_BLANK}),
+        about("A polars SQL predicate; rows that do not match get no call, e.g. email IS NOT NULL AND country = 'US'."),
+    ] = None
+    skip_if_filled: Annotated[
+        tuple[str, ...],
+        COLUMNS,
+        about("Rows whose listed columns all hold values get no call (already enriched)."),
+    ] = ()
+    diagnostics: Annotated[bool, FLAG, about("Add the columns _attempts and _latency_ms to the output.")] = True
+    max_error_rate: Annotated[
+        float | None,
+        Parsed(_error_rate, {"type": ["number", "string"], "minimum": 0, "maximum": 1, "pattern": _SHARE_TEXT}),
+        about(
+            'Exit with code 1 when a larger share of rows failed: 0.05, or a percentage, "5%".',
+            examples=[0.05, "5%"],
+        ),
+    ] = None
+    errors_out: Annotated[
+        Path | None, FILE, about("Write the failed rows here, with their (redacted) request and error.")
+    ] = None
+    escape_formulas: Annotated[
+        bool,
+        FLAG,
+        about(
+            "In CSV output, put ' before API values starting with = + - @, tab or CR (a guard against CSV injection)."
+        ),
+    ] = True
+    tls: Annotated[TLSConfig, Field(default_factory=TLSConfig), about(TLSConfig.__doc__ or "")]
+    max_response_bytes: Annotated[
+        int,
+        Parsed(
+            parse_size, {"type": ["integer", "string"], "minimum": 1, "pattern": f"{json_pattern(_SIZE)}|{ENV_TEXT}"}
+        ),
+        about(
+            "The largest response read; a larger one is cut off and fails its row: 10MB, 512KB, or a number of bytes.",
+            default="10MB",
+            examples=["10MB", "512KB"],
+        ),
+    ] = MAX_RESPONSE_BYTES
+    secrets: Annotated[
+        frozenset[str],
+        Parsed(
+            lambda value, where: value,  # checked before the ${VAR}s are put in: _secrets
+            {
+                "type": ["array", "string"],
+                "items": {"type": "string", "pattern": json_pattern(_VAR_NAME)},
+                "pattern": json_pattern(_VAR_NAME),
+            },
+        ),
+        about(
+            "Environment variables (used as ${VAR}) whose values are secrets besides the credentials enrich "
+            "knows: masked in everything enrich prints.",
+            examples=[["API_USER", "TENANT"]],
+        ),
+    ] = frozenset()
+    use_journal: Derived[bool] = derived(default=True)
+    warnings: Derived[tuple[str, ...]] = derived(default=())  # found at load time; the CLI shows them
+    source: Derived[str] = derived(default="<config>")
+    redactor: Derived[Redactor] = derived(default_factory=Redactor)
     # Where each template came from, for errors found once the input is known.
-    template_sites: tuple[tuple[str, Template], ...] = field(default=(), repr=False, compare=False)
+    template_sites: Derived[tuple[tuple[str, Template], ...]] = derived(default=())
+
+    @classmethod
+    def prepare(cls, data: Any, load: Load) -> Any:
+        data = _check_keys(data, cls.key_names(), load.where, ())
+        load.raw = data
+        if "request" not in data:
+            raise ConfigError(
+                f"{load.where.source}: `request` is missing. Add at least "
+                "`request: {url: https://api.example.com/v1/{{id}}}`."
+            )
+        secrets = _secrets(data, load.where)
+        _check_keys(data["request"], RequestConfig.key_names(), load.where, ("request",))  # before any ${VAR}
+        load.vars = _Env(load.env, load.where, secrets, load.redactor)
+        # Everything but the request's templates gets its ${VAR}s now (the request: RequestConfig.prepare).
+        load.data = load.vars.expand({k: v for k, v in data.items() if k != "request"})
+        return {**load.data, "request": data["request"], "secrets": secrets}
+
+    def finish(self, load: Load) -> Config:
+        data = load.data
+        warnings = _plain_http_warnings(data, self.request.url, load.where)
+        refresh_on = self.auth.refresh_on if self.auth is not None else None
+        if refresh_on is not None and refresh_on.statuses and refresh_on.body is None:
+            listed = ", ".join(map(str, sorted(refresh_on.statuses)))
+            warnings.append(
+                f"{load.where('auth', 'refresh_on')} lists HTTP {listed} with no `body` pattern: such an answer is "
+                "taken for a rejected token until the calls sent after it get through, so a record the API refuses "
+                "waits for them (and may cost a login). Add `body:` with what the API says for an expired token "
+                '(e.g. body: "token expired") to tell the two apart at once.'
+            )
+        if not self.tls.verify:
+            warnings.append(
+                f"{load.where('tls', 'verify')} is false: the API's certificate is not checked, so anyone on the "
+                "network path can read and change the calls, and take the token and keys they carry."
+            )
+        return self.derive(
+            use_journal=data.get("journal", True) is not False,
+            warnings=tuple(warnings),
+            source=load.where.source,
+            redactor=load.redactor,
+            template_sites=tuple(self.request.template_sites(load.where)),
+        )
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        parts = ", ".join(f"{name}={getattr(self, name)!r}" for name, f in type(self).model_fields.items() if f.repr)
         return self.redactor.redact(f"Config({parts})")
+
+    __str__ = __repr__
 
     @property
     def field_columns(self) -> tuple[str, ...]:
@@ -378,7 +1051,44 @@ class Config:
             )
 
 
+# The keys of each section, in order: what messages list, what the docs' reference shows.
+TOP_KEYS = Config.key_names()
+REQUEST_KEYS = RequestConfig.key_names()
+RETRY_KEYS = RetryConfig.key_names()
+TLS_KEYS = TLSConfig.key_names()
+RATE_KEYS = SharedRate.key_names()
+
+
 # --- loading -----------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, expand and validate a config file; ``overrides`` replace top-level keys (CLI flags)."""
+    path = Path(path)
+    data, lines = _read_yaml(path)
+    where = _Locator(str(path), lines)
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty. Start from configs/demo.yaml.")
+    data = dict(_check_keys(data, TOP_KEYS, where, ()))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+            where.overridden.add((key,))
+    return config_from_dict(data, where, env=os.environ if env is None else env)
+
+
+def config_from_dict(
+    data: Mapping[str, Any], where: _Locator | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a config given as a mapping (the library entry point uses this directly)."""
+    load = Load(where or _Locator("<config>", {}), Redactor(), os.environ if env is None else env)
+    try:
+        return validate(Config, dict(data) if isinstance(data, Mapping) else data, load)
+    except ConfigError as exc:
+        # A message may quote a value that came from ${VAR}; never show it.
+        raise ConfigError(load.redactor.redact(str(exc))) from None
 
 
 def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
@@ -507,161 +1217,37 @@ class _Env:
         return _ENV.sub(value, text)
 
 
-RATE_KEYS = ("rate", "burst", "shared", "key")
+def _plain_http_warnings(data: Mapping[str, Any], url: Template, where: _Locator) -> list[str]:
+    """A warning for each configured URL that sends calls unencrypted to another machine."""
+    from yarl import URL
 
-
-def _shared_rate(value: Mapping[str, Any], where: _Locator, redactor: Redactor) -> Rate | None:
-    """``{rate: 1000/s, burst: 50, shared: redis://..., key: acme-api}``."""
-    limit = _check_keys(value, RATE_KEYS, where, ("rate_limit",))
-    rate = parse_rate(limit.get("rate"), where("rate_limit", "rate"))
-    if rate is None:
-        raise ConfigError(f"{where('rate_limit', 'rate')} is missing: say how many calls, e.g. `rate: 1000/s`.")
-    burst = int(
-        _number(limit.get("burst", 0), where("rate_limit", "burst"), minimum=0, integer=True, what="a whole number")
-    )
-    shared = limit.get("shared")
-    if shared is not None:
-        from yarl import URL
-
-        url = URL(str(shared))
-        if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
-            raise ConfigError(
-                f"{where('rate_limit', 'shared')}: {redactor.redact(str(shared))!r} is not a Redis URL. "
-                "Write it as redis://host:6379/0 (rediss:// for TLS)."
+    urls = [(where("request", "url"), url.render({c: "x" for c in url.columns}))]
+    auth = data.get("auth")
+    if isinstance(auth, dict):  # the login (or token) URLs: they carry the credentials
+        urls += [(where("auth", str(k)), v) for k, v in auth.items() if str(k).endswith("url") and isinstance(v, str)]
+    out = []
+    for loc, text in urls:
+        try:
+            parsed = URL(text, encoded=True)
+        except ValueError:
+            continue
+        if parsed.scheme == "http" and parsed.host and not _loopback(parsed.host):
+            out.append(
+                f"{loc} is plain http:// to {parsed.host}: the calls, and any token, password or key they carry, "
+                "cross the network unencrypted. Use https:// unless that network is yours."
             )
-        redactor.add(url.password)
-        shared = str(shared)
-    key = limit.get("key", "enrich")
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"{where('rate_limit', 'key')} must be a name such as acme-api, got {key!r}.")
-    return replace(rate, burst=burst, shared=shared, key=key)
+    return out
 
 
-def parse_rate(value: Any, loc: str) -> Rate | None:
-    """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null means unlimited."""
-    if value is None or value == 0:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"{loc} must be positive, got {value!r}.")
-        return Rate(float(value), 1.0)
-    match = _RATE.match(str(value))
-    if not match or float(match.group("n")) <= 0:
-        raise ConfigError(
-            f"{loc}: {value!r} is not a rate. Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), "
-            "or leave it out for no limit."
-        )
-    unit = match.group("unit")
-    return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)
+def _loopback(host: str) -> bool:
+    import ipaddress
 
-
-_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)\s*$", re.IGNORECASE)
-_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ``ValueError`` for anything else."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"expected an age such as 30m, 12h, 7d or 2w, got {text!r}")
-    return float(match.group("n")) * _DURATION_SECONDS[match.group("unit").lower()]
-
-
-_TEMPLATE_KEYS = ("url", "params", "headers", "body", "idempotency_key")
-
-
-def _request(
-    raw: dict[str, Any], where: _Locator, vars_: _Env, redactor: Redactor
-) -> tuple[RequestConfig, list[tuple[str, Template]]]:
-    """``request:`` -> the request to send with its twins to show (each secret as ``***``) and to
-    fingerprint, and where each template came from."""
-    if not raw.get("url"):
-        raise ConfigError(f"{where('request')}: `request.url` is missing; it is the endpoint each row calls.")
-    settings = vars_.expand({k: v for k, v in raw.items() if k not in _TEMPLATE_KEYS}, ("request",))
-    templates = {k: raw[k] for k in _TEMPLATE_KEYS if raw.get(k) is not None}
-    # Every variable looked up once here (an unset one named with its place), and the secrets
-    # among them registered.
-    vars_.expand(templates, ("request",))
-    for name in ("params", "headers"):
-        _string_map(templates.get(name), where("request", name))
-
-    def parsed(literal: Callable[[str], str]) -> dict[str, Any]:  # a JSON-text body as its structure
-        body = templates.get("body")
-        return (
-            {**templates, "body": json_body(body, where("request", "body"), literal)}
-            if isinstance(body, str)
-            else templates
-        )
-
-    sent_templates = parsed(vars_.literal)
-    _register_fixed_secrets(sent_templates, redactor, vars_.literal)
-    shown = _masked(parsed(vars_.shown))
-    sent, sites = _compile_request(sent_templates, settings, where, vars_.literal)
-    display, _ = _compile_request(shown, settings, where, vars_.shown)
-    _check_url(
-        sent.url.render({c: "x" for c in sent.url.columns}),
-        where("request", "url"),
-        allow_template_base=bool(sent.url.columns),
-    )
-    has_secret = shown != sent_templates or any(vars_.shown(t) != vars_.literal(t) for t in _strings(sent_templates))
-    url_text = vars_.shown(str(shown["url"]))
-    origin = _ORIGIN.match(str(shown["url"]))
-    if origin is not None and _ENV.search(origin.group()):
-        fp_templates = {**shown, "url": _ENV.sub(MASK, origin.group()) + str(shown["url"])[origin.end() :]}
-        fingerprinted, _ = _compile_request(fp_templates, settings, where, vars_.shown)
-    else:
-        fingerprinted = display
-    return (
-        replace(
-            sent,
-            shown=display if has_secret else None,
-            fingerprinted=fingerprinted if has_secret or fingerprinted is not display else None,
-            url_text=url_text,
-        ),
-        sites,
-    )
-
-
-# The origin part of a URL template: a variable it starts with, or the scheme and host.
-_ORIGIN = re.compile(r"^(?:\$\{[^}]*\}|[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)")
-
-
-def _compile_request(
-    templates: Mapping[str, Any], settings: Mapping[str, Any], where: _Locator, literal: Callable[[str], str]
-) -> tuple[RequestConfig, list[tuple[str, Template]]]:
-    sites: list[tuple[str, Template]] = []
-    url = compile_url(str(templates["url"]), where("request", "url"), literal)
-    sites.append((where("request", "url"), url))
-    compiled: dict[str, Template | None] = {}
-    for key in ("params", "headers"):
-        mapping = _string_map(templates.get(key), where("request", key))
-        compiled[key] = (
-            compile_template(mapping, where("request", key), typed=False, literal=literal) if mapping else None
-        )
-    body = _body(templates.get("body"), where("request", "body"), literal)
-    for key, tmpl in (("params", compiled["params"]), ("headers", compiled["headers"]), ("body", body)):
-        if tmpl is not None:
-            sites.append((where("request", key), tmpl))
-    remove_nulls = settings.get("remove_nulls", False)
-    if not isinstance(remove_nulls, bool):
-        raise ConfigError(f"{where('request', 'remove_nulls')} must be true or false, got {remove_nulls!r}.")
-    idempotency_key = _idempotency_key(templates.get("idempotency_key"), where("request", "idempotency_key"), literal)
-    if idempotency_key is not None:
-        sites.append((where("request", "idempotency_key"), idempotency_key))
-    request = RequestConfig(
-        method=_method(settings.get("method"), where("request", "method"), "GET"),
-        url=url,
-        params=compiled["params"],
-        headers=compiled["headers"],
-        body=body,
-        remove_nulls=remove_nulls,
-        follow_redirects=_bool(settings.get("follow_redirects", True), where("request", "follow_redirects")),
-        idempotency_key=idempotency_key,
-        idempotency_header=_idempotency_header(
-            settings.get("idempotency_header", "Idempotency-Key"), where("request", "idempotency_header")
-        ),
-    )
-    return request, sites
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # A query parameter of a URL template: `name=value`, up to the next & or #.
@@ -728,427 +1314,3 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
-
-
-def _secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
-    """``secrets: [VAR, ...]``: the ``${VAR}``s to treat as secrets besides those redact.py names;
-    each must be a variable the config uses."""
-    value = data.get("secrets")
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(
-        isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) for v in value
-    ):
-        raise ConfigError(
-            f"{where('secrets')} must be a list of environment variable names, e.g. [API_USER], got {value!r}."
-        )
-    used = {
-        m.group(1) for text in _strings({k: v for k, v in data.items() if k != "secrets"}) for m in _ENV.finditer(text)
-    }
-    for name in value:
-        if name not in used:
-            close = difflib.get_close_matches(name, sorted(used), n=1)
-            fix = f" Did you mean {close[0]}?" if close else f" The config uses: {', '.join(sorted(used)) or 'none'}."
-            raise ConfigError(f"{where('secrets')} lists {name}, which no ${{...}} in the config uses.{fix}")
-    return frozenset(value)
-
-
-def _body(value: Any, loc: str, literal: Callable[[str], str]) -> Template | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return compile_json_text(value, loc, literal)
-    if isinstance(value, (dict, list)):
-        return compile_template(value, loc, literal=literal)
-    raise ConfigError(f"{loc} must be a mapping (YAML) or a JSON string, got {value!r}.")
-
-
-TOP_KEYS = (
-    "input",
-    "output",
-    "journal",
-    "auth",
-    "request",
-    "fields",
-    "concurrency",
-    "rate_limit",
-    "retry",
-    "timeout",
-    "input_types",
-    "key",
-    "when",
-    "skip_if_filled",
-    "diagnostics",
-    "max_error_rate",
-    "errors_out",
-    "escape_formulas",
-    "tls",
-    "max_response_bytes",
-    "secrets",
-)
-REQUEST_KEYS = (
-    "method",
-    "url",
-    "params",
-    "headers",
-    "body",
-    "remove_nulls",
-    "follow_redirects",
-    "idempotency_key",
-    "idempotency_header",
-)
-RETRY_KEYS = ("attempts", "backoff", "max_backoff", "statuses", "max_retry_after", "non_idempotent")
-TLS_KEYS = ("verify", "ca_bundle", "client_cert", "client_key")
-
-
-def load_config(
-    path: str | Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-) -> Config:
-    """Read, expand and validate a config file; ``overrides`` replace top-level keys (CLI flags)."""
-    path = Path(path)
-    data, lines = _read_yaml(path)
-    where = _Locator(str(path), lines)
-    if data is None:
-        raise ConfigError(f"{path}: the config file is empty. Start from configs/demo.yaml.")
-    data = dict(_check_keys(data, TOP_KEYS, where, ()))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-            where.overridden.add((key,))
-    return config_from_dict(data, where, env=os.environ if env is None else env)
-
-
-def config_from_dict(
-    data: Mapping[str, Any], where: _Locator | None = None, env: Mapping[str, str] | None = None
-) -> Config:
-    """Validate a config given as a mapping (the library entry point uses this directly)."""
-    where = where or _Locator("<config>", {})
-    redactor = Redactor()
-    try:
-        return _validate(data, where, redactor, env)
-    except ConfigError as exc:
-        # A message may quote a value that came from ${VAR}; never show it.
-        raise ConfigError(redactor.redact(str(exc))) from None
-
-
-def _validate(data: Mapping[str, Any], where: _Locator, redactor: Redactor, env: Mapping[str, str] | None) -> Config:
-    data = dict(_check_keys(dict(data), TOP_KEYS, where, ()))
-    raw_auth = data.get("auth")  # before ${VAR} expansion: auth errors name the variable to check
-    if "request" not in data:
-        raise ConfigError(
-            f"{where.source}: `request` is missing. Add at least `request: {{url: https://api.example.com/v1/{{{{id}}}}}}`."
-        )
-    vars_ = _Env(env if env is not None else os.environ, where, _secrets(data, where), redactor)
-    # Everything but the request's templates gets its ${VAR}s now; the templates get them as values
-    # when they are compiled (a value holding `{{id}}` is sent as it is, never rendered).
-    raw_request = _check_keys(data.pop("request"), REQUEST_KEYS, where, ("request",))
-    data = vars_.expand(data)
-    request, sites = _request(raw_request, where, vars_, redactor)
-    url = request.url
-
-    auth = _auth(data.get("auth"), where, redactor, raw_auth)
-    fields_ = compile_fields(data["fields"], where("fields")) if data.get("fields") is not None else None
-    retry = _retry(data.get("retry"), where)
-    input_types = _input_types(data.get("input_types"), where)
-    tls = _tls(data.get("tls"), where)
-    warnings = _plain_http_warnings(data, url, where)
-    refresh_on = auth.refresh_on if auth is not None else None
-    if refresh_on is not None and refresh_on.statuses and refresh_on.body is None:
-        listed = ", ".join(map(str, sorted(refresh_on.statuses)))
-        warnings.append(
-            f"{where('auth', 'refresh_on')} lists HTTP {listed} with no `body` pattern: such an answer is taken for "
-            "a rejected token until the calls sent after it get through, so a record the API refuses waits for "
-            "them (and may cost a login). Add `body:` with what the API says for an expired token "
-            '(e.g. body: "token expired") to tell the two apart at once.'
-        )
-    if not tls.verify:
-        warnings.append(
-            f"{where('tls', 'verify')} is false: the API's certificate is not checked, so anyone on the network "
-            "path can read and change the calls, and take the token and keys they carry."
-        )
-
-    return Config(
-        request=request,
-        auth=auth,
-        input=Path(str(data["input"])) if data.get("input") else None,
-        output=Path(str(data["output"])) if data.get("output") else None,
-        fields=fields_,
-        concurrency=_number(
-            data.get("concurrency", 16),
-            where("concurrency"),
-            minimum=1,
-            maximum=MAX_CONCURRENCY,
-            integer=True,
-            what="a whole number",
-        ),
-        rate_limit=(
-            _shared_rate(data["rate_limit"], where, redactor)
-            if isinstance(data.get("rate_limit"), Mapping)
-            else parse_rate(data.get("rate_limit"), where("rate_limit"))
-        ),
-        retry=retry,
-        timeout=float(_number(data.get("timeout", 30), where("timeout"), minimum=0.001, what="a number of seconds")),
-        input_types=input_types,
-        key=_columns(data.get("key"), where("key")),
-        journal=_journal_path(data.get("journal", True), where("journal"), redactor),
-        use_journal=data.get("journal", True) is not False,
-        when=_when(data.get("when"), where("when")),
-        skip_if_filled=_columns(data.get("skip_if_filled"), where("skip_if_filled")),
-        diagnostics=_bool(data.get("diagnostics", True), where("diagnostics")),
-        max_error_rate=_error_rate(data.get("max_error_rate"), where("max_error_rate")),
-        errors_out=_path(data.get("errors_out"), where("errors_out")),
-        escape_formulas=_bool(data.get("escape_formulas", True), where("escape_formulas")),
-        tls=tls,
-        max_response_bytes=parse_size(data.get("max_response_bytes", MAX_RESPONSE_BYTES), where("max_response_bytes")),
-        warnings=tuple(warnings),
-        source=where.source,
-        redactor=redactor,
-        template_sites=tuple(sites),
-    )
-
-
-_SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[kmg]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(value: Any, loc: str) -> int:
-    """Bytes in ``10MB``, ``512KB``, ``1GB`` (binary: 1 MB = 1,048,576 bytes) or a number of bytes."""
-    match = None if isinstance(value, bool) else _SIZE.match(str(value))
-    size = float(match.group("n")) * _SIZE_UNITS[(match.group("unit") or "")[:1].lower()] if match else 0
-    if size < 1:
-        raise ConfigError(f"{loc} must be a size such as 10MB, 512KB or a number of bytes, got {value!r}.")
-    return int(size)
-
-
-def format_size(size: int) -> str:
-    """``10 MB``, ``512 KB``, ``1,500 bytes``: the largest unit that divides ``size``."""
-    for unit, name in ((1024**3, "GB"), (1024**2, "MB"), (1024, "KB")):
-        if size % unit == 0:
-            return f"{size // unit:,} {name}"
-    return f"{size:,} bytes"
-
-
-def _idempotency_header(value: Any, loc: str) -> str:
-    if not isinstance(value, str) or not _HEADER_NAME.match(value):
-        raise ConfigError(f"{loc} must be an HTTP header name such as Idempotency-Key, got {value!r}.")
-    return value
-
-
-def _idempotency_key(value: Any, loc: str, literal: Callable[[str], str]) -> Template | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(
-            f'{loc} must be a template that gives each row its own key, e.g. "{{{{id}}}}" or "order-{{{{order_id}}}}", '
-            f"got {value!r}."
-        )
-    return compile_template(value, loc, typed=False, literal=literal)
-
-
-def _tls(value: Any, where: _Locator) -> TLSConfig:
-    if value is None:
-        return TLSConfig()
-    tls = _check_keys(value, TLS_KEYS, where, ("tls",))
-    files: dict[str, Path | None] = {}
-    for key in ("ca_bundle", "client_cert", "client_key"):
-        path = tls.get(key)
-        if path is None:
-            files[key] = None
-            continue
-        if not isinstance(path, str) or not path.strip():
-            raise ConfigError(f"{where('tls', key)} must be the path of a PEM file, got {path!r}.")
-        if not Path(path).is_file():
-            raise ConfigError(
-                f"{where('tls', key)}: {path} is not a file. Check the path (relative paths start from the "
-                "folder you run enrich from)."
-            )
-        files[key] = Path(path)
-    if files["client_key"] is not None and files["client_cert"] is None:
-        raise ConfigError(
-            f"{where('tls', 'client_key')} needs tls.client_cert, the certificate that goes with the key."
-        )
-    out = TLSConfig(
-        verify=_bool(tls.get("verify", True), where("tls", "verify")),
-        ca_bundle=files["ca_bundle"],
-        client_cert=files["client_cert"],
-        client_key=files["client_key"],
-    )
-    out.context(lambda key: where("tls", key))  # reads the files: one that is not PEM is found now
-    return out
-
-
-def _plain_http_warnings(data: Mapping[str, Any], url: Template, where: _Locator) -> list[str]:
-    """A warning for each configured URL that sends calls unencrypted to another machine."""
-    from yarl import URL
-
-    urls = [(where("request", "url"), url.render({c: "x" for c in url.columns}))]
-    auth = data.get("auth")
-    if isinstance(auth, dict):  # the login (or token) URLs: they carry the credentials
-        urls += [(where("auth", str(k)), v) for k, v in auth.items() if str(k).endswith("url") and isinstance(v, str)]
-    out = []
-    for loc, text in urls:
-        try:
-            parsed = URL(text, encoded=True)
-        except ValueError:
-            continue
-        if parsed.scheme == "http" and parsed.host and not _loopback(parsed.host):
-            out.append(
-                f"{loc} is plain http:// to {parsed.host}: the calls, and any token, password or key they carry, "
-                "cross the network unencrypted. Use https:// unless that network is yours."
-            )
-    return out
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _columns(value: Any, loc: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{loc} must be a column name or a list of column names, e.g. [email], got {value!r}.")
-    return tuple(value)
-
-
-def _bool(value: Any, loc: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{loc} must be true or false, got {value!r}.")
-    return value
-
-
-def _error_rate(value: Any, loc: str) -> float | None:
-    """A share of rows, 0.05, or a percentage, "5%"."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    try:
-        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        rate = -1.0
-    if isinstance(value, bool) or not 0 <= rate <= 1:
-        raise ConfigError(f"{loc} must be a share of rows between 0 and 1 (0.05) or a percentage (5%), got {value!r}.")
-    return rate
-
-
-def _when(value: Any, loc: str) -> str | None:
-    """Check the `when` predicate parses as polars SQL; its columns are checked against the input later."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{loc} must be a SQL condition in quotes, e.g. \"email IS NOT NULL AND country = 'US'\".")
-    import polars as pl
-
-    try:
-        pl.sql_expr(value)
-    except pl.exceptions.PolarsError as exc:
-        detail = str(exc).strip().splitlines()[0]
-        raise ConfigError(
-            f"{loc}: {value!r} is not a SQL condition polars understands ({detail}). Write it as a WHERE "
-            "clause without WHERE, e.g. \"email IS NOT NULL AND country = 'US'\"."
-        ) from None
-    return value
-
-
-def _journal_path(value: Any, loc: str, redactor: Redactor) -> Path | str | None:
-    if value is True or value is None or value is False:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{loc} must be a file path or a redis:// URL, or false to keep no journal, got {value!r}.")
-    return journal_location(value, loc, redactor)
-
-
-def journal_location(value: str, loc: str, redactor: Redactor) -> Path | str:
-    """A journal file path, or a ``redis://host:6379/0?prefix=NAME&ttl=30d`` URL (checked, its
-    password registered with ``redactor``)."""
-    if not value.startswith(("redis://", "rediss://")):
-        return Path(value)
-    from yarl import URL
-
-    try:
-        url = URL(value)
-        host = url.host
-    except ValueError:
-        host = None
-    if not host:
-        raise ConfigError(
-            f"{loc}: {redactor.redact(value)!r} is not a Redis URL. Write it as redis://host:6379/0 "
-            "(rediss:// for TLS), optionally with ?prefix=NAME&ttl=30d."
-        )
-    redactor.add(url.password)
-    ttl = url.query.get("ttl")
-    if ttl is not None:
-        try:
-            seconds = parse_duration(ttl)
-        except ValueError as exc:
-            raise ConfigError(f"{loc}: ttl={ttl!r} in the journal URL: {exc}.") from None
-        if seconds < 1:
-            raise ConfigError(
-                f"{loc}: ttl={ttl!r} in the journal URL is under a second, which Redis cannot keep. "
-                "Give whole seconds or more (ttl=30d), or leave ttl out to keep entries for good."
-            )
-    return value
-
-
-def _retry(value: Any, where: _Locator) -> RetryConfig:
-    if value is None:
-        return RetryConfig()
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = {"attempts": value}
-    retry = _check_keys(value, RETRY_KEYS, where, ("retry",))
-    out = RetryConfig()
-    if "attempts" in retry:
-        out = replace(
-            out,
-            attempts=_number(
-                retry["attempts"],
-                where("retry", "attempts"),
-                minimum=1,
-                maximum=MAX_ATTEMPTS,
-                integer=True,
-                what="a whole number",
-            ),
-        )
-
-    def seconds(key: str, default: float) -> float:
-        if key not in retry:
-            return default
-        return float(_number(retry[key], where("retry", key), minimum=0, what="a number of seconds"))
-
-    out = replace(
-        out,
-        backoff=seconds("backoff", out.backoff),
-        max_backoff=seconds("max_backoff", out.max_backoff),
-        max_retry_after=seconds("max_retry_after", out.max_retry_after),
-    )
-    if "statuses" in retry:
-        statuses = retry["statuses"]
-        if not isinstance(statuses, list) or not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
-            raise ConfigError(
-                f"{where('retry', 'statuses')} must be a list of HTTP status codes, e.g. [429, 503], got {statuses!r}."
-            )
-        out = replace(out, statuses=frozenset(statuses))
-    if "non_idempotent" in retry:
-        out = replace(out, non_idempotent=_bool(retry["non_idempotent"], where("retry", "non_idempotent")))
-    return out
-
-
-def _input_types(value: Any, where: _Locator) -> dict[str, str]:
-    types = _string_map(value, where("input_types"))
-    for col, kind in types.items():
-        if kind not in INPUT_TYPES:
-            raise ConfigError(
-                f"{where('input_types', col)}: {kind!r} is not a type. Use one of: {', '.join(INPUT_TYPES)}."
-            )
-    return types
