@@ -44,11 +44,12 @@ from typing import Any, NamedTuple
 import aiohttp
 import orjson
 
-from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig, format_size
+from .config import MAX_RESPONSE_BYTES, AuthConfig, RetryConfig
 from .errors import AuthError
 from .http import read_body
 from .redact import Redactor
 from .retry import Patience, retrying
+from .units import format_size
 
 # Refresh this share of a token's lifetime before it ends: at most MAX_MARGIN seconds, and at
 # least MIN_MARGIN (or half the lifetime, for tokens shorter than a second).

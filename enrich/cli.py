@@ -61,7 +61,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _duration(text: str) -> float:
-    from .config import parse_duration
+    from .units import parse_duration
 
     try:
         return parse_duration(text)

@@ -36,13 +36,14 @@ import orjson
 from yarl import URL
 
 from .auth import TokenManager
-from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig, format_size
+from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig
 from .errors import FailureKind, RunAborted, ThrottledTooLong
 from .extract import parse_answer, to_json
 from .http import Answer, Failure, SendError, Transport, retry_after_seconds
 from .ratelimit import Limiter
 from .redact import MASK, Redactor
 from .template import Row, drop_nulls, format_value, quote_query
+from .units import format_size
 
 # How many times one call is sent again after its token was rejected, at most. Each resend needs
 # a token that other calls got through with (TokenManager.rejected), so this bounds only a call

@@ -17,8 +17,9 @@ value's validator), then the code that uses it.
 The secrets among the config's values (``redact.py`` says which) are registered with the
 config's ``Redactor``, and ``repr(config)`` never shows them; the request is compiled
 twice, as sent and as shown (each secret as ``***``). The ``auth:`` block's kinds are in
-``auth_config.py``, the small validators both share in ``checks.py``; their public names are
-importable from here too.
+``auth_config.py``, the small validators both share in ``checks.py``, values written as text
+(rates, sizes, durations) in ``units.py``, reading the YAML in ``yaml_file.py``, and the
+``${VAR}``s and secrets in ``config_env.py``; their public names are importable from here too.
 """
 
 from __future__ import annotations
@@ -28,12 +29,10 @@ import os
 import random
 import re
 import ssl
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field
 
 from .auth_config import (
@@ -62,6 +61,7 @@ from .checks import (
     _string_map,
     json_pattern,
 )
+from .config_env import Env, listed_secrets, masked_request, register_fixed_secrets, strings
 from .errors import ConfigError, child_of
 from .extract import FieldPath, compile_fields
 from .model import (
@@ -78,8 +78,10 @@ from .model import (
     number,
     validate,
 )
-from .redact import MASK, Redactor, secret_name, secret_position
+from .redact import MASK, Redactor
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
+from .units import RATE_TEXT, SIZE_TEXT, Rate, format_size, parse_duration, parse_rate, parse_size
+from .yaml_file import read_yaml
 
 # The auth config's public names and METHODS are re-exported: callers import every config name from here.
 __all__ = [
@@ -140,90 +142,6 @@ ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge`
 # The errors file (`errors_out`): the row number, the columns the request reads, then these.
 REQUEST_COLUMNS = ("_request_method", "_request_url", "_request_headers", "_request_body")
 ERRORS_COLUMNS = (ROW_COLUMN, *REQUEST_COLUMNS, STATUS_COLUMN, ERROR_COLUMN, ATTEMPTS_COLUMN)
-
-
-# --- values written as text: rates, sizes, durations (each parsed here only) ------------------------
-
-_RATE = re.compile(
-    # The unit is optional: a bare number is per second (`--rate-limit 20` and `${RATE}` give text).
-    r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?)?\s*$",
-    re.IGNORECASE,
-)
-_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hr": 3600, "hour": 3600}
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``count`` requests per ``period`` seconds, e.g. ``Rate(20, 1)`` for ``20/s``; with ``shared``
-    (a Redis URL) one limit for every process using the same Redis and ``key``."""
-
-    count: float
-    period: float
-    burst: int = 0  # starts allowed ahead of the pace (shared limits)
-    shared: str | None = field(default=None, repr=False)  # redis://host:port/db (may hold a password)
-    key: str = "enrich"
-
-    @property
-    def per_second(self) -> float:
-        return self.count / self.period
-
-    def __str__(self) -> str:
-        unit = {1: "s", 60: "min", 3600: "h"}.get(int(self.period), f"{self.period}s")
-        text = f"{self.count:g}/{unit}"
-        if self.burst:
-            text += f", burst {self.burst}"
-        return text + (f", shared in Redis (key {self.key})" if self.shared else "")
-
-
-def parse_rate(value: Any, loc: str) -> Rate | None:
-    """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null means unlimited."""
-    if value is None or value == 0:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ConfigError(f"{loc} must be positive, got {value!r}.")
-        return Rate(float(value), 1.0)
-    match = _RATE.match(str(value))
-    if not match or float(match.group("n")) <= 0:
-        raise ConfigError(
-            f"{loc}: {value!r} is not a rate. Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), "
-            "or leave it out for no limit."
-        )
-    unit = match.group("unit")
-    return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)
-
-
-_SIZE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[kmg]i?b?|b|bytes?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(value: Any, loc: str) -> int:
-    """Bytes in ``10MB``, ``512KB``, ``1GB`` (binary: 1 MB = 1,048,576 bytes) or a number of bytes."""
-    match = None if isinstance(value, bool) else _SIZE.match(str(value))
-    size = float(match.group("n")) * _SIZE_UNITS[(match.group("unit") or "")[:1].lower()] if match else 0
-    if size < 1:
-        raise ConfigError(f"{loc} must be a size such as 10MB, 512KB or a number of bytes, got {value!r}.")
-    return int(size)
-
-
-def format_size(size: int) -> str:
-    """``10 MB``, ``512 KB``, ``1,500 bytes``: the largest unit that divides ``size``."""
-    for unit, name in ((1024**3, "GB"), (1024**2, "MB"), (1024, "KB")):
-        if size % unit == 0:
-            return f"{size // unit:,} {name}"
-    return f"{size:,} bytes"
-
-
-_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|m|h|d|w)\s*$", re.IGNORECASE)
-_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``30s``, ``15m``, ``12h``, ``7d`` or ``2w``; ``ValueError`` for anything else."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"expected an age such as 30m, 12h, 7d or 2w, got {text!r}")
-    return float(match.group("n")) * _DURATION_SECONDS[match.group("unit").lower()]
 
 
 # --- the kinds of value a key holds: each a validator and the schema of what may be written ---------
@@ -416,7 +334,7 @@ def _limit_name(value: Any, where: str) -> str:
     return value
 
 
-_RATE_TEXT: dict[str, Any] = {"type": ["string", "number"], "pattern": f"{json_pattern(_RATE)}|{ENV_TEXT}"}
+_RATE_TEXT: dict[str, Any] = {"type": ["string", "number"], "pattern": f"{json_pattern(RATE_TEXT)}|{ENV_TEXT}"}
 RATE = Parsed(parse_rate, _RATE_TEXT)
 
 
@@ -599,7 +517,7 @@ class RequestConfig(Section):
         for name in ("params", "headers"):
             _string_map(templates.get(name), load.where("request", name))
         sent = cls._parsed(templates, load.vars.literal, load)
-        _register_fixed_secrets(sent, load.redactor, load.vars.literal)
+        register_fixed_secrets(sent, load.redactor, load.vars.literal)
         load.literal = load.vars.literal
         load.pending = (templates, settings)  # for finish: the twins
         return {**sent, **settings}
@@ -623,12 +541,12 @@ class RequestConfig(Section):
         )
         vars_ = load.vars
         sent_templates = self._parsed(templates, vars_.literal, load)
-        shown = _masked(self._parsed(templates, vars_.shown, load))
+        shown = masked_request(self._parsed(templates, vars_.shown, load))
         load.literal = vars_.shown
         try:
             display = validate(RequestConfig, _Twin({**shown, **settings}), load)
             has_secret = shown != sent_templates or any(
-                vars_.shown(t) != vars_.literal(t) for t in _strings(sent_templates)
+                vars_.shown(t) != vars_.literal(t) for t in strings(sent_templates)
             )
             origin = _ORIGIN.match(str(shown["url"]))
             fingerprinted = display
@@ -727,29 +645,6 @@ def _when(value: Any, loc: str) -> str | None:
             "clause without WHERE, e.g. \"email IS NOT NULL AND country = 'US'\"."
         ) from None
     return value
-
-
-def _secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
-    """``secrets: [VAR, ...]``: the ``${VAR}``s to treat as secrets besides those redact.py names;
-    each must be a variable the config uses."""
-    value = data.get("secrets")
-    if value is None:
-        return frozenset()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and _VAR_NAME.match(v) for v in value):
-        raise ConfigError(
-            f"{where('secrets')} must be a list of environment variable names, e.g. [API_USER], got {value!r}."
-        )
-    used = {
-        m.group(1) for text in _strings({k: v for k, v in data.items() if k != "secrets"}) for m in _ENV.finditer(text)
-    }
-    for name in value:
-        if name not in used:
-            close = difflib.get_close_matches(name, sorted(used), n=1)
-            fix = f" Did you mean {close[0]}?" if close else f" The config uses: {', '.join(sorted(used)) or 'none'}."
-            raise ConfigError(f"{where('secrets')} lists {name}, which no ${{...}} in the config uses.{fix}")
-    return frozenset(value)
 
 
 _FIELDS_SCHEMA = {
@@ -861,7 +756,8 @@ class Config(Section):
     max_response_bytes: Annotated[
         int,
         Parsed(
-            parse_size, {"type": ["integer", "string"], "minimum": 1, "pattern": f"{json_pattern(_SIZE)}|{ENV_TEXT}"}
+            parse_size,
+            {"type": ["integer", "string"], "minimum": 1, "pattern": f"{json_pattern(SIZE_TEXT)}|{ENV_TEXT}"},
         ),
         about(
             "The largest response read; a larger one is cut off and fails its row: 10MB, 512KB, or a number of bytes.",
@@ -901,9 +797,9 @@ class Config(Section):
                 f"{load.where.source}: `request` is missing. Add at least "
                 "`request: {url: https://api.example.com/v1/{{id}}}`."
             )
-        secrets = _secrets(data, load.where)
+        secrets = listed_secrets(data, load.where)
         _check_keys(data["request"], RequestConfig.key_names(), load.where, ("request",))  # before any ${VAR}
-        load.vars = _Env(load.env, load.where, secrets, load.redactor)
+        load.vars = Env(load.env, load.where, secrets, load.redactor)
         # Everything but the request's templates gets its ${VAR}s now (the request: RequestConfig.prepare).
         load.data = load.vars.expand({k: v for k, v in data.items() if k != "request"})
         return {**load.data, "request": data["request"], "secrets": secrets}
@@ -1067,7 +963,7 @@ def load_config(
 ) -> Config:
     """Read, expand and validate a config file; ``overrides`` replace top-level keys (CLI flags)."""
     path = Path(path)
-    data, lines = _read_yaml(path)
+    data, lines = read_yaml(path)
     where = _Locator(str(path), lines)
     if data is None:
         raise ConfigError(f"{path}: the config file is empty. Start from configs/demo.yaml.")
@@ -1089,132 +985,6 @@ def config_from_dict(
     except ConfigError as exc:
         # A message may quote a value that came from ${VAR}; never show it.
         raise ConfigError(load.redactor.redact(str(exc))) from None
-
-
-def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, str(key_node.value))
-            out[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, out)
-
-
-# A config is a few hundred values; far more means YAML anchors and aliases that multiply (an
-# "alias bomb": a few lines that expand to billions of values), which would take the machine.
-MAX_CONFIG_VALUES = 100_000
-
-
-def _read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"config file not found: {path}. Check the path, or run from the folder it is relative to."
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc}") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is not None and _expanded_size(root) > MAX_CONFIG_VALUES:
-            raise ConfigError(
-                f"{path}: the YAML expands to more than {MAX_CONFIG_VALUES:,} values through its anchors and "
-                "aliases (&name / *name), far more than any config holds. Write the values out, or remove the "
-                "aliases that repeat other aliases."
-            )
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}{at}: the YAML is malformed: {exc.problem}. Check the indentation and quote "
-            "values that contain `: `, `#` or start with `{`, `[`, `*` or `&`."
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: the YAML is malformed: {exc}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: the YAML is nested too deeply to be a config.") from None
-    finally:
-        loader.dispose()
-    lines: dict[tuple[str, ...], int] = {}
-    if root is not None:
-        _key_lines(root, (), lines)
-    return data, lines
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """How many values the document holds once every alias is expanded, counted without
-    expanding them (each node is counted once and reused: linear in the file's size)."""
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        known = sizes.get(id(node))
-        if known is not None:
-            if known < 0:  # still being counted: the node contains itself
-                raise yaml.YAMLError("an alias refers to a value that contains it (a loop), which no config needs")
-            return known
-        sizes[id(node)] = -1
-        if isinstance(node, yaml.MappingNode):
-            total = 1 + sum(size(k) + size(v) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total = 1 + sum(size(v) for v in node.value)
-        else:
-            total = 1
-        sizes[id(node)] = total = min(total, MAX_CONFIG_VALUES + 1)
-        return total
-
-    return size(root)
-
-
-class _Env:
-    """``${VAR}`` lookups for one config, and which of their values are secrets (``redact.py``
-    says which: by the variable's name, by the place it is used, or listed in ``secrets``).
-    Each secret is registered with the redactor as it is found."""
-
-    def __init__(self, env: Mapping[str, str], where: _Locator, listed: frozenset[str], redactor: Redactor) -> None:
-        self.env, self.where, self.listed, self.redactor = env, where, listed, redactor
-        self.found: dict[str, str] = {}  # every variable the config uses that the environment sets
-
-    def lookup(self, match: re.Match[str], path: tuple[str, ...]) -> str:
-        name, default = match.group(1), match.group(2)
-        found = self.env.get(name)
-        if found is None:
-            if default is not None:
-                return default
-            raise ConfigError(
-                f"{self.where(*path)} uses ${{{name}}}, but the environment variable {name} is not set. "
-                f"Set it (export {name}=...) or give a default with ${{{name}:-value}}."
-            )
-        self.found[name] = found
-        if name in self.listed or secret_name(name) or secret_position(path):
-            self.redactor.add(found)
-        return found
-
-    def expand(self, value: Any, path: tuple[str, ...] = ()) -> Any:
-        """``value`` (a string, or a mapping or list of them) with every ``${VAR}`` put in."""
-        if isinstance(value, str):
-            return _ENV.sub(lambda m: self.lookup(m, path), value)
-        if isinstance(value, dict):
-            return {k: self.expand(v, (*path, str(k))) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.expand(v, (*path, str(i))) for i, v in enumerate(value)]
-        return value
-
-    def literal(self, text: str) -> str:
-        """A template's literal text with its variables put in (they were looked up by ``expand``)."""
-        return _ENV.sub(lambda m: self.env.get(m.group(1), m.group(2) or ""), text)
-
-    def shown(self, text: str) -> str:
-        """The same, with each secret variable as ``***``."""
-
-        def value(m: re.Match[str]) -> str:
-            found = self.env.get(m.group(1))
-            if found is None:
-                return m.group(2) or ""
-            secret = m.group(1) in self.listed or secret_name(m.group(1)) or found in self.redactor
-            return MASK if secret else found
-
-        return _ENV.sub(value, text)
 
 
 def _plain_http_warnings(data: Mapping[str, Any], url: Template, where: _Locator) -> list[str]:
@@ -1248,69 +1018,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-# A query parameter of a URL template: `name=value`, up to the next & or #.
-_QUERY_PARAM = re.compile(r"(?P<lead>[?&](?P<name>[^=&#]*)=)(?P<value>[^&#]*)")
-
-
-def _masked(templates: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's templates with every fixed value in a credential's place (a header, query
-    parameter or body key named like one) as ``***``; in a value that holds ``${VAR}``s or a
-    ``{{column}}`` (the row's data), only the variables are masked."""
-
-    def value(v: Any) -> Any:
-        if isinstance(v, str):  # `Bearer ${TOKEN}` -> `Bearer ***`; a fixed key -> `***`
-            return _ENV.sub(MASK, v) if "{{" in v or _ENV.search(v) else MASK
-        if isinstance(v, dict):
-            return {k: value(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [value(x) for x in v]
-        return v
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: value(x) if secret_name(str(k)) else walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
-
-    out = {k: walk(v) if k in ("params", "headers", "body") else v for k, v in templates.items()}
-    out["url"] = _QUERY_PARAM.sub(
-        lambda m: m.group("lead") + (value(m.group("value")) if secret_name(m.group("name")) else m.group("value")),
-        str(templates["url"]),
-    )
-    return out
-
-
-def _register_fixed_secrets(templates: Mapping[str, Any], redactor: Redactor, literal: Callable[[str], str]) -> None:
-    """Register the fixed values (no ``{{column}}``) in a credential's place of the request; a
-    ``${VAR}`` there was registered when it was looked up, but in the URL's query."""
-    shown = _masked(templates)
-
-    def pairs(a: Any, b: Any) -> Iterator[tuple[str, str]]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in a:
-                yield from pairs(a[k], b.get(k))
-        elif isinstance(a, list) and isinstance(b, list):
-            for x, y in zip(a, b, strict=False):
-                yield from pairs(x, y)
-        elif isinstance(a, str) and b == MASK and "${" not in a:
-            yield a, b
-
-    for original, _ in pairs(dict(templates), shown):
-        redactor.add(original)
-    for m in _QUERY_PARAM.finditer(str(templates["url"])):
-        if secret_name(m.group("name")) and "{{" not in m.group("value"):
-            redactor.add(literal(m.group("value")))
-
-
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)

@@ -46,7 +46,7 @@ class Load:
         self.env = env
         self.raw: Mapping[str, Any] = {}  # the config before ${VAR} expansion: auth messages name the variable
         self.data: Mapping[str, Any] = {}  # the config after it
-        self.vars: Any = None  # config._Env: the ${VAR} lookups, once `secrets` is known
+        self.vars: Any = None  # config_env.Env: the ${VAR} lookups, once `secrets` is known
         self.literal: Callable[[str], str] = str  # how a request template's literal text gets its ${VAR}s
         self.sections: list[tuple[str, ...]] = [()]  # the path of the section being validated
         self.given: list[frozenset[str]] = [frozenset()]  # the keys it was given

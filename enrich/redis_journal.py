@@ -116,7 +116,7 @@ class RedisJournal(WriteThrough):
     def __init__(self, url: str, readonly: bool = False) -> None:
         from yarl import URL
 
-        from .config import parse_duration
+        from .units import parse_duration
 
         try:
             import redis
