@@ -35,7 +35,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import best_match
 
 from enrich.auth import Credentials, TokenManager, jwt_lifetime, refresh_margin
-from enrich.config import AUTH_KEYS, AUTH_TYPE_KEYS, AUTH_TYPES, Config, RetryConfig, config_from_dict, load_config
+from enrich.config import AUTH_TYPES, Config, RetryConfig, config_from_dict, load_config
 from enrich.demo_server import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, STATE, DemoSettings, create_app
 from enrich.errors import AuthError, ConfigError
 from enrich.schema import config_schema
@@ -1333,11 +1333,6 @@ def test_errors_in_a_file_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path, env={"API_TOKEN": TOKEN})
     assert str(info.value).startswith(f"{path}, line 6: auth.client_id does not apply to `type: bearer`")
-
-
-def test_every_key_belongs_to_some_kind() -> None:
-    assert set(AUTH_KEYS) == {"type"}.union(*AUTH_TYPE_KEYS.values())
-    assert set(AUTH_TYPE_KEYS) == set(AUTH_TYPES)
 
 
 # --- docs/auth.md: an example config for each kind, and each one loads --------------------------
