@@ -158,7 +158,9 @@ def test_the_readme_xargs_recipe_shards_under_one_shared_limit(tmp_path: Path, s
     merged = pl.read_parquet(out / "people.parquet")
     assert merged.height == 80 and merged["email"].to_list() == pl.read_csv(tmp_path / "in.csv")["email"].to_list()
     assert len(server.state.call_times) == 80  # each row called once, across the four shards
-    assert busiest_second(server.state.call_times) <= 40 + 1
+    # Four processes each pacing alone would reach 160 in a second; the shared limit keeps the starts
+    # at 40/s, and a loaded machine may bunch their arrivals at the server by a few.
+    assert busiest_second(server.state.call_times) <= 40 * 1.1
 
 
 def test_a_429_seen_by_one_process_pauses_every_process(tmp_path: Path, serve: Serve, redis_url: str) -> None:
