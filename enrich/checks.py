@@ -73,7 +73,7 @@ class _Locator:
         return Where(self._text(path), child=lambda key: self(*path, key))
 
     def _text(self, path: tuple[str, ...]) -> str:
-        key = ".".join(path)
+        key = "".join(f"[{p}]" if p.isdigit() and n else f".{p}" if n else p for n, p in enumerate(path))
         if path in self.overridden:
             return f"--{key.replace('_', '-')}"
         for depth in range(len(path), 0, -1):

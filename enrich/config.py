@@ -680,10 +680,14 @@ class Config(Section):
             "and again before it expires or when it is rejected). Leave it out for an API without auth."
         ),
     ] = None
+    # Required, unless `steps` holds the requests (a config without it: `prepare` says it is missing).
     request: Annotated[
         RequestConfig,
-        about("How each row becomes a request. Strings may hold {{column}} placeholders: the row's value."),
-    ]
+        about(
+            "How each row becomes a request. Strings may hold {{column}} placeholders: the row's value. Required, "
+            "unless `steps` holds the calls."
+        ),
+    ] = NEEDED
     fields: Annotated[
         tuple[FieldPath, ...] | None,
         Parsed(lambda value, where: compile_fields(value, where) if value is not None else None, _FIELDS_SCHEMA),
@@ -781,6 +785,27 @@ class Config(Section):
             examples=[["API_USER", "TENANT"]],
         ),
     ] = frozenset()
+    auths: Annotated[
+        Mapping[str, Any],
+        Parsed(lambda value, where: value, lambda: steps_schema()["auths"]),
+        about(
+            "Named auth blocks (each an `auth:` mapping), for `steps`: a step's `auth:` names one. Each is "
+            "declared once and used by the steps that name it."
+        ),
+    ] = Field(default_factory=dict)
+    steps: Annotated[
+        tuple[Any, ...],
+        Parsed(lambda value, where: value, lambda: steps_schema()["steps"]),
+        about(
+            "Several calls per row, in order: each step takes the call keys (auth, request, fields, when, ...) "
+            "plus `name` and `cost`; its templates may use the fields of the steps before it, and a field an "
+            "earlier step already gave is only filled where it is still empty (a waterfall)."
+        ),
+    ] = ()
+    # A step of `steps` (each a one-step Config): its name and the credits one answered call costs.
+    name: Derived[str] = derived(default="")
+    cost: Derived[float] = derived(default=0.0)
+    when_at: Derived[str] = derived(default="")  # where `when` is, for messages found once the input is known
     use_journal: Derived[bool] = derived(default=True)
     warnings: Derived[tuple[str, ...]] = derived(default=())  # found at load time; the CLI shows them
     source: Derived[str] = derived(default="<config>")
@@ -792,6 +817,11 @@ class Config(Section):
     def prepare(cls, data: Any, load: Load) -> Any:
         data = _check_keys(data, cls.key_names(), load.where, ())
         load.raw = data
+        if "auths" in data:
+            raise ConfigError(
+                f"{load.where('auths')}: named auths are for `steps`. Give the one call's auth as `auth:`, or "
+                "write the calls as `steps:` whose `auth:` names one of `auths`."
+            )
         if "request" not in data:
             raise ConfigError(
                 f"{load.where.source}: `request` is missing. Add at least "
@@ -827,6 +857,7 @@ class Config(Section):
             source=load.where.source,
             redactor=load.redactor,
             template_sites=tuple(self.request.template_sites(load.where)),
+            when_at=load.where("when"),
         )
 
     def __repr__(self) -> str:
@@ -837,23 +868,33 @@ class Config(Section):
 
     @property
     def field_columns(self) -> tuple[str, ...]:
-        """The columns of extracted values, in order."""
+        """The columns of extracted values, in order (with `steps`: every step's, each once)."""
+        if self.steps:
+            return tuple(dict.fromkeys(c for step in self.steps for c in step.field_columns))
         return tuple(f.name for f in self.fields) if self.fields else (RESPONSE_COLUMN,)
 
     @property
     def output_columns(self) -> tuple[str, ...]:
         """The columns the run adds to the table, in order."""
+        if self.steps:
+            from .step_config import step_output_columns
+
+            return step_output_columns(self)
         diagnostics = (ATTEMPTS_COLUMN, LATENCY_COLUMN) if self.diagnostics else ()
         return (*self.field_columns, STATUS_COLUMN, ERROR_COLUMN, *diagnostics)
 
     @property
     def columns_used(self) -> frozenset[str]:
-        """Every input column some template reads."""
+        """Every column some template reads (with `steps`, earlier steps' fields among them)."""
+        if self.steps:
+            return frozenset().union(*(step.columns_used for step in self.steps))
         return frozenset().union(*(t.columns for _, t in self.template_sites))
 
     @property
     def columns_read(self) -> frozenset[str]:
-        """Every input column the run reads a value of: templates, `when`, `skip_if_filled`, `key`."""
+        """Every column the run reads a value of: templates, `when`, `skip_if_filled`, `key`."""
+        if self.steps:
+            return frozenset(self.key).union(*(step.columns_read for step in self.steps))
         when = self.when_expr().meta.root_names() if self.when is not None else ()
         return self.columns_used | frozenset(when) | frozenset(self.skip_if_filled) | frozenset(self.key)
 
@@ -886,6 +927,10 @@ class Config(Section):
 
     def check_columns(self, columns: list[str], table: str) -> None:
         """Fail if a template reads a column the table lacks, or a new column would overwrite one."""
+        if self.steps:
+            from .step_config import check_step_columns
+
+            return check_step_columns(self, columns, table)
         present = set(columns)
 
         def missing(col: str, what: str, hint: str = "{!r}") -> ConfigError:
@@ -921,6 +966,8 @@ class Config(Section):
         import polars as pl
 
         self.check_columns(list(schema), table)
+        if self.steps:  # each step's `when` is evaluated per row, on the input and the earlier steps' fields
+            return
         for col in self.skip_if_filled:
             if schema[col].is_nested():
                 raise ConfigError(
@@ -981,10 +1028,21 @@ def config_from_dict(
     """Validate a config given as a mapping (the library entry point uses this directly)."""
     load = Load(where or _Locator("<config>", {}), Redactor(), os.environ if env is None else env)
     try:
+        if isinstance(data, Mapping) and "steps" in data:
+            from .step_config import load_steps
+
+            return load_steps(dict(data), load)
         return validate(Config, dict(data) if isinstance(data, Mapping) else data, load)
     except ConfigError as exc:
         # A message may quote a value that came from ${VAR}; never show it.
         raise ConfigError(load.redactor.redact(str(exc))) from None
+
+
+def steps_schema() -> dict[str, Any]:
+    """The editor schema of `steps` and `auths` (``step_config`` declares a step)."""
+    from .step_config import steps_schema
+
+    return steps_schema()
 
 
 def _plain_http_warnings(data: Mapping[str, Any], url: Template, where: _Locator) -> list[str]:

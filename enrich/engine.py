@@ -154,9 +154,16 @@ async def aenrich(
     spool = PlanSpool()
     try:
         with contextlib.closing(open_journal(journal)) as jr:
-            counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height, spool)
-            call_seconds = time.perf_counter() - started
-            built, counts = build_pass(batches, config, jr, options, spool)
+            if config.steps:
+                from .chain import chain_build_pass, chain_pass
+
+                counters, tally = await chain_pass(batches, config, jr, options, on_progress, df.height)
+                call_seconds = time.perf_counter() - started
+                built, counts = chain_build_pass(batches, config, jr, options)
+            else:
+                counters, tally = await call_pass(batches, config, jr, options, on_progress, df.height, spool)
+                call_seconds = time.perf_counter() - started
+                built, counts = build_pass(batches, config, jr, options, spool)
             frame = collect_frames([b.frame for b in built])
     finally:
         spool.close()

@@ -83,6 +83,9 @@ def plan_job(
     assert target is not None
     if in_place and _same_file(target, source):  # through a link: replace the file it points to
         target = target.resolve()
+    if config.steps and (options.shard is not None or errors is not None):
+        what = "--shard" if options.shard is not None else "errors_out"
+        raise ConfigError(f"{config.source}: {what} does not work with `steps` yet.")
     lf = scan_table(source, config.input_types)
     schema = lf.collect_schema()
     check_utf8(source)
@@ -260,6 +263,10 @@ def _calls(
 ) -> tuple[Counters, Tally]:
     """The calling pass of a file job; a stop says what the journal holds and how to resume."""
     try:
+        if config.steps:
+            from .chain import chain_pass
+
+            return run(chain_pass(batches, config, journal, options, on_progress, total, job.value_types))
         return run(call_pass(batches, config, journal, options, on_progress, total, spool, job.value_types))
     except KeyboardInterrupt:
         journal.flush()
@@ -329,7 +336,12 @@ def _write(
     from .tables import OutputWriter
 
     escape = config.field_columns if config.escape_formulas else ()
-    built, counts = build_pass(batches, config, journal, options, spool, errors_out is not None, source, types)
+    if config.steps:
+        from .chain import chain_build_pass
+
+        built, counts = chain_build_pass(batches, config, journal, options, types)
+    else:
+        built, counts = build_pass(batches, config, journal, options, spool, errors_out is not None, source, types)
     writer = errors = None
     try:
         writer = OutputWriter(output, escape_formulas=escape)

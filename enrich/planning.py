@@ -116,13 +116,17 @@ def _plan(config: Config, row: dict[str, Any]) -> Call | RowError:
 
 
 def template_rows(
-    batch: pl.DataFrame, config: Config, types: Mapping[str, pl.DataType] | None
+    batch: pl.DataFrame,
+    config: Config,
+    types: Mapping[str, pl.DataType] | None,
+    columns: frozenset[str] | None = None,
 ) -> tuple[pl.DataFrame, list[dict[str, Any]], list[str | None] | None]:
     """A batch as the templates see it: the batch with text columns typed by ``types``, each row's
     template columns (their values, and the text they were read as), and per row the reason a
-    cell cannot be sent (None when every row can)."""
+    cell cannot be sent (None when every row can). ``columns``: these instead of the template
+    columns (of them, those the batch has)."""
     typed, reasons = typed_view(batch, types) if types else (batch, None)
-    used = sorted(config.columns_used)
+    used = sorted(config.columns_used if columns is None else columns & set(batch.columns))
     if not used:
         return typed, [{}] * batch.height, reasons
     frame = typed.select(used)

@@ -20,6 +20,7 @@ from .calling import open_client
 from .client import Outcome, PreparedRequest
 from .column_types import typed_view
 from .config import Config
+from .errors import ConfigError
 from .jobs import Job
 from .journal import Entry, open_journal
 from .planning import (
@@ -71,11 +72,21 @@ class Preflight:
         return self.to_call / self.rate if self.rate else None
 
 
+def _not_for_steps(config: Config, what: str) -> None:
+    if config.steps:
+        raise ConfigError(
+            f"{config.source}: {what} does not know `steps` yet. Try the config on a few rows with "
+            "`enrich run CONFIG --limit 5` instead (it writes beside the output)."
+        )
+
+
 def preflight(config: Config, job: Job, options: RunOptions | None = None, show: int = 5) -> Preflight:
     """Render every row, count what a run would call, look the journal up read-only; send nothing,
     write nothing."""
     options = options or RunOptions()
     from .tables import iter_batches, scan_table
+
+    _not_for_steps(config, "--dry-run")
 
     lf = scan_table(job.input, config.input_types)
     samples: list[Sample] = []
@@ -155,6 +166,7 @@ async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Prev
     """Call the API for the first ``rows`` rows a run would call, one at a time; no journal, no output."""
     from .tables import iter_batches, scan_table, value_types
 
+    _not_for_steps(config, "preview")
     lf = scan_table(input_path, config.input_types)
     types = value_types(lf, config.columns_read, config.input_types, input_path)
     picked: list[tuple[int, Call | RowError, PreparedRequest | None]] = []

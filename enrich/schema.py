@@ -45,8 +45,11 @@ def config_schema() -> Schema:
         "is read from the environment (`${VAR:-default}` gives a default).",
         "type": "object",
         "additionalProperties": False,
-        "required": body["required"],
         "properties": body["properties"],
+        # The calls: one `request`, or `steps` (each with its own), never both.
+        "if": {"not": {"required": ["steps"]}},
+        "then": {"required": ["request"]},
+        "else": {"not": {"anyOf": [{"required": ["request"]}, {"required": ["fields"]}]}},
     }
 
 

@@ -17,6 +17,11 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ..
             path = (*prefix, str(key_node.value))
             out[path] = key_node.start_mark.line + 1
             _key_lines(value_node, path, out)
+    elif isinstance(node, yaml.SequenceNode):  # a list of mappings (`steps:`): each item by its index
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            out[path] = item.start_mark.line + 1
+            _key_lines(item, path, out)
 
 
 # A config is a few hundred values; far more means YAML anchors and aliases that multiply (an

@@ -1,0 +1,453 @@
+"""A run with `steps`: each row through a chain of calls, pipelined, and the table from the journal.
+
+    counters, tally = await ChainPass(config, journal, options).run(batches)    # the calls
+    built, counts = chain_build_pass(batches, config, journal, options)         # the table
+
+A row's step sees the input's columns and the fields the steps before it gave (``RowState``);
+``decide`` says what the step does for the row, the same in both passes:
+
+- ``SKIPPED``: every column the step fills already holds a value (a waterfall: an earlier
+  provider, or the input, found it), or its `when` / `skip_if_filled` leaves the row out;
+- ``Unmet``: a column its templates read, which an earlier step gives, is empty for the row
+  (that step failed or found nothing): no call, and the step's error column says so;
+- a ``Call`` (or a ``RowError``), as a one-step run plans it (``planning``).
+
+The calling pass is pipelined: each row is a task that goes from step to step as soon as the
+answer it waits for is in; each step has its own client (session, limiter, login) and at most
+its `concurrency` calls in flight. Every call is journalled under its step's rendered request,
+so a rerun, or a step added to a config that ran, calls only what the journal lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+import polars as pl
+
+from .building import NOT_CALLED, Built, RowCounts, _keep_where, failure_label
+from .calling import (
+    HOLD_SECONDS,
+    Progress,
+    ProgressCallback,
+    Tally,
+    _first_leaf,
+    fields_key,
+    journal_entry,
+    open_client,
+)
+from .client import Client, Counters, PreparedRequest
+from .column_types import output_column
+from .config import Config
+from .errors import ConfigError, FailureKind, InputError, OutputError, RunAborted, StorageError
+from .extract import parse_answer
+from .journal import Entry, Journal, kind_of
+from .planning import (
+    DEFAULT_OPTIONS,
+    SKIPPED,
+    Batches,
+    Call,
+    Plan,
+    RowError,
+    RunOptions,
+    _plan,
+    reusable,
+    template_rows,
+)
+from .step_config import status_columns, waterfall_columns
+from .template import text_key
+
+WINDOW_PER_SLOT = 4  # rows in the chain at once, per call slot of all steps
+
+
+class Unmet(NamedTuple):
+    """A step that cannot run for a row: a column it reads, given by an earlier step, is empty."""
+
+    message: str
+
+
+StepPlan = Plan | Unmet
+# (status, error, attempts, latency_ms) of one step for one row
+StepResult = tuple[int | None, str | None, int | None, float | None]
+NO_RESULT: StepResult = (None, None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A step compiled for the run: its one-step config, and what ``decide`` needs of it."""
+
+    config: Config
+    fills: tuple[str, ...]  # its field columns
+    key: str | None  # which `fields` its extracted values were made for (the journal's fields_key)
+    earlier: Mapping[str, str]  # the columns its templates read that an earlier step gives -> that step
+    reads: tuple[str, ...]  # the columns its `when` and `skip_if_filled` read
+    mask: pl.Expr | None  # `when` and `skip_if_filled`, on one row
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def compile_steps(config: Config) -> list[Step]:
+    steps: list[Step] = []
+    given: dict[str, str] = {}
+    for step in config.steps:
+        reads = (step.when_expr().meta.root_names() if step.when is not None else []) + list(step.skip_if_filled)
+        earlier = {c: given[c] for c in sorted(step.columns_used) if c in given}
+        mask = step.call_mask() if step.selects_rows else None
+        steps.append(Step(step, step.field_columns, fields_key(step), earlier, tuple(dict.fromkeys(reads)), mask))
+        for column in step.field_columns:
+            given.setdefault(column, step.name)
+    return steps
+
+
+@dataclass(slots=True)
+class RowState:
+    """One row on its way through the steps."""
+
+    values: dict[str, Any]  # the columns the steps read: the input's, then the fields found
+    reason: str | None = None  # a cell that cannot be sent (not of its column's kind)
+    source: dict[str, str] = field(default_factory=dict)  # field column -> the step that filled it
+    results: list[StepResult] = field(default_factory=list)  # one per step done
+    answered: bool = False  # some step got an answer (journal or call)
+
+
+def filled(value: Any) -> bool:
+    return value is not None and value != ""
+
+
+def decide(step: Step, state: RowState) -> StepPlan:
+    """What ``step`` does for the row (see the module's docstring)."""
+    values = state.values
+    if step.fills and all(filled(values.get(c)) for c in step.fills):
+        return SKIPPED
+    if step.mask is not None:
+        row = pl.DataFrame({c: [values.get(c)] for c in step.reads}, strict=False)
+        if not row.select(step.mask).item():
+            return SKIPPED
+    empty = [c for c in step.earlier if not filled(values.get(c))]
+    if empty:
+        named = ", ".join(f"{c} (from step `{step.earlier[c]}`)" for c in empty)
+        return Unmet(f"not called: {named} has no value for this row; the step before failed or found nothing")
+    plan = _plan(step.config, values)
+    if state.reason is not None and type(plan) is Call:
+        return RowError(step.config.redactor.redact(state.reason))
+    return plan
+
+
+def entry_values(step: Step, entry: Entry) -> tuple[Any, ...] | None:
+    """The step's field values from an answered entry (None: it failed). The entry must hold its
+    body unless its values were extracted for today's `fields`."""
+    if entry.error is not None:
+        return None
+    if entry.extracted is not None and entry.fields_key == step.key:
+        return tuple(orjson.loads(entry.extracted))
+    if not entry.body:
+        return (None,) * len(step.fills)
+    fields = step.config.fields
+    if not fields:
+        return (entry.body.decode(),)
+    try:
+        doc = parse_answer(entry.body)
+    except ValueError:
+        return (None,) * len(step.fills)
+    return tuple(f.get(doc) for f in fields)
+
+
+def needs_body(step: Step, entry: Entry) -> bool:
+    return entry.error is None and entry.body is None and (entry.extracted is None or entry.fields_key != step.key)
+
+
+def settle(step: Step, state: RowState, plan: StepPlan, entry: Entry | None) -> None:
+    """Record the step's result for the row; an answer fills the columns still empty."""
+    if plan is SKIPPED:
+        state.results.append(NO_RESULT)
+        return
+    if type(plan) is not Call:
+        state.results.append((None, plan.message, 0, None))  # type: ignore[union-attr]
+        return
+    if entry is None:
+        state.results.append((None, NOT_CALLED, None, None))
+        return
+    latency = None if entry.latency_ms is None else round(entry.latency_ms, 1)
+    state.results.append((entry.status, entry.error, entry.attempts, latency))
+    found = entry_values(step, entry)
+    if found is None:
+        return
+    state.answered = True
+    values, source = state.values, state.source
+    for column, value in zip(step.fills, found, strict=True):
+        if filled(value) and not filled(values.get(column)):
+            values[column] = value
+            values.pop(text_key(column), None)  # a later template reads the value found, not the input's text
+            source[column] = step.name
+
+
+def row_states(batch: pl.DataFrame, config: Config, types: Mapping[str, pl.DataType] | None) -> list[RowState]:
+    """The batch's rows as the first step sees them: the input columns any step reads."""
+    _, rows, reasons = template_rows(batch, config, types, config.columns_read)
+    return [RowState(dict(row), reason) for row, reason in zip(rows, reasons or itertools.repeat(None), strict=False)]
+
+
+def _check(config: Config, options: RunOptions) -> None:
+    if options.shard is not None:
+        raise ConfigError(f"{config.source}: --shard does not work with `steps` yet; run the config whole.")
+
+
+# --- the calling pass --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Lane:
+    """A step's share of the run: its client, its call slots, its calls on their way."""
+
+    step: Step
+    client: Client
+    slots: asyncio.Semaphore
+    login: asyncio.Lock = field(default_factory=asyncio.Lock)
+    logged_in: bool = False
+    pending: dict[bytes, asyncio.Future[Entry]] = field(default_factory=dict)
+
+
+class ChainPass:
+    """The calling pass of a run with `steps`: ``run(batches)`` makes every call the journal lacks,
+    each row going on to its next step as soon as the answer it waits for is in."""
+
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        options: RunOptions = DEFAULT_OPTIONS,
+        on_progress: ProgressCallback | None = None,
+        total: int | None = None,
+        types: Mapping[str, pl.DataType] | None = None,
+    ) -> None:
+        _check(config, options)
+        self.config, self.journal, self.options, self.types = config, journal, options, types
+        self.on_progress, self.total = on_progress, total
+        self.steps = compile_steps(config)
+        self.started_wall = options.started_at if options.started_at is not None else time.time()
+        self.started = time.perf_counter()
+        self.last_report = 0.0
+        self.counters = Counters()
+        self.tally = Tally()
+
+    async def run(self, batches: Batches) -> tuple[Counters, Tally]:
+        journal, counters = self.journal, self.counters
+        stop: BaseException | None = None
+        async with contextlib.AsyncExitStack() as stack:
+            lanes = []
+            for step in self.steps:
+                client = await stack.enter_async_context(open_client(step.config, counters))
+                lanes.append(_Lane(step, client, asyncio.Semaphore(step.config.concurrency)))
+            window = asyncio.Semaphore(WINDOW_PER_SLOT * sum(s.config.concurrency for s in self.steps))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for batch in batches():
+                        for state in row_states(batch, self.config, self.types):
+                            await window.acquire()
+                            group.create_task(self._row(state, lanes, window))
+            except BaseExceptionGroup as group_error:
+                stop = _first_leaf(group_error)  # raised below, outside the handler (see CallingPass.run)
+            finally:
+                if stop is None:
+                    journal.flush()
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    journal.flush()
+                if isinstance(stop, StorageError) and counters.calls == 0:
+                    stop = OutputError(str(stop))
+                elif isinstance(stop, InputError) and counters.calls > 0:
+                    stop = RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
+                raise stop
+            self.tally.logins = sum(lane.client.tokens.logins for lane in lanes if lane.client.tokens)
+            self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
+        self._report(force=True)
+        return counters, self.tally
+
+    async def _row(self, state: RowState, lanes: list[_Lane], window: asyncio.Semaphore) -> None:
+        try:
+            for lane in lanes:
+                step = lane.step
+                plan = decide(step, state)
+                entry = await self._entry(lane, plan) if type(plan) is Call else None
+                settle(step, state, plan, entry)
+            tally = self.tally
+            tally.rows += 1
+            if any(r[1] is not None for r in state.results):
+                tally.failed += 1
+            elif not state.answered:
+                tally.skipped += 1
+            self._report()
+        finally:
+            window.release()
+
+    async def _entry(self, lane: _Lane, call: Call) -> Entry:
+        """The answer to a step's call: one already on its way, the journal's, or a new call."""
+        fp, tally = call.fp, self.tally
+        pending = lane.pending.get(fp)
+        if pending is not None:  # another row asked the same: its answer is this row's
+            tally.deduped += 1
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        lane.pending[fp] = future
+        try:
+            known = (await self.journal.alookup([fp], bodies=False)).get(fp)
+            if known is not None and reusable(known, self.options, self.started_wall):
+                if known.at >= self.started_wall:
+                    tally.deduped += 1
+                else:
+                    tally.cached += 1
+                if needs_body(lane.step, known):
+                    known = (await self.journal.alookup([fp])).get(fp, known)
+                entry = known
+            else:
+                assert call.request is not None
+                entry = await self._call(lane, fp, call.request)
+            future.set_result(entry)
+            return entry
+        finally:
+            if not future.done():
+                future.cancel()
+            del lane.pending[fp]
+
+    async def _call(self, lane: _Lane, fp: bytes, request: PreparedRequest) -> Entry:
+        journal, client, step = self.journal, lane.client, lane.step
+        async with lane.slots:
+            if not lane.logged_in:  # log in at the step's first call, not before: a resumed run may need none
+                async with lane.login:
+                    if not lane.logged_in:
+                        if client.tokens is not None:
+                            await client.tokens.login(client.session)
+                        lane.logged_in = True
+            while journal.holding():  # the journal cannot save now: a call made would be lost
+                await asyncio.sleep(HOLD_SECONDS)
+            outcome = await client.call(request)
+            entry = journal_entry(outcome, step.config, step.key)
+            seq = journal.put(fp, entry, saved=not outcome.local)
+            if outcome.latency_ms is not None:
+                self.tally.latencies.append(outcome.latency_ms)
+            # Counted in flight until saved: a kill costs no more calls than the slots hold.
+            await journal.saved(seq)
+        return entry
+
+    def _report(self, force: bool = False) -> None:
+        on_progress = self.on_progress
+        if on_progress is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last_report < 0.1:
+            return
+        self.last_report = now
+        tally, counters = self.tally, self.counters
+        on_progress(
+            Progress(
+                tally.rows, self.total, tally.failed, counters.calls, tally.cached,
+                counters.retries, counters.throttled, now - self.started, tally.skipped,
+            )
+        )  # fmt: skip
+
+
+async def chain_pass(
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions = DEFAULT_OPTIONS,
+    on_progress: ProgressCallback | None = None,
+    total: int | None = None,
+    types: Mapping[str, pl.DataType] | None = None,
+) -> tuple[Counters, Tally]:
+    """Make every call of every step the journal lacks (``ChainPass``)."""
+    return await ChainPass(config, journal, options, on_progress, total, types).run(batches)
+
+
+# --- the building pass -------------------------------------------------------------------------
+
+
+def chain_build_pass(
+    batches: Batches,
+    config: Config,
+    journal: Journal,
+    options: RunOptions = DEFAULT_OPTIONS,
+    types: Mapping[str, pl.DataType] | None = None,
+) -> tuple[Iterator[Built], RowCounts]:
+    """The output batch by batch, each row taken through the steps again from the journal alone.
+
+    A row counts as failed when a step failed for it and no later step filled what that step
+    fills (a waterfall's miss that the next provider found is no failure), by the first such
+    step: ``"<step>: HTTP 404"``."""
+    _check(config, options)
+    steps = compile_steps(config)
+    counts = RowCounts()
+
+    def generate() -> Iterator[Built]:
+        for batch in batches():
+            states = row_states(batch, config, types)
+            for step in steps:
+                plans = [decide(step, s) for s in states]
+                fps = [p.fp for p in plans if type(p) is Call]
+                entries = journal.lookup(fps, bodies=False)
+                stale = [fp for fp, e in entries.items() if needs_body(step, e)]
+                if stale:
+                    entries.update(journal.lookup(stale))
+                for state, plan in zip(states, plans, strict=True):
+                    settle(step, state, plan, entries.get(plan.fp) if type(plan) is Call else None)
+            for state in states:
+                _count(state, steps, counts)
+            yield Built(assemble_steps(batch, config, steps, states), None)
+
+    return generate(), counts
+
+
+def _count(state: RowState, steps: list[Step], counts: RowCounts) -> None:
+    for step, (status, error, _, _) in zip(steps, state.results, strict=True):
+        if error is None or all(filled(state.values.get(c)) and c in state.source for c in step.fills):
+            continue
+        if error == NOT_CALLED:
+            kind = FailureKind.NOT_CALLED
+        elif error.startswith("not called: "):
+            kind = FailureKind.MISSING_INPUT
+        else:
+            kind = kind_of(status, error)
+        counts.failures[f"{step.name}: {failure_label(kind, status)}"] += 1
+        return
+    if state.answered:
+        counts.ok += 1
+    else:
+        counts.skipped += 1
+
+
+def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], states: list[RowState]) -> pl.DataFrame:
+    """The input rows with the steps' columns: the fields (a column the input has is only filled
+    where it is empty), each waterfall column's ``<column>_source``, then each step's status,
+    error and diagnostics."""
+    present = set(batch.columns)
+    new: list[pl.Series] = []
+    nothing_skipped = pl.Series("skipped", [False] * batch.height, dtype=pl.Boolean)
+    for column in config.field_columns:
+        found = [s.values.get(column) if column in s.source else None for s in states]
+        if column in present:
+            series = output_column(column, found, batch.schema[column] == pl.String)
+            new.append(_keep_where(batch[column], series, nothing_skipped, fill=True))
+        else:
+            new.append(output_column(column, found))
+    for column in waterfall_columns(config, batch.columns):
+        new.append(pl.Series(f"{column}_source", [s.source.get(column) for s in states], dtype=pl.String))
+    for index, step in enumerate(steps):
+        names = status_columns(step.config)
+        results = [s.results[index] for s in states]
+        status, error, attempts, latency = (list(c) for c in zip(*results, strict=True)) if results else ([],) * 4
+        columns = [
+            pl.Series(names[0], status, dtype=pl.Int64),
+            pl.Series(names[1], error, dtype=pl.String),
+            pl.Series(f"_{step.name}_attempts", attempts, dtype=pl.Int64),
+            pl.Series(f"_{step.name}_latency_ms", latency, dtype=pl.Float64),
+        ]
+        new += columns[: len(names)]
+    return batch.with_columns(new)

@@ -1,0 +1,442 @@
+"""`steps:` end to end: chains and waterfalls of calls against real local servers.
+
+The providers are small aiohttp apps on 127.0.0.1 that count the calls each receives, so a test
+says exactly what each step paid for: a waterfall pays the second provider only for the first
+one's misses, a chain passes the first step's values to the second, and a step added to a config
+that already ran calls only that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from aiohttp import web
+from conftest import Serve, run_cli, write_config
+
+import enrich
+from enrich.config import config_from_dict, load_config
+from enrich.errors import ConfigError
+
+ENRICH = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "enrich"
+ALT_KEY = "alt-key-8c1"
+COMPANIES = {"acme.io": 101, "globex.com": 202}  # domain -> company id; any other domain is unknown
+SIGNALS = {101: True, 202: False}  # company id -> hiring
+TITLES_A = {"ann@acme.io": "CTO", "bob@acme.io": "VP Sales"}  # provider A knows these
+TITLES_B = {"bob@acme.io": "Head of Sales", "cy@globex.com": "Engineer", "dee@globex.com": "Designer"}
+PEOPLE = [  # (email, domain)
+    ("ann@acme.io", "acme.io"),
+    ("bob@acme.io", "acme.io"),
+    ("cy@globex.com", "globex.com"),
+    ("dee@globex.com", "globex.com"),
+    ("eve@nowhere.net", "nowhere.net"),
+]
+
+
+def providers_app() -> tuple[web.Application, Counter[str]]:
+    """Provider A (companies, signals, people: no auth) and provider B (people, by X-Alt-Key);
+    ``calls`` counts what each endpoint was asked, by its first path segment."""
+    calls: Counter[str] = Counter()
+
+    async def company(request: web.Request) -> web.Response:
+        calls["company"] += 1
+        found = COMPANIES.get(request.match_info["domain"])
+        if found is None:
+            return web.json_response({"error": "unknown company"}, status=404)
+        return web.json_response({"company": {"id": found}})
+
+    async def signals(request: web.Request) -> web.Response:
+        calls["signals"] += 1
+        return web.json_response({"signals": {"hiring": SIGNALS[int(request.match_info["id"])]}})
+
+    async def person_a(request: web.Request) -> web.Response:
+        calls["a"] += 1
+        title = TITLES_A.get(request.match_info["email"])
+        return web.json_response({"person": {"title": title}})  # a miss is a 200 with no title
+
+    async def person_b(request: web.Request) -> web.Response:
+        if request.headers.get("X-Alt-Key") != ALT_KEY:
+            return web.json_response({"error": "bad key"}, status=401)
+        calls["b"] += 1
+        title = TITLES_B.get(request.query["email"])
+        if title is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response({"data": {"job_title": title}})
+
+    app = web.Application()
+    app.router.add_get("/company/{domain}", company)
+    app.router.add_get("/signals/{id}", signals)
+    app.router.add_get("/a/person/{email}", person_a)
+    app.router.add_get("/b/person", person_b)
+    return app, calls
+
+
+def people_csv(folder: Path, rows: list[tuple[str, str]] = PEOPLE) -> Path:
+    path = folder / "people.csv"
+    pl.DataFrame({"email": [r[0] for r in rows], "domain": [r[1] for r in rows]}).write_csv(path)
+    return path
+
+
+def chain_steps(url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "company",
+            "request": {"url": url + "/company/{{domain}}"},
+            "fields": {"company_id": "company.id"},
+        },
+        {
+            "name": "signals",
+            "when": "company_id IS NOT NULL",
+            "request": {"url": url + "/signals/{{company_id}}"},
+            "fields": {"hiring": "signals.hiring"},
+        },
+    ]
+
+
+def waterfall_steps(url: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "a", "request": {"url": url + "/a/person/{{email}}"}, "fields": {"title": "person.title"}},
+        {
+            "name": "b",
+            "auth": "alt",
+            "rate_limit": "200/s",
+            "request": {"url": url + "/b/person", "params": {"email": "{{email}}"}},
+            "fields": {"title": "data.job_title"},
+        },
+    ]
+
+
+def steps_config(folder: Path, steps: list[dict[str, Any]], **keys: Any) -> Path:
+    config = {
+        "input": str(people_csv(folder)),
+        "output": str(folder / "out.parquet"),
+        "auths": {"alt": {"type": "header", "header": "X-Alt-Key", "token": ALT_KEY}},
+        "concurrency": 4,
+        "retry": {"attempts": 2, "backoff": 0.01},
+        "steps": steps,
+        **keys,
+    }
+    return write_config(folder / "steps.yaml", config)
+
+
+def by_email(path: Path) -> dict[str, dict[str, Any]]:
+    return {row["email"]: row for row in pl.read_parquet(path).iter_rows(named=True)}
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def test_a_waterfall_pays_the_second_provider_only_for_the_first_ones_misses(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, waterfall_steps(server.url))
+    assert run_cli(["run", str(cfg)]) == 0
+    # A is asked for every row; B only for the three rows A found no title for.
+    assert calls == {"a": 5, "b": 3}
+    out = by_email(tmp_path / "out.parquet")
+    assert {e: (r["title"], r["title_source"]) for e, r in out.items()} == {
+        "ann@acme.io": ("CTO", "a"),
+        "bob@acme.io": ("VP Sales", "a"),  # A's answer stands: B is never asked, so never overwrites it
+        "cy@globex.com": ("Engineer", "b"),
+        "dee@globex.com": ("Designer", "b"),
+        "eve@nowhere.net": (None, None),
+    }
+    assert [c for c in pl.read_parquet(tmp_path / "out.parquet").columns if c.startswith("_")] == [
+        "_a_http_status", "_a_error", "_a_attempts", "_a_latency_ms",
+        "_b_http_status", "_b_error", "_b_attempts", "_b_latency_ms",
+    ]  # fmt: skip
+    assert out["eve@nowhere.net"]["_b_http_status"] == 404
+    assert out["ann@acme.io"]["_b_http_status"] is None  # no call: the column it fills holds a value
+    # Run again: the journal answers every step, nothing is paid twice.
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"a": 5, "b": 3}
+
+
+def test_a_chain_passes_the_first_steps_values_to_the_second(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, chain_steps(server.url))
+    assert run_cli(["run", str(cfg)]) == 0
+    # Two distinct domains are known (dedup: one call each); nowhere.net is not, so `when` leaves it out.
+    assert calls == {"company": 3, "signals": 2}
+    out = by_email(tmp_path / "out.parquet")
+    assert {e: (r["company_id"], r["hiring"]) for e, r in out.items()} == {
+        "ann@acme.io": (101, True),
+        "bob@acme.io": (101, True),
+        "cy@globex.com": (202, False),
+        "dee@globex.com": (202, False),
+        "eve@nowhere.net": (None, None),
+    }
+    eve = out["eve@nowhere.net"]
+    assert (eve["_company_http_status"], eve["_signals_http_status"], eve["_signals_error"]) == (404, None, None)
+
+
+def test_a_step_whose_input_is_missing_makes_no_call_and_says_so(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url)
+    del steps[1]["when"]  # without `when`, the row whose company is unknown reaches the second step
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3, "signals": 2}
+    eve = by_email(tmp_path / "out.parquet")["eve@nowhere.net"]
+    assert eve["_signals_error"] == (
+        "not called: company_id (from step `company`) has no value for this row; the step before failed or found "
+        "nothing"
+    )
+    assert eve["_signals_attempts"] == 0
+
+
+def test_adding_a_step_to_a_config_that_ran_calls_only_the_new_step(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url)
+    cfg = steps_config(tmp_path, steps[:1])
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3}
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3, "signals": 2}  # the company step's answers came from the journal
+    assert by_email(tmp_path / "out.parquet")["ann@acme.io"]["hiring"] is True
+
+
+def test_a_one_step_config_and_its_journal_become_the_first_step(tmp_path: Path, serve: Serve) -> None:
+    # The journal is keyed by the rendered request: a config that ran as one call keeps its answers
+    # when it becomes the first of several steps.
+    app, calls = providers_app()
+    server = serve(app)
+    first = chain_steps(server.url)[0]
+    single = {k: v for k, v in first.items() if k != "name"}
+    out = str(tmp_path / "out.parquet")
+    cfg = write_config(tmp_path / "one.yaml", {"input": str(people_csv(tmp_path)), "output": out, **single})
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3}
+    cfg = steps_config(tmp_path, chain_steps(server.url))
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3, "signals": 2}
+
+
+# --- the config --------------------------------------------------------------------------------
+
+
+STEP = {"name": "one", "request": {"url": "https://api.example.com/v1/{{email}}"}, "fields": {"title": "t"}}
+
+
+def step(**keys: Any) -> dict[str, Any]:
+    return {**STEP, **keys}
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param(
+            {"steps": [step(reqest={})]},
+            "{src}, line 8: steps[0].reqest is not a known key. Did you mean `request`?",
+            id="unknown-key-in-a-step",
+        ),
+        pytest.param(
+            {"steps": [step(), step()]},
+            "{src}, line 8: steps[1].name: 'one' is already the name of steps[0]. Give each step its own name: it "
+            "names the step's columns.",
+            id="duplicate-names",
+        ),
+        pytest.param(
+            {"steps": [step(name="1st")]},
+            "{src}, line 3: steps[0].name must be a name made of letters, digits and _ (not starting with a digit), "
+            "e.g. company, got '1st'. It names the step's columns (_<name>_error).",
+            id="a-name-that-is-not-an-identifier",
+        ),
+        pytest.param(
+            {"steps": [{"request": STEP["request"]}]},
+            "{src}, line 3: steps[0]: a step needs a `name` (letters, digits and _), e.g. `name: company`: it names "
+            "the step's columns.",
+            id="no-name",
+        ),
+        pytest.param(
+            {"steps": [step(auth="acmee")], "auths": {"acme": {"type": "bearer", "token": "x"}}},
+            "{src}, line 8: steps[0].auth: 'acmee' is not a name in `auths` (names: acme). Did you mean `acme`?",
+            id="unknown-auth-name",
+        ),
+        pytest.param(
+            {"steps": [step()], "request": STEP["request"]},
+            "{src}, line 8: request: with `steps`, each step has its own `request`. Move it into a step, or leave "
+            "`steps` out for a config of one call.",
+            id="steps-and-a-top-level-request",
+        ),
+        pytest.param(
+            {"steps": [step(concurrency=0)]},
+            "{src}, line 8: steps[0].concurrency must be at least 1, got 0.",
+            id="a-step-key-checked-as-at-the-top",
+        ),
+        pytest.param(
+            {"steps": [step(cost=-1)]},
+            "{src}, line 8: steps[0].cost must be at least 0, got -1.",
+            id="negative-cost",
+        ),
+        pytest.param(
+            {"auths": {"acme": {"type": "bearer", "token": "x"}}, "request": STEP["request"]},
+            "{src}, line 2: auths: named auths are for `steps`. Give the one call's auth as `auth:`, or write the "
+            "calls as `steps:` whose `auth:` names one of `auths`.",
+            id="auths-without-steps",
+        ),
+        pytest.param(
+            {"steps": [step(auth="alt")], "auths": {"alt": {"type": "header", "header": "X-Key"}}},
+            "line 10: auths.alt: `auth.token` is missing",
+            id="a-named-auths-message-names-its-place",
+        ),
+    ],
+)
+def test_a_wrong_steps_config_is_refused_before_any_call(tmp_path: Path, config: dict[str, Any], expected: str) -> None:
+    path = write_config(tmp_path / "steps.yaml", {"input": "people.csv", **config})
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    if expected.startswith("{src}"):
+        assert str(caught.value) == expected.format(src=path)
+    else:
+        assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        pytest.param(
+            [step(request={"url": "https://api.example.com/v1/{{emial}}"})],
+            "<config>: steps[0].request.url uses {{emial}}, which is neither a column of people.csv nor a field of "
+            "an earlier step (columns: email, domain). Did you mean {{email}}?",
+            id="a-column-nobody-gives",
+        ),
+        pytest.param(
+            [
+                step(request={"url": "https://api.example.com/v1/{{company_id}}"}),
+                step(name="two", fields={"company_id": "id"}),
+            ],
+            "<config>: steps[0].request.url uses {{company_id}}, which step `two` gives, and it comes after step "
+            "`one`. Move step `two` before step `one` in `steps`.",
+            id="a-later-steps-column",
+        ),
+        pytest.param(
+            [step(), step(name="two", when="titel IS NULL")],
+            "<config>: steps[1].when uses 'titel', which is neither a column of people.csv nor a field of an earlier "
+            "step (columns: email, domain; earlier steps give: title). Did you mean 'title'?",
+            id="when-naming-a-column-nobody-gives",
+        ),
+    ],
+)
+def test_a_step_reading_a_column_nobody_gives_before_it_is_refused(steps: list[dict[str, Any]], expected: str) -> None:
+    config = config_from_dict({"steps": steps})
+    with pytest.raises(ConfigError) as caught:
+        config.check_columns(["email", "domain"], "people.csv")
+    assert str(caught.value) == expected
+
+
+def test_top_level_keys_are_every_steps_defaults() -> None:
+    config = config_from_dict({"concurrency": 3, "timeout": 5, "steps": [step(), step(name="two", concurrency=7)]})
+    assert [(s.name, s.concurrency, s.timeout) for s in config.steps] == [("one", 3, 5.0), ("two", 7, 5.0)]
+
+
+# --- pipelined, resumable --------------------------------------------------------------------
+
+
+def echo_app(latency: float = 0.0) -> tuple[web.Application, list[tuple[float, str]]]:
+    """Step one answers any key with an id, step two any id with a score; ``seen`` holds
+    (arrival time, endpoint) of every call."""
+    seen: list[tuple[float, str]] = []
+
+    async def lookup(request: web.Request) -> web.Response:
+        seen.append((time.monotonic(), "lookup"))
+        await asyncio.sleep(latency)
+        return web.json_response({"id": "id-" + request.match_info["key"]})
+
+    async def score(request: web.Request) -> web.Response:
+        seen.append((time.monotonic(), "score"))
+        await asyncio.sleep(latency)
+        return web.json_response({"score": len(request.match_info["id"])})
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", lookup)
+    app.router.add_get("/score/{id}", score)
+    return app, seen
+
+
+def echo_config(folder: Path, url: str, rows: int, **step_keys: Any) -> Path:
+    path = folder / "keys.csv"
+    pl.DataFrame({"key": [f"k{i}" for i in range(rows)]}).write_csv(path)
+    steps = [
+        {"name": "lookup", "request": {"url": url + "/lookup/{{key}}"}, "fields": {"rid": "id"}, **step_keys},
+        {"name": "score", "request": {"url": url + "/score/{{rid}}"}, "fields": {"score": "score"}, **step_keys},
+    ]
+    return write_config(
+        folder / "keys.yaml",
+        {"input": str(path), "output": str(folder / "keys.parquet"), "retry": 1, "steps": steps},
+    )
+
+
+def test_a_rows_next_step_starts_as_soon_as_its_answer_is_in(tmp_path: Path, serve: Serve) -> None:
+    # Two steps each limited to 20/s: staged, the second step would start after the first's last
+    # call (about 1 s in); pipelined, it starts with the first row's answer.
+    app, seen = echo_app()
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 20, rate_limit="20/s", concurrency=2)
+    assert run_cli(["run", str(cfg)]) == 0
+    lookups = [t for t, what in seen if what == "lookup"]
+    scores = [t for t, what in seen if what == "score"]
+    assert (len(lookups), len(scores)) == (20, 20)
+    assert min(scores) < max(lookups) - 0.5, "the second step waited for the first to finish every row"
+    assert max(scores) - min(lookups) < 1.6  # about N/R (1 s), not 2N/R
+    assert pl.read_parquet(tmp_path / "keys.parquet")["score"].to_list() == [len(f"id-k{i}") for i in range(20)]
+
+
+@pytest.mark.slow
+def test_a_run_with_steps_killed_outright_resumes_with_only_the_calls_in_flight_repeated(
+    tmp_path: Path, serve: Serve
+) -> None:
+    rows, concurrency = 120, 2
+    app, seen = echo_app(latency=0.02)
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, rows, concurrency=concurrency)
+    first = subprocess.Popen([str(ENRICH), "run", str(cfg), "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while sum(1 for _, what in seen if what == "score") < 30 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the run finished before the kill; make it slower"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    before = Counter(what for _, what in seen)
+    assert run_cli(["run", str(cfg)]) == 0
+    after = Counter(what for _, what in seen)
+    # Each step repeats at most the calls it had in flight, and whatever was saved a moment late.
+    assert after["lookup"] <= rows + 2 * concurrency and after["score"] <= rows + 2 * concurrency
+    assert after["lookup"] - before["lookup"] < rows  # the rerun took the rest from the journal
+    out = pl.read_parquet(tmp_path / "keys.parquet")
+    assert out["score"].to_list() == [len(f"id-k{i}") for i in range(rows)]
+
+
+def test_a_trial_with_limit_pays_for_its_rows_once(tmp_path: Path, serve: Serve) -> None:
+    app, seen = echo_app()
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 10)
+    assert run_cli(["run", str(cfg), "--limit", "3"]) == 0
+    assert Counter(what for _, what in seen) == {"lookup": 3, "score": 3}
+    assert run_cli(["run", str(cfg)]) == 0
+    assert Counter(what for _, what in seen) == {"lookup": 10, "score": 10}
+
+
+def test_the_library_runs_steps_on_a_dataframe(serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    frame = pl.DataFrame({"email": [r[0] for r in PEOPLE], "domain": [r[1] for r in PEOPLE]})
+    config = {"steps": chain_steps(server.url), "retry": 1}
+    result = enrich.enrich(frame, config)
+    assert result.frame["company_id"].to_list() == [101, 101, 202, 202, None]
+    assert result.frame["hiring"].to_list() == [True, True, False, False, None]
+    assert (result.summary.rows, result.summary.ok, result.summary.failed) == (5, 4, 1)
+    assert result.summary.failures == {"company: HTTP 404": 1}
+    assert calls == {"company": 3, "signals": 2}
