@@ -19,7 +19,7 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import orjson
 import polars as pl
@@ -43,6 +43,9 @@ from .planning import (
 )
 from .ratelimit import Limiter, RateLimiter
 from .tables import content_digest
+
+if TYPE_CHECKING:
+    from .auth import TokenManager
 
 PLAN_ROWS = 1_000  # rows rendered at a time in the calling pass
 HOLD_SECONDS = 0.05  # how often a held worker asks the journal again
@@ -275,13 +278,24 @@ async def call_pass(
     return await CallingPass(config, journal, options, on_progress, total, spool, types).run(batches)
 
 
-@contextlib.asynccontextmanager
-async def open_client(config: Config, counters: Counters | None = None) -> AsyncIterator[Client]:
-    """One session (``concurrency`` connections, one TLS context), the token manager and the
-    limiter of a run."""
-    import aiohttp
-
+def token_manager(config: Config) -> TokenManager | None:
+    """What gets, holds and refreshes the config's token (None: no auth)."""
     from .auth import TokenManager
+
+    if config.auth is None:
+        return None
+    return TokenManager(
+        config.auth, config.redactor, config.retry, config.timeout, max_response_bytes=config.max_response_bytes
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    config: Config, counters: Counters | None = None, tokens: TokenManager | None = None
+) -> AsyncIterator[Client]:
+    """One session (``concurrency`` connections, one TLS context), the token manager (``tokens``,
+    when one is shared with other clients) and the limiter of a run."""
+    import aiohttp
 
     ssl = config.tls.context()  # True (aiohttp's verified default) unless `tls:` changes something
     connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=0, ttl_dns_cache=300, ssl=ssl)
@@ -305,17 +319,7 @@ async def open_client(config: Config, counters: Counters | None = None) -> Async
             retry=config.retry,
             timeout=config.timeout,
             limiter=limiter,
-            tokens=(
-                TokenManager(
-                    config.auth,
-                    config.redactor,
-                    config.retry,
-                    config.timeout,
-                    max_response_bytes=config.max_response_bytes,
-                )
-                if config.auth
-                else None
-            ),
+            tokens=tokens or token_manager(config),
             redactor=config.redactor,
             counters=counters,
             follow_redirects=config.request.follow_redirects,

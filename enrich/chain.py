@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import orjson
 import polars as pl
 
+from .auth import TokenManager
 from .building import NOT_CALLED, Built, RowCounts, _keep_where, failure_label
 from .calling import (
     HOLD_SECONDS,
@@ -41,6 +42,7 @@ from .calling import (
     fields_key,
     journal_entry,
     open_client,
+    token_manager,
 )
 from .client import Client, Counters, PreparedRequest
 from .column_types import output_column
@@ -243,8 +245,12 @@ class ChainPass:
         stop: BaseException | None = None
         async with contextlib.AsyncExitStack() as stack:
             lanes = []
+            tokens: dict[str, TokenManager | None] = {}  # one per auth block: steps on one login share it
             for step in self.steps:
-                client = await stack.enter_async_context(open_client(step.config, counters))
+                key = step.config.auth_key
+                if key not in tokens:
+                    tokens[key] = token_manager(step.config)
+                client = await stack.enter_async_context(open_client(step.config, counters, tokens[key]))
                 lanes.append(_Lane(step, client, asyncio.Semaphore(step.config.concurrency)))
             window = asyncio.Semaphore(WINDOW_PER_SLOT * sum(s.config.concurrency for s in self.steps))
             try:
@@ -266,7 +272,7 @@ class ChainPass:
                 elif isinstance(stop, InputError) and counters.calls > 0:
                     stop = RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
                 raise stop
-            self.tally.logins = sum(lane.client.tokens.logins for lane in lanes if lane.client.tokens)
+            self.tally.logins = sum(t.logins for t in tokens.values() if t is not None)
             self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
         self._report(force=True)
         return counters, self.tally

@@ -805,6 +805,8 @@ class Config(Section):
     # A step of `steps` (each a one-step Config): its name and the credits one answered call costs.
     name: Derived[str] = derived(default="")
     cost: Derived[float] = derived(default=0.0)
+    # Which auth block a step uses: steps with the same one share its token (one login, one refresh).
+    auth_key: Derived[str] = derived(default="auth")
     when_at: Derived[str] = derived(default="")  # where `when` is, for messages found once the input is known
     use_journal: Derived[bool] = derived(default=True)
     warnings: Derived[tuple[str, ...]] = derived(default=())  # found at load time; the CLI shows them

@@ -55,6 +55,8 @@ CALL_KEYS = (
 )
 # The call keys whose top-level value is the default of every step.
 DEFAULT_KEYS = ("auth", "concurrency", "rate_limit", "retry", "timeout", "diagnostics")
+# The call keys that only a step may hold, once there are steps.
+STEP_ONLY_KEYS = tuple(k for k in CALL_KEYS if k not in DEFAULT_KEYS)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -162,11 +164,11 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
 
     where = load.where
     data = _check_keys(data, TOP_KEYS, where, ())
-    for key in ("request", "fields"):
+    for key in STEP_ONLY_KEYS:
         if key in data:
             raise ConfigError(
-                f"{where(key)}: with `steps`, each step has its own `{key}`. Move it into a step, or leave "
-                "`steps` out for a config of one call."
+                f"{where(key)}: with `steps`, each step has its own `{key}`. Move it into the step it is for, or "
+                "leave `steps` out for a config of one call."
             )
     steps = data["steps"]
     if not isinstance(steps, list) or not steps:
@@ -205,6 +207,7 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
         moves: dict[str, tuple[str, ...]] = {k: (*at, k) for k in raw if k in CALL_KEYS}
         one = {**top, **{k: v for k, v in raw.items() if k in CALL_KEYS}}
         auth = one.get("auth")
+        auth_key = ".".join(moves.get("auth", ("auth",)))
         if isinstance(auth, str):
             if auth not in auths:
                 known = ", ".join(auths) if auths else "none: add `auths:` with it"
@@ -213,9 +216,10 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
                 raise ConfigError(f"{where(*at, 'auth')}: {auth!r} is not a name in `auths` (names: {known}).{fix}")
             one["auth"] = auths[auth]
             moves["auth"] = ("auths", auth)
+            auth_key = f"auths.{auth}"
         step_load = Load(_Within(where, moves), load.redactor, load.env)
         config = validate(Config, one, step_load)
-        configs.append(config.derive(name=name, cost=cost))
+        configs.append(config.derive(name=name, cost=cost, auth_key=auth_key))
     warnings = tuple(dict.fromkeys(w for c in configs for w in c.warnings))
     return configs[0].derive(steps=tuple(configs), auths=auths, warnings=warnings)
 

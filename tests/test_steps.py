@@ -71,7 +71,22 @@ def providers_app() -> tuple[web.Application, Counter[str]]:
             return web.json_response({"error": "not found"}, status=404)
         return web.json_response({"data": {"job_title": title}})
 
+    async def login(request: web.Request) -> web.Response:
+        calls["login"] += 1
+        return web.json_response({"token": "tok-1"})
+
+    def guarded(handler: Any) -> Any:  # the same endpoint behind the login's token
+        async def guard(request: web.Request) -> web.StreamResponse:
+            if request.headers.get("Authorization") != "Bearer tok-1":
+                return web.json_response({"error": "no token"}, status=401)
+            return await handler(request)
+
+        return guard
+
     app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/p/company/{domain}", guarded(company))
+    app.router.add_get("/p/signals/{id}", guarded(signals))
     app.router.add_get("/company/{domain}", company)
     app.router.add_get("/signals/{id}", signals)
     app.router.add_get("/a/person/{email}", person_a)
@@ -118,7 +133,7 @@ def steps_config(folder: Path, steps: list[dict[str, Any]], **keys: Any) -> Path
     config = {
         "input": str(people_csv(folder)),
         "output": str(folder / "out.parquet"),
-        "auths": {"alt": {"type": "header", "header": "X-Alt-Key", "token": ALT_KEY}},
+        "auths": keys.pop("auths", {"alt": {"type": "header", "header": "X-Alt-Key", "token": ALT_KEY}}),
         "concurrency": 4,
         "retry": {"attempts": 2, "backoff": 0.01},
         "steps": steps,
@@ -177,6 +192,18 @@ def test_a_chain_passes_the_first_steps_values_to_the_second(tmp_path: Path, ser
     }
     eve = out["eve@nowhere.net"]
     assert (eve["_company_http_status"], eve["_signals_http_status"], eve["_signals_error"]) == (404, None, None)
+
+
+def test_steps_that_name_one_auth_share_its_login(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url + "/p")
+    for s in steps:
+        s["auth"] = "acme"
+    auths = {"acme": {"url": server.url + "/login", "body": {"user": "u"}, "token_path": "token"}}
+    cfg = steps_config(tmp_path, steps, auths=auths)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"login": 1, "company": 3, "signals": 2}
 
 
 def test_a_step_whose_input_is_missing_makes_no_call_and_says_so(tmp_path: Path, serve: Serve) -> None:
@@ -267,9 +294,15 @@ def step(**keys: Any) -> dict[str, Any]:
         ),
         pytest.param(
             {"steps": [step()], "request": STEP["request"]},
-            "{src}, line 8: request: with `steps`, each step has its own `request`. Move it into a step, or leave "
-            "`steps` out for a config of one call.",
+            "{src}, line 8: request: with `steps`, each step has its own `request`. Move it into the step it is "
+            "for, or leave `steps` out for a config of one call.",
             id="steps-and-a-top-level-request",
+        ),
+        pytest.param(
+            {"when": "email IS NOT NULL", "steps": [step()]},
+            "{src}, line 2: when: with `steps`, each step has its own `when`. Move it into the step it is for, or "
+            "leave `steps` out for a config of one call.",
+            id="steps-and-a-top-level-when",
         ),
         pytest.param(
             {"steps": [step(concurrency=0)]},
@@ -440,3 +473,17 @@ def test_the_library_runs_steps_on_a_dataframe(serve: Serve) -> None:
     assert (result.summary.rows, result.summary.ok, result.summary.failed) == (5, 4, 1)
     assert result.summary.failures == {"company: HTTP 404": 1}
     assert calls == {"company": 3, "signals": 2}
+
+
+def test_extract_rebuilds_every_steps_fields_from_the_journal(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url)
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["run", str(cfg)]) == 0
+    steps[1]["fields"] = {"signals": "signals"}  # the whole object now
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["extract", str(cfg)]) == 0
+    assert calls == {"company": 3, "signals": 2}  # no call: the bodies are in the journal
+    out = by_email(tmp_path / "out.parquet")
+    assert (out["ann@acme.io"]["company_id"], out["ann@acme.io"]["signals"]) == (101, '{"hiring":true}')
