@@ -473,30 +473,21 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         types = value_types(lf, config.columns_read, config.input_types, source)
         config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
         lines.append(f"  input      {source} ({len(schema)} columns; the ones used are there)")
-    used = sorted(config.columns_used)
-    lines.append(f"  columns    {', '.join(used) if used else 'none'} (used by the request)")
-    if config.when:
-        lines.append(f"  when       {config.when}")
-    if config.skip_if_filled:
-        lines.append(f"  skip       rows whose {', '.join(config.skip_if_filled)} already hold values")
-    req = config.request
-    lines.append(f"  request    {req.method} {req.url_text}")
-    if config.auth:
-        lines.append(f"  auth       {config.auth.describe()}")
+    if config.steps:
+        for step in config.steps:
+            lines.append(
+                f"  step       {step.name}" + (f" (cost {step.cost:g} per answered call)" if step.cost else "")
+            )
+            lines += [f"  {line}" for line in (*_call_lines(step), _pace_line(step))]
     else:
-        lines.append("  auth       none")
-    if config.fields:
-        lines.append("  fields     " + ", ".join(f"{f.name} <- {f.path}" for f in config.fields))
-    else:
-        lines.append("  fields     none: the whole response goes in the `response` column")
+        used = sorted(config.columns_used)
+        lines.append(f"  columns    {', '.join(used) if used else 'none'} (used by the request)")
+        lines += _call_lines(config)
     if config.errors_out is not None:
         output_format(config.errors_out, "errors_out")
         lines.append(f"  errors     failed rows go to {config.errors_out}")
-    rate = str(config.rate_limit) if config.rate_limit else "no rate limit"
-    lines.append(
-        f"  pace       {rate}, concurrency {config.concurrency}, {config.retry.attempts} attempts, "
-        f"timeout {config.timeout:g}s"
-    )
+    if not config.steps:
+        lines.append(_pace_line(config))
     lines.append(
         f"  output     {config.output or 'not set (give --output PATH)'} (+ {', '.join(config.output_columns)})"
     )
@@ -504,6 +495,31 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         lines.append(f"  budget     exit 1 when more than {config.max_error_rate:.1%} of rows fail")
     print(config.redactor.redact("\n".join(lines)))
     return EXIT_OK
+
+
+def _call_lines(config: Any) -> list[str]:
+    """What `validate` says of a call: which rows, the request, the auth, the fields."""
+    lines = []
+    if config.when:
+        lines.append(f"  when       {config.when}")
+    if config.skip_if_filled:
+        lines.append(f"  skip       rows whose {', '.join(config.skip_if_filled)} already hold values")
+    req = config.request
+    lines.append(f"  request    {req.method} {req.url_text}")
+    lines.append(f"  auth       {config.auth.describe()}" if config.auth else "  auth       none")
+    if config.fields:
+        lines.append("  fields     " + ", ".join(f"{f.name} <- {f.path}" for f in config.fields))
+    else:
+        lines.append("  fields     none: the whole response goes in the `response` column")
+    return lines
+
+
+def _pace_line(config: Any) -> str:
+    rate = str(config.rate_limit) if config.rate_limit else "no rate limit"
+    return (
+        f"  pace       {rate}, concurrency {config.concurrency}, {config.retry.attempts} attempts, "
+        f"timeout {config.timeout:g}s"
+    )
 
 
 def _preview(args: argparse.Namespace, log: _Log) -> int:

@@ -487,3 +487,24 @@ def test_extract_rebuilds_every_steps_fields_from_the_journal(tmp_path: Path, se
     assert calls == {"company": 3, "signals": 2}  # no call: the bodies are in the journal
     out = by_email(tmp_path / "out.parquet")
     assert (out["ann@acme.io"]["company_id"], out["ann@acme.io"]["signals"]) == (101, '{"hiring":true}')
+
+
+def test_validate_describes_each_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    steps = waterfall_steps("https://api.example.com")
+    steps[1]["cost"] = 2
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["validate", str(cfg)]) == 0
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "  step       a",
+        "    request    GET https://api.example.com/a/person/{{email}}",
+        "    auth       none",
+        "    fields     title <- person.title",
+        "    pace       no rate limit, concurrency 4, 2 attempts, timeout 30s",
+        "  step       b (cost 2 per answered call)",
+        "    request    GET https://api.example.com/b/person",
+        "    auth       a fixed token (auth.token in the config), sent as X-Alt-Key: <token>",
+        "    fields     title <- data.job_title",
+        "    pace       200/s, concurrency 4, 2 attempts, timeout 30s",
+        f"  output     {tmp_path / 'out.parquet'} (+ title, title_source, _a_http_status, _a_error, _a_attempts, "
+        "_a_latency_ms, _b_http_status, _b_error, _b_attempts, _b_latency_ms)",
+    ]
