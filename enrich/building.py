@@ -247,11 +247,11 @@ def assemble_columns(
     if skipped is not None and kept.intersection(s.name for s in new):
         mask = pl.Series("skipped", skipped, dtype=pl.Boolean)
         fields = set(config.field_columns)
-        new = [_keep_where(df[s.name], s, mask, fill=s.name in fields) if s.name in kept else s for s in new]
+        new = [keep_filled(df[s.name], s, mask, fill=s.name in fields) if s.name in kept else s for s in new]
     return df.with_columns(new)
 
 
-def _keep_where(old: pl.Series, new: pl.Series, skipped: pl.Series, fill: bool) -> pl.Series:
+def keep_filled(old: pl.Series, new: pl.Series, skipped: pl.Series, fill: bool) -> pl.Series:
     """``new``, with the input column's own values in the rows that got no call; with ``fill``
     (a field column) the API only fills the blanks: a value already there (entered by hand, or
     from an earlier run) is kept, and a failed call never erases one. The types are joined

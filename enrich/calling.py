@@ -148,7 +148,7 @@ class CallingPass:
                 # One task's fatal error (a failed re-login) stops them all; raised as itself below,
                 # outside this handler: raised here, it would get the group (which holds it) as its
                 # __context__, a cycle that cannot be pickled (a Dask worker sends errors pickled).
-                stop = _first_leaf(group_error)
+                stop = first_leaf(group_error)
             finally:
                 if stop is None:
                     journal.flush()
@@ -358,6 +358,6 @@ def journal_entry(outcome: Outcome, config: Config, key: str | None) -> Entry:
     )
 
 
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+def first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    return first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -32,14 +32,14 @@ import orjson
 import polars as pl
 
 from .auth import TokenManager
-from .building import NOT_CALLED, Built, RowCounts, _keep_where, failure_label
+from .building import NOT_CALLED, Built, RowCounts, failure_label, keep_filled
 from .calling import (
     HOLD_SECONDS,
     Progress,
     ProgressCallback,
     Tally,
-    _first_leaf,
     fields_key,
+    first_leaf,
     journal_entry,
     open_client,
     token_manager,
@@ -58,7 +58,7 @@ from .planning import (
     Plan,
     RowError,
     RunOptions,
-    _plan,
+    plan_row,
     reusable,
     template_rows,
 )
@@ -137,7 +137,7 @@ def decide(step: Step, state: RowState) -> StepPlan:
     if empty:
         named = ", ".join(f"{c} (from step `{step.earlier[c]}`)" for c in empty)
         return Unmet(f"not called: {named} has no value for this row; the step before failed or found nothing")
-    plan = _plan(step.config, values)
+    plan = plan_row(step.config, values)
     if state.reason is not None and type(plan) is Call:
         return RowError(step.config.redactor.redact(state.reason))
     return plan
@@ -260,7 +260,7 @@ class ChainPass:
                             await window.acquire()
                             group.create_task(self._row(state, lanes, window))
             except BaseExceptionGroup as group_error:
-                stop = _first_leaf(group_error)  # raised below, outside the handler (see CallingPass.run)
+                stop = first_leaf(group_error)  # raised below, outside the handler (see CallingPass.run)
             finally:
                 if stop is None:
                     journal.flush()
@@ -440,7 +440,7 @@ def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], state
         found = [s.values.get(column) if column in s.source else None for s in states]
         if column in present:
             series = output_column(column, found, batch.schema[column] == pl.String)
-            new.append(_keep_where(batch[column], series, nothing_skipped, fill=True))
+            new.append(keep_filled(batch[column], series, nothing_skipped, fill=True))
         else:
             new.append(output_column(column, found))
     for column in waterfall_columns(config, batch.columns):

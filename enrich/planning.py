@@ -104,7 +104,7 @@ class BatchPlan:
         return batch.filter(pl.Series(mask, dtype=pl.Boolean)), [n for n, k in zip(numbers, mask, strict=True) if k]
 
 
-def _plan(config: Config, row: dict[str, Any]) -> Call | RowError:
+def plan_row(config: Config, row: dict[str, Any]) -> Call | RowError:
     try:
         request = prepare(config.request, row)
         # The fingerprint is the request's with its secrets (and its origin's ${VAR}s) masked where
@@ -150,9 +150,9 @@ def plan_batch(
     plans: list[Plan]
     if config.selects_rows:
         calls = typed.select(config.call_mask().alias("call")).to_series().to_list()
-        plans = [_plan(config, row) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
+        plans = [plan_row(config, row) if call else SKIPPED for row, call in zip(rows, calls, strict=True)]
     else:
-        plans = [_plan(config, row) for row in rows]
+        plans = [plan_row(config, row) for row in rows]
     if reasons is not None:  # a cell not of its column's kind: that row fails (unless left out), the rest go on
         plans = [
             RowError(config.redactor.redact(r)) if r is not None and p is not SKIPPED else p

@@ -508,3 +508,13 @@ def test_validate_describes_each_step(tmp_path: Path, capsys: pytest.CaptureFixt
         f"  output     {tmp_path / 'out.parquet'} (+ title, title_source, _a_http_status, _a_error, _a_attempts, "
         "_a_latency_ms, _b_http_status, _b_error, _b_attempts, _b_latency_ms)",
     ]
+
+
+def test_fresh_calls_every_step_again(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, chain_steps(server.url))
+    assert run_cli(["run", str(cfg)]) == 0
+    assert run_cli(["run", str(cfg), "--fresh"]) == 0
+    # Each distinct request once more, and no more: rows of this run that ask the same share a call.
+    assert calls == {"company": 6, "signals": 4}
