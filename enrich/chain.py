@@ -75,9 +75,19 @@ class Unmet(NamedTuple):
 
 
 StepPlan = Plan | Unmet
-# (status, error, attempts, latency_ms) of one step for one row
-StepResult = tuple[int | None, str | None, int | None, float | None]
-NO_RESULT: StepResult = (None, None, None, None)
+
+
+class StepResult(NamedTuple):
+    """What one step came to for one row (all None: the step was skipped for it)."""
+
+    status: int | None
+    error: str | None
+    attempts: int | None
+    latency_ms: float | None
+    kind: FailureKind | None  # why there is no answer
+
+
+NO_RESULT = StepResult(None, None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,14 +181,20 @@ def settle(step: Step, state: RowState, plan: StepPlan, entry: Entry | None) -> 
     if plan is SKIPPED:
         state.results.append(NO_RESULT)
         return
+    if type(plan) is Unmet:
+        state.results.append(StepResult(None, plan.message, 0, None, FailureKind.MISSING_INPUT))
+        return
     if type(plan) is not Call:
-        state.results.append((None, plan.message, 0, None))  # type: ignore[union-attr]
+        state.results.append(StepResult(None, plan.message, 0, None, FailureKind.BAD_ROW_DATA))  # type: ignore[union-attr]
         return
     if entry is None:
-        state.results.append((None, NOT_CALLED, None, None))
+        state.results.append(StepResult(None, NOT_CALLED, None, None, FailureKind.NOT_CALLED))
         return
     latency = None if entry.latency_ms is None else round(entry.latency_ms, 1)
-    state.results.append((entry.status, entry.error, entry.attempts, latency))
+    kind = entry.kind
+    if kind is None and entry.error is not None:  # written before kinds were stored
+        kind = kind_of(entry.status, entry.error)
+    state.results.append(StepResult(entry.status, entry.error, entry.attempts, latency, kind))
     found = entry_values(step, entry)
     if found is None:
         return
@@ -286,7 +302,7 @@ class ChainPass:
                 settle(step, state, plan, entry)
             tally = self.tally
             tally.rows += 1
-            if any(r[1] is not None for r in state.results):
+            if any(r.error is not None for r in state.results):
                 tally.failed += 1
             elif not state.answered:
                 tally.skipped += 1
@@ -412,16 +428,11 @@ def chain_build_pass(
 
 
 def _count(state: RowState, steps: list[Step], counts: RowCounts) -> None:
-    for step, (status, error, _, _) in zip(steps, state.results, strict=True):
-        if error is None or all(filled(state.values.get(c)) and c in state.source for c in step.fills):
+    for step, result in zip(steps, state.results, strict=True):
+        if result.error is None or all(filled(state.values.get(c)) and c in state.source for c in step.fills):
             continue
-        if error == NOT_CALLED:
-            kind = FailureKind.NOT_CALLED
-        elif error.startswith("not called: "):
-            kind = FailureKind.MISSING_INPUT
-        else:
-            kind = kind_of(status, error)
-        counts.failures[f"{step.name}: {failure_label(kind, status)}"] += 1
+        assert result.kind is not None  # set with every error
+        counts.failures[f"{step.name}: {failure_label(result.kind, result.status)}"] += 1
         return
     if state.answered:
         counts.ok += 1
@@ -448,7 +459,10 @@ def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], state
     for index, step in enumerate(steps):
         names = status_columns(step.config)
         results = [s.results[index] for s in states]
-        status, error, attempts, latency = (list(c) for c in zip(*results, strict=True)) if results else ([],) * 4
+        status = [r.status for r in results]
+        error = [r.error for r in results]
+        attempts = [r.attempts for r in results]
+        latency = [r.latency_ms for r in results]
         columns = [
             pl.Series(names[0], status, dtype=pl.Int64),
             pl.Series(names[1], error, dtype=pl.String),
