@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import time
 from collections.abc import Iterator, Mapping
@@ -100,6 +101,9 @@ class Step:
     earlier: Mapping[str, str]  # the columns its templates read that an earlier step gives -> that step
     reads: tuple[str, ...]  # the columns its `when` and `skip_if_filled` read
     mask: pl.Expr | None  # `when` and `skip_if_filled`, on one row
+    # The auth its calls are made with, when not the config's own: part of its journal key, so
+    # two steps asking one endpoint with two accounts each get their own answer.
+    account: bytes | None
 
     @property
     def name(self) -> str:
@@ -113,7 +117,10 @@ def compile_steps(config: Config) -> list[Step]:
         reads = (step.when_expr().meta.root_names() if step.when is not None else []) + list(step.skip_if_filled)
         earlier = {c: given[c] for c in sorted(step.columns_used) if c in given}
         mask = step.call_mask() if step.selects_rows else None
-        steps.append(Step(step, step.field_columns, fields_key(step), earlier, tuple(dict.fromkeys(reads)), mask))
+        account = None if step.auth_key == "auth" else step.auth_key.encode()
+        steps.append(
+            Step(step, step.field_columns, fields_key(step), earlier, tuple(dict.fromkeys(reads)), mask, account)
+        )
         for column in step.field_columns:
             given.setdefault(column, step.name)
     return steps
@@ -131,7 +138,9 @@ class RowState:
 
 
 def filled(value: Any) -> bool:
-    return value is not None and value != ""
+    """Whether a cell holds a value: not null, and not an empty text, list or object (a provider
+    that answers `[]` found nothing, and the next one in a waterfall is asked)."""
+    return value is not None and value != "" and value != [] and value != {}
 
 
 def decide(step: Step, state: RowState) -> StepPlan:
@@ -148,8 +157,11 @@ def decide(step: Step, state: RowState) -> StepPlan:
         named = ", ".join(f"{c} (from step `{step.earlier[c]}`)" for c in empty)
         return Unmet(f"not called: {named} has no value for this row; the step before failed or found nothing")
     plan = plan_row(step.config, values)
-    if state.reason is not None and type(plan) is Call:
-        return RowError(step.config.redactor.redact(state.reason))
+    if type(plan) is Call:
+        if state.reason is not None:
+            return RowError(step.config.redactor.redact(state.reason))
+        if step.account is not None:
+            return Call(hashlib.blake2b(step.account + b"\0" + plan.fp, digest_size=16).digest(), plan.request)
     return plan
 
 
@@ -208,8 +220,10 @@ def settle(step: Step, state: RowState, plan: StepPlan, entry: Entry | None) -> 
 
 
 def row_states(batch: pl.DataFrame, config: Config, types: Mapping[str, pl.DataType] | None) -> list[RowState]:
-    """The batch's rows as the first step sees them: the input columns any step reads."""
-    _, rows, reasons = template_rows(batch, config, types, config.columns_read)
+    """The batch's rows as the first step sees them: the input columns any step reads or fills
+    (a value the input already holds is not asked for again)."""
+    fills = frozenset(c for step in config.steps for c in step.field_columns)
+    _, rows, reasons = template_rows(batch, config, types, config.columns_read | fills)
     return [RowState(dict(row), reason) for row, reason in zip(rows, reasons or itertools.repeat(None), strict=False)]
 
 

@@ -287,14 +287,21 @@ def check_step_columns(config: Config, columns: list[str], table: str) -> None:
             if col not in have:
                 raise missing(col, f"{step.when_at} uses {col!r}", step, index)
         present += [c for c in step.field_columns if c not in have]
-    ours = [c for step in steps for c in status_columns(step)] + [
-        f"{c}_source" for c in waterfall_columns(config, columns)
-    ]
+    sources = [f"{c}_source" for c in waterfall_columns(config, columns)]
+    ours = [c for step in steps for c in status_columns(step)] + sources
+    fields = {c: step.name for step in steps for c in step.field_columns}
     for name in ours:
+        # A status column is named after its step; a source column after the field it tells about.
+        rename = "the step" if name not in sources else f"the field {name.removesuffix('_source')!r}"
         if name in columns:
             raise ConfigError(
                 f"{config.source}: the output column {name!r} is already a column of {table}. Rename that input "
-                "column, or give the step another name."
+                f"column, or {rename}."
+            )
+        if name in fields:
+            raise ConfigError(
+                f"{config.source}: step `{fields[name]}` names a field {name!r}, a column enrich adds to the "
+                f"output. Rename that field, or {rename}."
             )
 
 

@@ -361,6 +361,18 @@ def test_a_wrong_steps_config_is_refused_before_any_call(tmp_path: Path, config:
             "step (columns: email, domain; earlier steps give: title). Did you mean 'title'?",
             id="when-naming-a-column-nobody-gives",
         ),
+        pytest.param(
+            [step(fields={"title": "t", "_two_error": "e"}), step(name="two")],
+            "<config>: step `one` names a field '_two_error', a column enrich adds to the output. Rename that field, "
+            "or the step.",
+            id="a-field-named-like-a-steps-status-column",
+        ),
+        pytest.param(
+            [step(), step(name="two", fields={"title": "t", "title_source": "s"})],
+            "<config>: step `two` names a field 'title_source', a column enrich adds to the output. Rename that "
+            "field, or the field 'title'.",
+            id="a-field-named-like-a-source-column",
+        ),
     ],
 )
 def test_a_step_reading_a_column_nobody_gives_before_it_is_refused(steps: list[dict[str, Any]], expected: str) -> None:
@@ -518,3 +530,69 @@ def test_fresh_calls_every_step_again(tmp_path: Path, serve: Serve) -> None:
     assert run_cli(["run", str(cfg), "--fresh"]) == 0
     # Each distinct request once more, and no more: rows of this run that ask the same share a call.
     assert calls == {"company": 6, "signals": 4}
+
+
+def test_a_value_the_input_already_holds_is_not_asked_for(tmp_path: Path, serve: Serve) -> None:
+    """A waterfall column that the input fills for a row costs no call for it, even when no
+    template reads it, and the row's `<column>_source` stays empty (the value is the input's)."""
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, waterfall_steps(server.url))
+    people = pl.read_csv(tmp_path / "people.csv").with_columns(
+        title=pl.when(pl.col("email") == "cy@globex.com").then(pl.lit("Given")).otherwise(None)
+    )
+    people.write_csv(tmp_path / "people.csv")
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"a": 4, "b": 2}  # cy@globex.com: neither provider asked
+    cy = by_email(tmp_path / "out.parquet")["cy@globex.com"]
+    assert (cy["title"], cy["title_source"], cy["_a_http_status"], cy["_b_http_status"]) == ("Given", None, None, None)
+
+
+def test_one_endpoint_asked_with_two_accounts_answers_each(tmp_path: Path, serve: Serve) -> None:
+    """Two steps sending the same request with two named auths are two questions: each account is
+    asked (a waterfall across two API keys of one provider)."""
+    keys: list[str] = []
+
+    async def person(request: web.Request) -> web.Response:
+        keys.append(request.headers["X-Key"])
+        title = "Found" if request.headers["X-Key"] == "key-two" else None
+        return web.json_response({"title": title})
+
+    app = web.Application()
+    app.router.add_get("/person/{email}", person)
+    server = serve(app)
+    steps = [
+        {"name": name, "auth": name, "request": {"url": server.url + "/person/{{email}}"}, "fields": {"t": "title"}}
+        for name in ("one", "two")
+    ]
+    auths = {name: {"type": "header", "header": "X-Key", "token": f"key-{name}"} for name in ("one", "two")}
+    cfg = steps_config(tmp_path, steps, auths=auths)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert Counter(keys) == {"key-one": 5, "key-two": 5}
+    assert {r["t"] for r in by_email(tmp_path / "out.parquet").values()} == {"Found"}
+
+
+def test_an_empty_list_is_a_miss_in_a_waterfall(tmp_path: Path, serve: Serve) -> None:
+    """A provider that answers `[]` found nothing: the next one is asked."""
+    calls: Counter[str] = Counter()
+
+    async def first(request: web.Request) -> web.Response:
+        calls["first"] += 1
+        return web.json_response({"tags": []})
+
+    async def second(request: web.Request) -> web.Response:
+        calls["second"] += 1
+        return web.json_response({"tags": ["x"]})
+
+    app = web.Application()
+    app.router.add_get("/first/{email}", first)
+    app.router.add_get("/second/{email}", second)
+    server = serve(app)
+    steps = [
+        {"name": n, "request": {"url": f"{server.url}/{n}/{{{{email}}}}"}, "fields": {"tags": "tags"}}
+        for n in ("first", "second")
+    ]
+    assert run_cli(["run", str(steps_config(tmp_path, steps))]) == 0
+    assert calls == {"first": 5, "second": 5}
+    out = by_email(tmp_path / "out.parquet").values()
+    assert {(r["tags"], r["tags_source"]) for r in out} == {('["x"]', "second")}  # a list is kept as its JSON
