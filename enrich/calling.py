@@ -84,6 +84,32 @@ class Tally:
     latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
 
 
+@dataclass(slots=True)
+class Reporter:
+    """Hands ``on_progress`` a ``Progress`` snapshot of a calling pass, at most one per
+    ``REPORT_SECONDS`` (unless forced); no clock read when nobody watches."""
+
+    on_progress: ProgressCallback | None
+    total: int | None  # rows, when known
+    started: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+
+    def __call__(self, tally: Tally, counters: Counters, force: bool = False) -> None:
+        on_progress = self.on_progress
+        if on_progress is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last < REPORT_SECONDS:
+            return
+        self.last = now
+        on_progress(
+            Progress(
+                tally.rows, self.total, tally.failed, counters.calls, tally.cached,
+                counters.retries, counters.throttled, now - self.started, tally.skipped,
+            )
+        )  # fmt: skip
+
+
 class CallingPass:
     """One run's calling pass: ``run(batches)`` makes the calls, and returns what it counted.
 
@@ -98,16 +124,13 @@ class CallingPass:
         "in_flight",
         "journal",
         "key",
-        "last_report",
         "logged_in",
-        "on_progress",
         "options",
         "queue",
+        "report",
         "spool",
-        "started",
         "started_wall",
         "tally",
-        "total",
         "types",
     )
 
@@ -122,10 +145,8 @@ class CallingPass:
         types: Mapping[str, pl.DataType] | None = None,
     ) -> None:
         self.config, self.journal, self.options, self.spool, self.types = config, journal, options, spool, types
-        self.on_progress, self.total = on_progress, total
+        self.report = Reporter(on_progress, total)
         self.started_wall = options.started_at if options.started_at is not None else time.time()
-        self.started = time.perf_counter()
-        self.last_report = 0.0
         self.logged_in = False
         self.counters = Counters()
         self.tally = Tally()
@@ -163,24 +184,8 @@ class CallingPass:
                 raise stop
             self.tally.logins = client.tokens.logins if client.tokens else 0
             self.tally.late_slots = client.limiter.rebooked
-        self._report(force=True)
+        self.report(self.tally, self.counters, force=True)
         return counters, self.tally
-
-    def _report(self, force: bool = False) -> None:
-        on_progress = self.on_progress
-        if on_progress is None:  # per row: no clock read when nobody watches
-            return
-        now = time.perf_counter()
-        if not force and now - self.last_report < REPORT_SECONDS:
-            return
-        self.last_report = now
-        tally, counters = self.tally, self.counters
-        on_progress(
-            Progress(
-                tally.rows, self.total, tally.failed, counters.calls, tally.cached,
-                counters.retries, counters.throttled, now - self.started, tally.skipped,
-            )
-        )  # fmt: skip
 
     async def _work(self, client: Client) -> None:
         """A worker: make the queued calls one at a time, each saved before the next."""
@@ -199,7 +204,7 @@ class CallingPass:
             tally.failed += outcome.error is not None
             if outcome.latency_ms is not None:
                 latencies.append(outcome.latency_ms)
-            self._report()
+            self.report(self.tally, self.counters)
             # A call counts as in flight until its answer is saved: no worker starts another
             # before, so a kill costs no more calls than were in flight.
             await journal.saved(seq)
@@ -219,7 +224,7 @@ class CallingPass:
                 if keep is not None and part.keep is not None:
                     keep += part.keep
                 await self._sort(part.plans, client)
-                self._report()
+                self.report(self.tally, self.counters)
             if spool is not None:
                 spool.write(content_digest(batch), BatchPlan(plans, keep))
             offset += batch.height

@@ -36,8 +36,8 @@ from .auth import TokenManager
 from .building import NOT_CALLED, Built, RowCounts, failure_label, keep_filled
 from .calling import (
     HOLD_SECONDS,
-    Progress,
     ProgressCallback,
+    Reporter,
     Tally,
     fields_key,
     first_leaf,
@@ -262,11 +262,9 @@ class ChainPass:
     ) -> None:
         _check(config, options)
         self.config, self.journal, self.options, self.types = config, journal, options, types
-        self.on_progress, self.total = on_progress, total
+        self.report = Reporter(on_progress, total)
         self.steps = compile_steps(config)
         self.started_wall = options.started_at if options.started_at is not None else time.time()
-        self.started = time.perf_counter()
-        self.last_report = 0.0
         self.counters = Counters()
         self.tally = Tally()
 
@@ -304,7 +302,7 @@ class ChainPass:
                 raise stop
             self.tally.logins = sum(t.logins for t in tokens.values() if t is not None)
             self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
-        self._report(force=True)
+        self.report(self.tally, self.counters, force=True)
         return counters, self.tally
 
     async def _row(self, state: RowState, lanes: list[_Lane], window: asyncio.Semaphore) -> None:
@@ -320,7 +318,7 @@ class ChainPass:
                 tally.failed += 1
             elif not state.answered:
                 tally.skipped += 1
-            self._report()
+            self.report(self.tally, self.counters)
         finally:
             window.release()
 
@@ -372,22 +370,6 @@ class ChainPass:
             # Counted in flight until saved: a kill costs no more calls than the slots hold.
             await journal.saved(seq)
         return entry
-
-    def _report(self, force: bool = False) -> None:
-        on_progress = self.on_progress
-        if on_progress is None:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last_report < 0.1:
-            return
-        self.last_report = now
-        tally, counters = self.tally, self.counters
-        on_progress(
-            Progress(
-                tally.rows, self.total, tally.failed, counters.calls, tally.cached,
-                counters.retries, counters.throttled, now - self.started, tally.skipped,
-            )
-        )  # fmt: skip
 
 
 async def chain_pass(
