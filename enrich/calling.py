@@ -84,6 +84,18 @@ class Tally:
     latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
 
 
+def stopped(stop: BaseException, journal: Journal, calls: int) -> BaseException:
+    """What a calling pass that stopped on ``stop`` raises, once the finished calls are saved: the
+    stop is what the user must read, whatever the journal says."""
+    with contextlib.suppress(Exception):
+        journal.flush()
+    if isinstance(stop, StorageError) and calls == 0:
+        return OutputError(str(stop))  # found before any call: nothing was paid for (exit 2)
+    if isinstance(stop, InputError) and calls > 0:  # a bad line far into the file
+        return RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
+    return stop
+
+
 @dataclass(slots=True)
 class Reporter:
     """Hands ``on_progress`` a ``Progress`` snapshot of a calling pass, at most one per
@@ -174,14 +186,7 @@ class CallingPass:
                 if stop is None:
                     journal.flush()
             if stop is not None:
-                # Save what finished; the stop is what the user must read, whatever the journal says.
-                with contextlib.suppress(Exception):
-                    journal.flush()
-                if isinstance(stop, StorageError) and counters.calls == 0:
-                    stop = OutputError(str(stop))  # found before any call: nothing was paid for (exit 2)
-                elif isinstance(stop, InputError) and counters.calls > 0:  # a bad line far into the file
-                    stop = RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
-                raise stop
+                raise stopped(stop, journal, counters.calls)
             self.tally.logins = client.tokens.logins if client.tokens else 0
             self.tally.late_slots = client.limiter.rebooked
         self.report(self.tally, self.counters, force=True)

@@ -43,12 +43,13 @@ from .calling import (
     first_leaf,
     journal_entry,
     open_client,
+    stopped,
     token_manager,
 )
 from .client import Client, Counters, PreparedRequest
 from .column_types import output_column
 from .config import Config
-from .errors import ConfigError, FailureKind, InputError, OutputError, RunAborted, StorageError
+from .errors import ConfigError, FailureKind
 from .extract import parse_answer
 from .journal import Entry, Journal, kind_of
 from .planning import (
@@ -293,13 +294,7 @@ class ChainPass:
                 if stop is None:
                     journal.flush()
             if stop is not None:
-                with contextlib.suppress(Exception):
-                    journal.flush()
-                if isinstance(stop, StorageError) and counters.calls == 0:
-                    stop = OutputError(str(stop))
-                elif isinstance(stop, InputError) and counters.calls > 0:
-                    stop = RunAborted(f"{stop} The calls made are saved in the journal: run the same command again.")
-                raise stop
+                raise stopped(stop, journal, counters.calls)
             self.tally.logins = sum(t.logins for t in tokens.values() if t is not None)
             self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
         self.report(self.tally, self.counters, force=True)
