@@ -64,12 +64,45 @@ _NOT_CALLED = failure_label(FailureKind.NOT_CALLED, None)
 
 
 @dataclass(slots=True)
+class StepCounts:
+    """One step's rows (of a run with `steps`), counted by what the step came to for each."""
+
+    answered: int = 0  # rows with the step's answer (a 2xx, from a call or the journal)
+    skipped: int = 0  # rows the step made no call for: already filled, or left out by `when`
+    failures: Counter[str] = field(default_factory=Counter)  # by ``failure_label``, "missing input" among them
+    filled: Counter[str] = field(default_factory=Counter)  # field column -> rows whose value this step gave
+
+
+@dataclass(slots=True)
 class RowCounts:
     """The rows of the output, counted by what they came to."""
 
     ok: int = 0
     skipped: int = 0  # left out by `when` or `skip_if_filled`
     failures: Counter[str] = field(default_factory=Counter)  # by ``failure_label``: "HTTP 404": 3, "timeout": 1
+    filled: Counter[str] = field(default_factory=Counter)  # field column -> rows of the output holding a value
+    steps: list[StepCounts] = field(default_factory=list)  # with `steps`: one per step, in order
+
+    @property
+    def rows(self) -> int:
+        return self.ok + self.skipped + sum(self.failures.values())
+
+    def count_filled(self, frame: pl.DataFrame, columns: Sequence[str]) -> None:
+        """Count the rows of an output batch that hold a value in each field column: not null, and
+        not an empty text, list or object (a provider that answers `[]` found nothing)."""
+        if not columns or not frame.height:
+            return
+        found = frame.select(_holds_value(c, frame.schema[c]).sum().alias(c) for c in columns).row(0, named=True)
+        self.filled.update({c: n for c, n in found.items() if n})
+
+
+def _holds_value(column: str, dtype: pl.DataType) -> pl.Expr:
+    value = pl.col(column)
+    if dtype == pl.String:  # lists and objects are JSON text here
+        return value.is_not_null() & ~value.is_in(["", "[]", "{}"])
+    if isinstance(dtype, pl.List):
+        return value.list.len() > 0
+    return value.is_not_null()
 
 
 class Built(NamedTuple):
@@ -174,6 +207,7 @@ def build_pass(
             columns = OutputColumns.of_rows(rows, width)
             skipped = [p is SKIPPED for p in plans] if config.selects_rows else None
             frame = assemble_columns(kept, config, columns, skipped)
+            counts.count_filled(frame, config.field_columns)
             failed = failed_rows(kept, config, columns, numbers, types) if with_failed else None
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))

@@ -19,7 +19,7 @@ import time
 from array import array
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import orjson
 import polars as pl
@@ -71,6 +71,15 @@ ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass(slots=True)
+class StepTally:
+    """What the calling pass counted of one step (of a run with `steps`)."""
+
+    counters: Counters = field(default_factory=Counters)  # the step's client's
+    latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
+    credits: float = 0.0  # `cost` times the answered (2xx) calls this run made
+
+
+@dataclass(slots=True)
 class Tally:
     """What the calling pass counted, besides the client's ``Counters``."""
 
@@ -82,6 +91,7 @@ class Tally:
     logins: int = 0
     late_slots: int = 0  # the limiter's slots given up for being reached late
     latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
+    steps: list[StepTally] = field(default_factory=list)  # with `steps`: one per step, in order
 
 
 def stopped(stop: BaseException, journal: Journal, calls: int) -> BaseException:
@@ -96,6 +106,17 @@ def stopped(stop: BaseException, journal: Journal, calls: int) -> BaseException:
     return stop
 
 
+class Counted(Protocol):
+    """Running totals a progress report reads (``Counters``, or a sum of several)."""
+
+    @property
+    def calls(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def throttled(self) -> int: ...
+
+
 @dataclass(slots=True)
 class Reporter:
     """Hands ``on_progress`` a ``Progress`` snapshot of a calling pass, at most one per
@@ -106,7 +127,7 @@ class Reporter:
     started: float = field(default_factory=time.perf_counter)
     last: float = 0.0
 
-    def __call__(self, tally: Tally, counters: Counters, force: bool = False) -> None:
+    def __call__(self, tally: Tally, counters: Counted, force: bool = False) -> None:
         on_progress = self.on_progress
         if on_progress is None:
             return

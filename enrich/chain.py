@@ -33,11 +33,12 @@ import orjson
 import polars as pl
 
 from .auth import TokenManager
-from .building import NOT_CALLED, Built, RowCounts, failure_label, keep_filled
+from .building import NOT_CALLED, Built, RowCounts, StepCounts, failure_label, keep_filled
 from .calling import (
     HOLD_SECONDS,
     ProgressCallback,
     Reporter,
+    StepTally,
     Tally,
     fields_key,
     first_leaf,
@@ -49,7 +50,7 @@ from .calling import (
 from .client import Client, Counters, PreparedRequest
 from .column_types import output_column
 from .config import Config
-from .errors import ConfigError, FailureKind
+from .errors import ConfigError, CostLimitReached, FailureKind
 from .extract import parse_answer
 from .journal import Entry, Journal, kind_of
 from .planning import (
@@ -243,9 +244,63 @@ class _Lane:
     step: Step
     client: Client
     slots: asyncio.Semaphore
+    tally: StepTally
     login: asyncio.Lock = field(default_factory=asyncio.Lock)
     logged_in: bool = False
-    pending: dict[bytes, asyncio.Future[Entry]] = field(default_factory=dict)
+    pending: dict[bytes, asyncio.Future[Entry | None]] = field(default_factory=dict)
+
+
+class _Totals:
+    """The run's counters, read by the progress report: the sum of its steps'."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Counters]) -> None:
+        self.parts = parts
+
+    @property
+    def calls(self) -> int:
+        return sum(c.calls for c in self.parts)
+
+    @property
+    def retries(self) -> int:
+        return sum(c.retries for c in self.parts)
+
+    @property
+    def throttled(self) -> int:
+        return sum(c.throttled for c in self.parts)
+
+    def total(self) -> Counters:
+        return Counters(self.calls, self.retries, self.throttled)
+
+
+@dataclass(slots=True)
+class _Budget:
+    """``max_cost``: the credits this run's answered calls spent, and those its calls in flight
+    may spend; a call that could take the run over the limit is not made."""
+
+    limit: float | None
+    spent: float = 0.0
+    reserved: float = 0.0
+    stop: CostLimitReached | None = None
+
+    def take(self, cost: float) -> bool:
+        """Book ``cost`` for a call about to be made; False (and the stop set) when it could go over."""
+        if self.stop is not None:
+            return False
+        if not cost or self.limit is None:
+            return True
+        if self.spent + self.reserved + cost > self.limit:
+            self.stop = CostLimitReached(self.limit, cost)
+            return False
+        self.reserved += cost
+        return True
+
+    def settle(self, cost: float, answered: bool) -> None:
+        if self.limit is not None:
+            self.reserved -= cost
+        if answered:
+            self.spent += cost
 
 
 class ChainPass:
@@ -266,46 +321,60 @@ class ChainPass:
         self.report = Reporter(on_progress, total)
         self.steps = compile_steps(config)
         self.started_wall = options.started_at if options.started_at is not None else time.time()
-        self.counters = Counters()
-        self.tally = Tally()
+        self.tally = Tally(steps=[StepTally() for _ in self.steps])
+        self.counters = _Totals([t.counters for t in self.tally.steps])
+        self.budget = _Budget(config.max_cost)
 
     async def run(self, batches: Batches) -> tuple[Counters, Tally]:
-        journal, counters = self.journal, self.counters
+        journal, counters, budget = self.journal, self.counters, self.budget
         stop: BaseException | None = None
         async with contextlib.AsyncExitStack() as stack:
             lanes = []
             tokens: dict[str, TokenManager | None] = {}  # one per auth block: steps on one login share it
-            for step in self.steps:
+            for step, tally in zip(self.steps, self.tally.steps, strict=True):
                 key = step.config.auth_key
                 if key not in tokens:
                     tokens[key] = token_manager(step.config)
-                client = await stack.enter_async_context(open_client(step.config, counters, tokens[key]))
-                lanes.append(_Lane(step, client, asyncio.Semaphore(step.config.concurrency)))
+                client = await stack.enter_async_context(open_client(step.config, tally.counters, tokens[key]))
+                lanes.append(_Lane(step, client, asyncio.Semaphore(step.config.concurrency), tally))
             window = asyncio.Semaphore(WINDOW_PER_SLOT * sum(s.config.concurrency for s in self.steps))
             try:
                 async with asyncio.TaskGroup() as group:
                     for batch in batches():
                         for state in row_states(batch, self.config, self.types):
                             await window.acquire()
+                            if budget.stop is not None:  # max_cost reached: no row starts
+                                break
                             group.create_task(self._row(state, lanes, window))
+                        if budget.stop is not None:
+                            break
             except BaseExceptionGroup as group_error:
                 stop = first_leaf(group_error)  # raised below, outside the handler (see CallingPass.run)
             finally:
                 if stop is None:
                     journal.flush()
+            if stop is None and budget.stop is not None:  # the calls in flight finished and are saved
+                stop = budget.stop.spent(budget.spent, self._credits(), self.tally.rows, self.report.total)
             if stop is not None:
                 raise stopped(stop, journal, counters.calls)
             self.tally.logins = sum(t.logins for t in tokens.values() if t is not None)
             self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
-        self.report(self.tally, self.counters, force=True)
-        return counters, self.tally
+        self.report(self.tally, counters, force=True)
+        return counters.total(), self.tally
+
+    def _credits(self) -> dict[str, float]:
+        return {s.name: t.credits for s, t in zip(self.steps, self.tally.steps, strict=True) if s.config.cost}
 
     async def _row(self, state: RowState, lanes: list[_Lane], window: asyncio.Semaphore) -> None:
         try:
             for lane in lanes:
                 step = lane.step
                 plan = decide(step, state)
-                entry = await self._entry(lane, plan) if type(plan) is Call else None
+                entry = None
+                if type(plan) is Call:
+                    entry = await self._entry(lane, plan)
+                    if entry is None:  # max_cost reached: the row stays for the next run
+                        return
                 settle(step, state, plan, entry)
             tally = self.tally
             tally.rows += 1
@@ -317,15 +386,17 @@ class ChainPass:
         finally:
             window.release()
 
-    async def _entry(self, lane: _Lane, call: Call) -> Entry:
-        """The answer to a step's call: one already on its way, the journal's, or a new call."""
+    async def _entry(self, lane: _Lane, call: Call) -> Entry | None:
+        """The answer to a step's call: one already on its way, the journal's, or a new call (None:
+        the call may not be made, ``max_cost`` is reached)."""
         fp, tally = call.fp, self.tally
         pending = lane.pending.get(fp)
         if pending is not None:  # another row asked the same: its answer is this row's
             tally.deduped += 1
             return await asyncio.shield(pending)
-        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         lane.pending[fp] = future
+        entry: Entry | None
         try:
             known = (await self.journal.alookup([fp], bodies=False)).get(fp)
             if known is not None and reusable(known, self.options, self.started_wall):
@@ -346,8 +417,9 @@ class ChainPass:
                 future.cancel()
             del lane.pending[fp]
 
-    async def _call(self, lane: _Lane, fp: bytes, request: PreparedRequest) -> Entry:
-        journal, client, step = self.journal, lane.client, lane.step
+    async def _call(self, lane: _Lane, fp: bytes, request: PreparedRequest) -> Entry | None:
+        journal, client, step, budget = self.journal, lane.client, lane.step, self.budget
+        cost = step.config.cost
         async with lane.slots:
             if not lane.logged_in:  # log in at the step's first call, not before: a resumed run may need none
                 async with lane.login:
@@ -357,11 +429,22 @@ class ChainPass:
                         lane.logged_in = True
             while journal.holding():  # the journal cannot save now: a call made would be lost
                 await asyncio.sleep(HOLD_SECONDS)
-            outcome = await client.call(request)
+            if not budget.take(cost):
+                return None
+            try:
+                outcome = await client.call(request)
+            except BaseException:
+                budget.settle(cost, answered=False)
+                raise
+            answered = outcome.error is None
+            budget.settle(cost, answered)
+            if answered:
+                lane.tally.credits += cost
             entry = journal_entry(outcome, step.config, step.key)
             seq = journal.put(fp, entry, saved=not outcome.local)
             if outcome.latency_ms is not None:
                 self.tally.latencies.append(outcome.latency_ms)
+                lane.tally.latencies.append(outcome.latency_ms)
             # Counted in flight until saved: a kill costs no more calls than the slots hold.
             await journal.saved(seq)
         return entry
@@ -397,7 +480,7 @@ def chain_build_pass(
     step: ``"<step>: HTTP 404"``."""
     _check(config, options)
     steps = compile_steps(config)
-    counts = RowCounts()
+    counts = RowCounts(steps=[StepCounts() for _ in steps])
 
     def generate() -> Iterator[Built]:
         for batch in batches():
@@ -413,12 +496,25 @@ def chain_build_pass(
                     settle(step, state, plan, entries.get(plan.fp) if type(plan) is Call else None)
             for state in states:
                 _count(state, steps, counts)
-            yield Built(assemble_steps(batch, config, steps, states), None)
+            frame = assemble_steps(batch, config, steps, states)
+            counts.count_filled(frame, config.field_columns)
+            yield Built(frame, None)
 
     return generate(), counts
 
 
 def _count(state: RowState, steps: list[Step], counts: RowCounts) -> None:
+    for step_counts, result in zip(counts.steps, state.results, strict=True):
+        if result.error is not None:
+            assert result.kind is not None  # set with every error
+            step_counts.failures[failure_label(result.kind, result.status)] += 1
+        elif result.status is None:
+            step_counts.skipped += 1
+        else:
+            step_counts.answered += 1
+    by_name = dict(zip((s.name for s in steps), counts.steps, strict=True))
+    for column, name in state.source.items():
+        by_name[name].filled[column] += 1
     for step, result in zip(steps, state.results, strict=True):
         if result.error is None or all(filled(state.values.get(c)) and c in state.source for c in step.fills):
             continue

@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="show the first N requests (default 5) as curl commands and what the run would call; send nothing",
     )
     run.add_argument(
+        "--max-cost",
+        metavar="CREDITS",
+        help="with `steps`: stop (exit 3, resumable) before the run's answered calls cost more; overrides `max_cost`",
+    )
+    run.add_argument(
         "--max-error-rate",
         metavar="SHARE",
         help="exit 1 when more than this share of rows failed (0.05 or 5%%); overrides `max_error_rate`",
@@ -329,7 +334,12 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
     calling = args.command == "run"
     overrides: dict[str, Any] = {"errors_out": str(args.errors_out) if args.errors_out else None}
     if calling:
-        overrides.update(concurrency=args.concurrency, rate_limit=args.rate_limit, max_error_rate=args.max_error_rate)
+        overrides.update(
+            concurrency=args.concurrency,
+            rate_limit=args.rate_limit,
+            max_error_rate=args.max_error_rate,
+            max_cost=args.max_cost,
+        )
     config = _load(args, log, overrides)
     options = RunOptions(
         limit=args.limit,
@@ -398,9 +408,32 @@ def _summary_table(s: Any, output: Path, summary: Path) -> str:
         f"{_n(s.cached, 'row')} from the journal, {_n(s.deduped, 'duplicate')}",
         f"  latency  {latency}; {s.calls_per_second:.1f} calls/s ({limit})",
         f"  auth     {_n(s.logins, 'login')}, {_n(s.refreshes, 'token refresh', 'token refreshes')}",
-        f"  summary  {summary}",
     ]
+    if s.steps:
+        lines += _steps_lines(s)
+    lines.append(f"  summary  {summary}")
     return "\n".join(lines)
+
+
+def _steps_lines(s: Any) -> list[str]:
+    """Per step: its calls, rows answered, failures, latency, credits and what it filled; then
+    each field's fill rate over all rows."""
+    width = max(len(step.name) for step in s.steps)
+    lines = []
+    for i, step in enumerate(s.steps):
+        failures = f" ({', '.join(f'{k}: {v}' for k, v in step.failures.items())})" if step.failures else ""
+        latency = f", p50 {step.latency_p50_ms:g} ms" if step.latency_p50_ms is not None else ""
+        credits = f", {step.credits:g} credits" if step.cost else ""
+        filled = ", ".join(f"{c} {share:.1%}" for c, share in step.fill.items())
+        lines.append(
+            f"  {'steps' if i == 0 else '':8} {step.name:<{width}}  {step.calls} calls{latency}; {step.answered} "
+            f"answered, {step.failed} failed{failures}, {step.skipped} skipped{credits}; filled {filled or 'nothing'}"
+        )
+    budget = f" of max_cost {s.max_cost:g}" if s.max_cost is not None else ""
+    if any(step.cost for step in s.steps):
+        lines.append(f"  credits  {s.credits:g}{budget}")
+    lines.append("  fill     " + ", ".join(f"{c} {share:.1%}" for c, share in s.fill.items()))
+    return lines
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:

@@ -65,6 +65,7 @@ from .config_env import Env, listed_secrets, masked_request, register_fixed_secr
 from .errors import ConfigError, child_of
 from .extract import FieldPath, compile_fields
 from .model import (
+    CREDITS,
     FLAG,
     NEEDED,
     NOT_BLANK,
@@ -746,6 +747,15 @@ class Config(Section):
             examples=[0.05, "5%"],
         ),
     ] = None
+    max_cost: Annotated[
+        float | None,
+        CREDITS,
+        about(
+            "With `steps`: stop the run (exit 3, resumable) before its answered calls would cost more credits "
+            "than this, counting each step's `cost` (--max-cost overrides).",
+            examples=[500],
+        ),
+    ] = None
     errors_out: Annotated[
         Path | None, FILE, about("Write the failed rows here, with their (redacted) request and error.")
     ] = None
@@ -1034,6 +1044,11 @@ def config_from_dict(
             from .step_config import load_steps
 
             return load_steps(dict(data), load)
+        if isinstance(data, Mapping) and data.get("max_cost") is not None:
+            raise ConfigError(
+                f"{load.where('max_cost')}: max_cost counts the credits of `steps` (each step's `cost:`), and this "
+                "config has no steps. Write the call as a step with a `cost:`, or leave max_cost out."
+            )
         return validate(Config, dict(data) if isinstance(data, Mapping) else data, load)
     except ConfigError as exc:
         # A message may quote a value that came from ${VAR}; never show it.

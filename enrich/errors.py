@@ -10,6 +10,7 @@
     │   ├── InputChanged        the input file changed while the run read it (exit 3)
     │   ├── StorageError        the disk failed the run: full, not writable, a damaged journal (exit 3)
     │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after (exit 3)
+    │   ├── CostLimitReached    the next call could take the run's credits over max_cost (exit 3)
     │   └── TLSError            the API's certificate cannot be verified, or TLS failed (exit 3)
     └── Interrupted             Ctrl-C or SIGTERM; finished calls are in the journal (exit 130)
 
@@ -120,6 +121,31 @@ class ThrottledTooLong(RunAborted):
         else:
             saved = f"{calls:,} finished calls are saved in the journal {journal}; run the same command"
         return ThrottledTooLong(self.seconds, self.status, self.limit, self.resume_at, saved)
+
+
+class CostLimitReached(RunAborted):
+    """The next call could take the credits this run spends over ``max_cost``: no call is made
+    after it; the calls in flight finish and are saved, so a rerun with a higher limit goes on."""
+
+    def __init__(self, limit: float, cost: float, message: str = "") -> None:
+        self.limit, self.cost = limit, cost
+        super().__init__(message or f"max_cost ({limit:g} credits) reached")
+
+    def __reduce__(self) -> tuple[type[CostLimitReached], tuple[float, float, str]]:
+        return (type(self), (self.limit, self.cost, str(self)))
+
+    def spent(self, credits: float, by_step: dict[str, float], rows_done: int, rows: int | None) -> CostLimitReached:
+        """The stop, saying what was spent (in all and by step) and what is left."""
+        steps = ", ".join(f"{name} {n:g}" for name, n in by_step.items())
+        left = f"{rows - rows_done:,} of {rows:,} rows" if rows is not None else "the rest"
+        return CostLimitReached(
+            self.limit,
+            self.cost,
+            f"stopped before spending more than max_cost ({self.limit:g} credits): this run spent {credits:g} "
+            f"({steps}), and the next call would cost {self.cost:g} more. {rows_done:,} rows are done and saved "
+            f"in the journal; {left} are not. To go on, run the same command with a higher --max-cost (or "
+            "max_cost:): no answered call is paid for again.",
+        )
 
 
 class TLSError(RunAborted):

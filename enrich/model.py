@@ -212,6 +212,9 @@ def number(*, minimum: float, maximum: float | None = None, integer: bool = Fals
     return Parsed(parse, schema if maximum is None else {**schema, "maximum": maximum})
 
 
+CREDITS = number(minimum=0, what="a number of credits")  # a step's `cost`, `max_cost`
+
+
 def _flag(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{where} must be true or false, got {value!r}.")

@@ -29,13 +29,14 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import create_model
 
 from .checks import _check_keys, _Locator
 from .errors import ConfigError
-from .model import NEEDED, Load, Parsed, Schema, Section, about, number, validate
+from .model import CREDITS, NEEDED, Load, Parsed, Schema, Section, about, validate
 
 if TYPE_CHECKING:
     from .config import Config
@@ -70,7 +71,6 @@ def _name(value: Any, where: str) -> str:
 
 
 _NAME_MISSING = "a step needs a `name` (letters, digits and _), e.g. `name: company`: it names the step's columns."
-COST = number(minimum=0, what="a number of credits")
 
 
 class _StepSection(Section):
@@ -93,7 +93,7 @@ def _step() -> type[Section]:
             ],
             NEEDED,
         ),
-        "cost": (Annotated[float, COST, about("The credits one answered (2xx) call of this step costs.")], 0.0),
+        "cost": (Annotated[float, CREDITS, about("The credits one answered (2xx) call of this step costs.")], 0.0),
         "auth": (
             Annotated[
                 Any,
@@ -203,7 +203,7 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
                 f"{where(*at)}: step `{name}` has no `request`. Add at least "
                 "`request: {url: https://api.example.com/v1/{{id}}}`."
             )
-        cost = COST.parse(raw.get("cost", 0), where(*at, "cost"))
+        cost = CREDITS.parse(raw.get("cost", 0), where(*at, "cost"))
         moves: dict[str, tuple[str, ...]] = {k: (*at, k) for k in raw if k in CALL_KEYS}
         one = {**top, **{k: v for k, v in raw.items() if k in CALL_KEYS}}
         auth = one.get("auth")
@@ -219,7 +219,16 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
             auth_key = f"auths.{auth}"
         step_load = Load(_Within(where, moves), load.redactor, load.env)
         config = validate(Config, one, step_load)
+        rate = config.rate_limit
+        if rate is not None and rate.shared and "rate_limit" not in raw:
+            # The top-level limit is each step's own, as a local one is: one Redis key per step.
+            config = config.derive(rate_limit=replace(rate, key=f"{rate.key}.{name}"))
         configs.append(config.derive(name=name, cost=cost, auth_key=auth_key))
+    if configs[0].max_cost is not None and not any(c.cost for c in configs):
+        raise ConfigError(
+            f"{where('max_cost')}: no step has a `cost`, so there is nothing to count against max_cost. Give the "
+            "steps that are paid for their `cost:` (the credits one answered call costs), or leave max_cost out."
+        )
     warnings = tuple(dict.fromkeys(w for c in configs for w in c.warnings))
     return configs[0].derive(steps=tuple(configs), auths=auths, warnings=warnings)
 

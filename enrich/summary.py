@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .atomic import replacing
-from .building import RowCounts
-from .calling import Tally
+from .building import RowCounts, StepCounts
+from .calling import StepTally, Tally
 from .client import Counters
 from .config import Config
 from .errors import EnrichError, Interrupted
@@ -30,6 +30,25 @@ from .journal import journal_label
 
 if TYPE_CHECKING:
     from .jobs import Job
+
+
+@dataclass(frozen=True, slots=True)
+class StepSummary:
+    """What one step of a run with `steps` did."""
+
+    name: str
+    calls: int  # HTTP requests this run sent for the step, retries included
+    answered: int  # rows with the step's answer (2xx), from a call or the journal
+    failed: int  # rows the step failed for ("missing input" among them)
+    failures: dict[str, int]  # "HTTP 404": 3, "missing input": 2
+    skipped: int  # rows it made no call for: already filled (a waterfall), or left out by `when`
+    retries: int
+    throttled: int
+    latency_p50_ms: float | None  # of the calls this run made
+    latency_p95_ms: float | None
+    cost: float  # credits per answered call
+    credits: float  # credits this run's answered calls cost
+    fill: dict[str, float]  # field column -> the share of all rows whose value this step gave
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,10 @@ class Summary:
     # Slots of a shared limit given up because this process reached them late (a busy machine):
     # capacity lost so that no second goes over the limit.
     late_slots: int = 0
+    fill: dict[str, float] = field(default_factory=dict)  # field column -> share of rows holding a value
+    steps: tuple[StepSummary, ...] = ()  # with `steps`: one per step, in order
+    credits: float = 0.0  # with `steps`: what this run's answered calls cost, all steps together
+    max_cost: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -78,6 +101,7 @@ class Summary:
         """The summary as JSON-ready data (what ``<output>.summary.json`` holds)."""
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
         data.update(
+            steps=[{f: getattr(step, f) for f in step.__dataclass_fields__} for step in self.steps],
             error_rate=round(self.error_rate, 6),
             calls_per_second=round(self.calls_per_second, 2),
             over_budget=self.over_budget,
@@ -93,6 +117,11 @@ def summarize(
     """The summary of a run from what its passes counted (``tally``: the calling pass's, ``counts``:
     the building pass's)."""
     failed = sum(counts.failures.values())
+    rows = counts.ok + failed + counts.skipped
+    steps = tuple(
+        _step_summary(step, step_tally, step_counts, rows)
+        for step, step_tally, step_counts in zip(config.steps, tally.steps or _none(config), counts.steps, strict=True)
+    )
     return Summary(
         rows=counts.ok + failed + counts.skipped,
         ok=counts.ok,
@@ -113,7 +142,40 @@ def summarize(
         rate_limit=config.rate_limit.per_second if config.rate_limit else None,
         max_error_rate=config.max_error_rate,
         late_slots=tally.late_slots,
+        fill={c: _share(counts.filled[c], rows) for c in config.field_columns},
+        steps=steps,
+        credits=sum(step.credits for step in steps),
+        max_cost=config.max_cost,
     )
+
+
+def _none(config: Config) -> list[StepTally]:
+    """No calls (``enrich extract``): each step's tally empty."""
+    return [StepTally() for _ in config.steps]
+
+
+def _step_summary(step: Config, tally: StepTally, counts: StepCounts, rows: int) -> StepSummary:
+    counters = tally.counters
+    failed = sum(counts.failures.values())
+    return StepSummary(
+        name=step.name,
+        calls=counters.calls,
+        answered=counts.answered,
+        failed=failed,
+        failures=dict(counts.failures.most_common()),
+        skipped=counts.skipped,
+        retries=counters.retries,
+        throttled=counters.throttled,
+        latency_p50_ms=_percentile(tally.latencies, 0.5),
+        latency_p95_ms=_percentile(tally.latencies, 0.95),
+        cost=step.cost,
+        credits=tally.credits,
+        fill={c: _share(counts.filled[c], rows) for c in step.field_columns},
+    )
+
+
+def _share(count: int, rows: int) -> float:
+    return round(count / rows, 4) if rows else 0.0
 
 
 def _percentile(values: array[float], share: float) -> float | None:

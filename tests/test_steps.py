@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 import pytest
 from aiohttp import web
@@ -387,6 +389,18 @@ def test_top_level_keys_are_every_steps_defaults() -> None:
     assert [(s.name, s.concurrency, s.timeout) for s in config.steps] == [("one", 3, 5.0), ("two", 7, 5.0)]
 
 
+def test_a_shared_top_level_limit_is_each_steps_own_unless_a_step_names_its_key() -> None:
+    shared = {"rate": "10/s", "shared": "redis://127.0.0.1:6379/0", "key": "acme"}
+    steps = [
+        {"name": "one", "request": {"url": "http://127.0.0.1:9/{{id}}"}},
+        {"name": "two", "request": {"url": "http://127.0.0.1:9/{{id}}"}},
+        {"name": "three", "request": {"url": "http://127.0.0.1:9/{{id}}"}, "rate_limit": shared},
+    ]
+    config = config_from_dict({"rate_limit": shared, "steps": steps})
+    limits = [(s.rate_limit.key, s.rate_limit.per_second) for s in config.steps if s.rate_limit]
+    assert limits == [("acme.one", 10.0), ("acme.two", 10.0), ("acme", 10.0)]
+
+
 # --- pipelined, resumable --------------------------------------------------------------------
 
 
@@ -596,3 +610,111 @@ def test_an_empty_list_is_a_miss_in_a_waterfall(tmp_path: Path, serve: Serve) ->
     assert calls == {"first": 5, "second": 5}
     out = by_email(tmp_path / "out.parquet").values()
     assert {(r["tags"], r["tags_source"]) for r in out} == {('["x"]', "second")}  # a list is kept as its JSON
+
+
+# --- what each step did, and what it cost ----------------------------------------------------------
+
+
+def costed_waterfall(url: str, a: float = 1, b: float = 2) -> list[dict[str, Any]]:
+    steps = waterfall_steps(url)
+    steps[0]["cost"], steps[1]["cost"] = a, b
+    return steps
+
+
+def summary_of(folder: Path) -> dict[str, Any]:
+    return orjson.loads((folder / "out.parquet.summary.json").read_bytes())
+
+
+def test_the_summary_gives_each_steps_calls_answers_failures_credits_and_fill_rate(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, costed_waterfall(server.url))
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"a": 5, "b": 3}
+    summary = summary_of(tmp_path)
+    a, b = summary["steps"]
+    # A answered every row (a miss is a 200 with no title), and found two titles of five.
+    assert {k: a[k] for k in ("name", "calls", "answered", "failed", "skipped", "credits", "fill")} == {
+        "name": "a", "calls": 5, "answered": 5, "failed": 0, "skipped": 0, "credits": 5.0, "fill": {"title": 0.4},
+    }  # fmt: skip
+    # B was asked only for A's three misses: two answered (2 credits each), eve unknown (404, free).
+    assert {k: b[k] for k in ("name", "calls", "answered", "failed", "failures", "skipped", "credits", "fill")} == {
+        "name": "b", "calls": 3, "answered": 2, "failed": 1, "failures": {"HTTP 404": 1}, "skipped": 2,
+        "credits": 4.0, "fill": {"title": 0.4},
+    }  # fmt: skip
+    assert a["latency_p50_ms"] is not None and b["latency_p95_ms"] is not None
+    assert (summary["credits"], summary["fill"], summary["calls"]) == (9.0, {"title": 0.8}, 8)
+    printed = capsys.readouterr().err
+    assert "  steps    a  5 calls" in printed and "filled title 40.0%" in printed
+    assert "  credits  9\n" in printed and "  fill     title 80.0%" in printed
+    # A rerun pays nothing: the answers come from the journal.
+    assert run_cli(["run", str(cfg)]) == 0
+    summary = summary_of(tmp_path)
+    assert [(s["calls"], s["answered"], s["credits"]) for s in summary["steps"]] == [(0, 5, 0.0), (0, 2, 0.0)]
+    assert summary["fill"] == {"title": 0.8}
+
+
+def test_a_one_step_summary_gives_each_fields_fill_rate(tmp_path: Path, serve: Serve) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = write_config(
+        tmp_path / "one.yaml",
+        {
+            "input": str(people_csv(tmp_path)),
+            "output": str(tmp_path / "out.parquet"),
+            "request": {"url": server.url + "/a/person/{{email}}"},
+            "fields": {"title": "person.title"},
+        },
+    )
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"a": 5}
+    summary = summary_of(tmp_path)
+    assert (summary["fill"], summary["steps"], summary["credits"]) == ({"title": 0.4}, [], 0.0)
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_max_cost_stops_the_run_before_it_would_spend_more_and_a_rerun_goes_on(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str], flag: bool
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    keys = {} if flag else {"max_cost": 4}
+    cfg = steps_config(tmp_path, costed_waterfall(server.url), **keys)
+    assert run_cli(["run", str(cfg), *(["--max-cost", "4"] if flag else [])]) == 3
+    err = capsys.readouterr().err
+    assert "stopped before spending more than max_cost (4 credits): this run spent " in err
+    assert "run the same command with a higher --max-cost" in err
+    first = Counter(calls)
+    stop = summary_of(tmp_path)
+    assert (stop["status"], stop["exit_code"]) == ("aborted", 3)
+    assert not (tmp_path / "out.parquet").exists()
+    # A answers every call it gets (1 credit), B answers cy and dee (2 credits) and not eve (free):
+    # what was paid stays within the limit.
+    assert first["a"] + 2 * min(first["b"], 2) <= 4
+    assert run_cli(["run", str(cfg), "--max-cost", "100"]) == 0
+    # Over both runs each call was made once: the first run's answers came from the journal.
+    assert calls == {"a": 5, "b": 3}
+    summary = summary_of(tmp_path)
+    assert summary["credits"] == 9 - first["a"] - 2 * min(first["b"], 2)
+    assert by_email(tmp_path / "out.parquet")["dee@globex.com"]["title"] == "Designer"
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"max_cost": 10}, "no step has a `cost`, so there is nothing to count against max_cost"),
+        ({"max_cost": -1}, "line 27: max_cost must be at least 0, got -1."),
+    ],
+)
+def test_max_cost_without_costs_is_refused(tmp_path: Path, keys: dict[str, Any], expected: str) -> None:
+    cfg = steps_config(tmp_path, waterfall_steps("http://127.0.0.1:9"), **keys)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(cfg)
+
+
+def test_max_cost_on_a_one_call_config_is_refused(tmp_path: Path) -> None:
+    data = {"input": "x.csv", "request": {"url": "http://127.0.0.1:9/{{id}}"}, "max_cost": 5}
+    with pytest.raises(ConfigError, match="this config has no steps"):
+        config_from_dict(data)
