@@ -49,8 +49,8 @@ from .calling import (
 )
 from .client import Client, Counters, PreparedRequest
 from .column_types import output_column
-from .config import Config
-from .errors import ConfigError, CostLimitReached, FailureKind
+from .config import ROW_COLUMN, Config
+from .errors import CostLimitReached, FailureKind
 from .extract import parse_answer
 from .journal import Entry, Journal, kind_of
 from .planning import (
@@ -63,6 +63,7 @@ from .planning import (
     RunOptions,
     plan_row,
     reusable,
+    shard_keep,
     template_rows,
 )
 from .step_config import status_columns, waterfall_columns
@@ -229,9 +230,37 @@ def row_states(batch: pl.DataFrame, config: Config, types: Mapping[str, pl.DataT
     return [RowState(dict(row), reason) for row, reason in zip(rows, reasons or itertools.repeat(None), strict=False)]
 
 
-def _check(config: Config, options: RunOptions) -> None:
-    if options.shard is not None:
-        raise ConfigError(f"{config.source}: --shard does not work with `steps` yet; run the config whole.")
+class Taken(NamedTuple):
+    """The rows of a batch this run takes (all, or its shard's), their input row numbers and states."""
+
+    batch: pl.DataFrame
+    numbers: list[int]
+    states: list[RowState]
+
+
+def taken(
+    batch: pl.DataFrame,
+    config: Config,
+    steps: list[Step],
+    options: RunOptions,
+    offset: int,
+    types: Mapping[str, pl.DataType] | None,
+) -> Taken:
+    """The rows of ``batch`` (whose first row is input row ``offset``) this run takes: with
+    ``--shard``, those of its shard, by their `key` columns or by their first step's request
+    (``planning.shard_keep``), so every run of one shard takes the same rows."""
+    states = row_states(batch, config, types)
+    numbers = list(range(offset, offset + batch.height))
+    if options.shard is None:
+        return Taken(batch, numbers, states)
+    plans = [decide(steps[0], state) for state in states]
+    keys = [tuple(s.values.get(c) for c in config.key) for s in states] if config.key else None
+    keep = shard_keep(options.shard, plans, keys, offset)
+    return Taken(
+        batch.filter(pl.Series(keep, dtype=pl.Boolean)),
+        list(itertools.compress(numbers, keep)),
+        list(itertools.compress(states, keep)),
+    )
 
 
 # --- the calling pass --------------------------------------------------------------------------
@@ -316,7 +345,6 @@ class ChainPass:
         total: int | None = None,
         types: Mapping[str, pl.DataType] | None = None,
     ) -> None:
-        _check(config, options)
         self.config, self.journal, self.options, self.types = config, journal, options, types
         self.report = Reporter(on_progress, total)
         self.steps = compile_steps(config)
@@ -340,8 +368,11 @@ class ChainPass:
             window = asyncio.Semaphore(WINDOW_PER_SLOT * sum(s.config.concurrency for s in self.steps))
             try:
                 async with asyncio.TaskGroup() as group:
+                    offset = 0
                     for batch in batches():
-                        for state in row_states(batch, self.config, self.types):
+                        rows = taken(batch, self.config, self.steps, self.options, offset, self.types)
+                        offset += batch.height
+                        for state in rows.states:
                             await window.acquire()
                             if budget.stop is not None:  # max_cost reached: no row starts
                                 break
@@ -478,13 +509,14 @@ def chain_build_pass(
     A row counts as failed when a step failed for it and no later step filled what that step
     fills (a waterfall's miss that the next provider found is no failure), by the first such
     step: ``"<step>: HTTP 404"``."""
-    _check(config, options)
     steps = compile_steps(config)
     counts = RowCounts(steps=[StepCounts() for _ in steps])
 
     def generate() -> Iterator[Built]:
-        for batch in batches():
-            states = row_states(batch, config, types)
+        offset = 0
+        for whole in batches():
+            batch, numbers, states = taken(whole, config, steps, options, offset, types)
+            offset += whole.height
             for step in steps:
                 plans = [decide(step, s) for s in states]
                 fps = [p.fp for p in plans if type(p) is Call]
@@ -498,6 +530,8 @@ def chain_build_pass(
                 _count(state, steps, counts)
             frame = assemble_steps(batch, config, steps, states)
             counts.count_filled(frame, config.field_columns)
+            if options.shard is not None:
+                frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
             yield Built(frame, None)
 
     return generate(), counts

@@ -83,9 +83,8 @@ def plan_job(
     assert target is not None
     if in_place and _same_file(target, source):  # through a link: replace the file it points to
         target = target.resolve()
-    if config.steps and (options.shard is not None or errors is not None):
-        what = "--shard" if options.shard is not None else "errors_out"
-        raise ConfigError(f"{config.source}: {what} does not work with `steps` yet.")
+    if config.steps and errors is not None:
+        raise ConfigError(f"{config.source}: errors_out does not work with `steps` yet.")
     lf = scan_table(source, config.input_types)
     schema = lf.collect_schema()
     check_utf8(source)

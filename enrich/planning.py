@@ -21,7 +21,7 @@ import hashlib
 import pickle
 import tempfile
 import time
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -160,13 +160,23 @@ def plan_batch(
         ]
     if options.shard is None:
         return BatchPlan(plans)
-    index, count = options.shard
-    if config.key:  # shard by the key columns' values: stable even when the request changes
-        keys = [_key_hash(values) for values in typed.select(config.key).rows()]
-    else:  # shard by the request: rows with the same request land in the same shard (no request: by row)
-        keys = [int.from_bytes(p.fp[:8], "big") if type(p) is Call else offset + n for n, p in enumerate(plans)]
-    keep = [k % count == index for k in keys]
+    keys = typed.select(config.key).rows() if config.key else None
+    keep = shard_keep(options.shard, plans, keys, offset)
     return BatchPlan([p for p, k in zip(plans, keep, strict=True) if k], keep)
+
+
+def shard_keep(
+    shard: tuple[int, int], plans: Sequence[object], keys: Sequence[tuple[Any, ...]] | None, offset: int
+) -> list[bool]:
+    """Which rows of a batch (whose first row is input row ``offset``) shard ``(I, N)`` takes: by
+    their `key` columns' values (``keys``: stable even when the request changes), else by their
+    request (rows asking the same land in one shard; a row without one, by its number)."""
+    index, count = shard
+    if keys is not None:
+        hashes = [_key_hash(values) for values in keys]
+    else:
+        hashes = [int.from_bytes(p.fp[:8], "big") if type(p) is Call else offset + n for n, p in enumerate(plans)]
+    return [h % count == index for h in hashes]
 
 
 def _key_hash(values: tuple[Any, ...]) -> int:

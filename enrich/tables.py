@@ -383,9 +383,23 @@ def merge_shards(parts: list[Path], output: Path) -> int:
     heights = _check_shard_rows(parts, frames)
     if any(heights):  # a part without rows adds nothing but its columns' types (all String in a CSV)
         frames = [lf for lf, height in zip(frames, heights, strict=True) if height]
+    # A column a part holds no value in (a field no row of that shard got) does not vote for its type:
+    # as String it would turn the other shards' numbers into text.
+    schemas = [dict(lf.collect_schema()) for lf in frames]
+    nulls = [_all_null(lf, schema) for lf, schema in zip(frames, schemas, strict=True)]
+    if all(list(schema) == list(schemas[0]) for schema in schemas):
+        final = unify_dtypes(schemas, nulls)
+        frames = [lf.cast(final) for lf in frames]  # type: ignore[arg-type]
     merged = pl.concat(frames, how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN).collect(engine="streaming")
     write_table(merged, output)
     return merged.height
+
+
+def _all_null(lf: pl.LazyFrame, schema: dict[str, pl.DataType]) -> set[str]:
+    """The columns of ``lf`` that hold no value (it has rows)."""
+    counts = lf.select(pl.len().alias("\0rows"), *(pl.col(c).null_count() for c in schema)).collect().row(0, named=True)
+    rows = counts.pop("\0rows")
+    return {c for c, n in counts.items() if n == rows}
 
 
 def _shard_of(part: Path) -> tuple[int, int, str, str]:

@@ -1371,3 +1371,19 @@ def test_a_redis_entry_from_before_kinds_were_stored_reads_without_one() -> None
     assert _decode(old) == Entry(None, "timed out after 1s", None, 2, None, 1000.0)
     new = Entry(None, "timed out after 1s", None, 2, None, 1000.0, kind=FailureKind.TIMEOUT)
     assert _decode(_encode(new)) == new
+
+
+def test_a_shard_whose_rows_got_no_value_does_not_turn_the_others_numbers_into_text(tmp_path: Path) -> None:
+    # One shard's rows all failed: its field column holds no value (String, all null). Merged, the
+    # other shard's numbers stay numbers.
+    pl.DataFrame({"_row": [0, 2], "id": ["a", "c"], "employees": [12, 40]}).write_parquet(
+        tmp_path / "out.shard-0-of-2.parquet"
+    )
+    pl.DataFrame(
+        {"_row": [1], "id": ["b"], "employees": [None]}, schema_overrides={"employees": pl.String}
+    ).write_parquet(tmp_path / "out.shard-1-of-2.parquet")
+    parts = [tmp_path / f"out.shard-{i}-of-2.parquet" for i in range(2)]
+    assert run_cli(["merge", *map(str, parts), "--output", str(tmp_path / "merged.parquet")]) == 0
+    merged = pl.read_parquet(tmp_path / "merged.parquet")
+    assert merged.schema["employees"] == pl.Int64
+    assert merged["employees"].to_list() == [12, None, 40]

@@ -718,3 +718,27 @@ def test_max_cost_on_a_one_call_config_is_refused(tmp_path: Path) -> None:
     data = {"input": "x.csv", "request": {"url": "http://127.0.0.1:9/{{id}}"}, "max_cost": 5}
     with pytest.raises(ConfigError, match="this config has no steps"):
         config_from_dict(data)
+
+
+# --- shards, Redis, Dask -------------------------------------------------------------------------
+
+
+def test_shards_of_a_run_with_steps_call_each_request_once_and_merge_to_the_whole_run(
+    tmp_path: Path, serve: Serve
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    cfg = steps_config(tmp_path, chain_steps(server.url) + costed_waterfall(server.url))
+    for i in range(3):
+        assert run_cli(["run", str(cfg), "--shard", f"{i}/3"]) == 0
+    # The shards split the rows by the first step's request: together they make the whole run's calls.
+    assert calls == {"company": 3, "signals": 2, "a": 5, "b": 3}
+    parts = [tmp_path / f"out.shard-{i}-of-3.parquet" for i in range(3)]
+    assert sum(pl.read_parquet(p).height for p in parts) == len(PEOPLE)
+    assert run_cli(["merge", *map(str, parts), "--output", str(tmp_path / "merged.parquet")]) == 0
+    assert run_cli(["run", str(cfg)]) == 0  # the whole run, with a journal of its own
+    assert calls == {"company": 6, "signals": 4, "a": 10, "b": 6}
+    whole = pl.read_parquet(tmp_path / "out.parquet")
+    merged = pl.read_parquet(tmp_path / "merged.parquet")
+    steps_columns = [c for c in whole.columns if not c.endswith("_latency_ms")]  # the rerun's are the journal's
+    assert merged.select(steps_columns).equals(whole.select(steps_columns))
