@@ -49,7 +49,15 @@ from .calling import (
 )
 from .client import Client, Counters, PreparedRequest
 from .column_types import output_column
-from .config import ROW_COLUMN, Config
+from .config import (
+    ATTEMPTS_COLUMN,
+    ERROR_COLUMN,
+    REQUEST_COLUMNS,
+    ROW_COLUMN,
+    STATUS_COLUMN,
+    STEP_COLUMN,
+    Config,
+)
 from .errors import CostLimitReached, FailureKind
 from .extract import parse_answer
 from .journal import Entry, Journal, kind_of
@@ -64,6 +72,7 @@ from .planning import (
     plan_row,
     reusable,
     shard_keep,
+    shown_request,
     template_rows,
 )
 from .step_config import status_columns, waterfall_columns
@@ -503,8 +512,10 @@ def chain_build_pass(
     journal: Journal,
     options: RunOptions = DEFAULT_OPTIONS,
     types: Mapping[str, pl.DataType] | None = None,
+    with_failed: bool = False,
 ) -> tuple[Iterator[Built], RowCounts]:
-    """The output batch by batch, each row taken through the steps again from the journal alone.
+    """The output batch by batch, each row taken through the steps again from the journal alone
+    (``with_failed``: and the failed rows, for ``errors_out``).
 
     A row counts as failed when a step failed for it and no later step filled what that step
     fills (a waterfall's miss that the next provider found is no failure), by the first such
@@ -526,18 +537,19 @@ def chain_build_pass(
                     entries.update(journal.lookup(stale))
                 for state, plan in zip(states, plans, strict=True):
                     settle(step, state, plan, entries.get(plan.fp) if type(plan) is Call else None)
-            for state in states:
-                _count(state, steps, counts)
+            failing = [_count(state, steps, counts) for state in states]
             frame = assemble_steps(batch, config, steps, states)
             counts.count_filled(frame, config.field_columns)
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
-            yield Built(frame, None)
+            failed = failed_steps(batch, config, steps, states, failing, numbers) if with_failed else None
+            yield Built(frame, failed)
 
     return generate(), counts
 
 
-def _count(state: RowState, steps: list[Step], counts: RowCounts) -> None:
+def _count(state: RowState, steps: list[Step], counts: RowCounts) -> int | None:
+    """Count the row; the index of the step it failed by (None: it did not fail)."""
     for step_counts, result in zip(counts.steps, state.results, strict=True):
         if result.error is not None:
             assert result.kind is not None  # set with every error
@@ -549,16 +561,61 @@ def _count(state: RowState, steps: list[Step], counts: RowCounts) -> None:
     by_name = dict(zip((s.name for s in steps), counts.steps, strict=True))
     for column, name in state.source.items():
         by_name[name].filled[column] += 1
-    for step, result in zip(steps, state.results, strict=True):
+    for index, (step, result) in enumerate(zip(steps, state.results, strict=True)):
         if result.error is None or all(filled(state.values.get(c)) and c in state.source for c in step.fills):
             continue
         assert result.kind is not None  # set with every error
         counts.failures[f"{step.name}: {failure_label(result.kind, result.status)}"] += 1
-        return
+        return index
     if state.answered:
         counts.ok += 1
     else:
         counts.skipped += 1
+    return None
+
+
+def failed_steps(
+    batch: pl.DataFrame,
+    config: Config,
+    steps: list[Step],
+    states: list[RowState],
+    failing: list[int | None],
+    numbers: list[int],
+) -> pl.DataFrame:
+    """The failed rows of a batch, for ``errors_out``: row number, the input columns the steps
+    read (as read), the step the row failed by, its request as sent (each secret as ``***``), its
+    status, error and attempts."""
+    rows = [i for i, index in enumerate(failing) if index is not None]
+    used = [c for c in sorted(config.columns_used) if c in batch.schema]
+    part = batch[rows] if rows else batch.clear()
+    requests: list[tuple[str | None, ...]] = []
+    names: list[str] = []
+    results: list[StepResult] = []
+    for i in rows:
+        index = failing[i]
+        assert index is not None
+        step, state = steps[index], states[i]
+        result = state.results[index]
+        names.append(step.name)
+        results.append(result)
+        # A step whose input an earlier step did not give has no request to show.
+        req = shown_request(step.config, state.values) if result.kind is not FailureKind.MISSING_INPUT else None
+        if req is None:
+            requests.append((None, None, None, None))
+            continue
+        text = req.body.decode("utf-8", "replace") if req.body else None
+        requests.append((req.method, str(req.url), orjson.dumps(req.headers).decode(), text))
+    return pl.DataFrame(
+        [
+            pl.Series(ROW_COLUMN, [numbers[i] for i in rows], dtype=pl.Int64),
+            *(part[c] for c in used),
+            pl.Series(STEP_COLUMN, names, dtype=pl.String),
+            *(pl.Series(name, [r[n] for r in requests], dtype=pl.String) for n, name in enumerate(REQUEST_COLUMNS)),
+            pl.Series(STATUS_COLUMN, [r.status for r in results], dtype=pl.Int64),
+            pl.Series(ERROR_COLUMN, [r.error for r in results], dtype=pl.String),
+            pl.Series(ATTEMPTS_COLUMN, [r.attempts for r in results], dtype=pl.Int64),
+        ]
+    )
 
 
 def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], states: list[RowState]) -> pl.DataFrame:

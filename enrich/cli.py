@@ -441,13 +441,12 @@ def _n(count: int, word: str, plural: str | None = None) -> str:
     return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
-def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
+def _samples(samples: Any) -> list[str]:
+    """The first requests of a dry run, as curl commands."""
     from .client import to_curl
-    from .preflight import preflight
 
-    pf = preflight(config, job, options, rows)
     out: list[str] = []
-    for sample in pf.samples:
+    for sample in samples:
         if sample.request is None:
             out.append(f"# row {sample.row}: fails without a call: {sample.error}")
             continue
@@ -455,8 +454,18 @@ def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
         out.append(f"# row {sample.row}{note}")
         # As the request will be sent, the row's values untouched; each secret is `***` where it was put.
         out.append(to_curl(sample.request))
-    if not pf.samples:
+    if not samples:
         out.append("# no row would be called")
+    return out
+
+
+def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
+    from .preflight import preflight
+
+    if config.steps:
+        return _dry_run_steps(config, job, options, rows)
+    pf = preflight(config, job, options, rows)
+    out = _samples(pf.samples)
     if pf.seconds is not None:
         timing = f"{_duration_text(pf.seconds)} at {pf.rate:g}/s (concurrency {pf.concurrency})"
     else:
@@ -474,6 +483,38 @@ def _dry_run(config: Any, job: Any, options: Any, rows: int) -> int:
         f"  calls to make        {pf.to_call}",
         f"  time                 {timing}",
     ]
+    print("\n".join(out))
+    return EXIT_OK
+
+
+def _dry_run_steps(config: Any, job: Any, options: Any, rows: int) -> int:
+    from .preflight import steps_preflight
+
+    pf = steps_preflight(config, job, options, rows)
+    first, *later = pf.steps
+    out = [f"# step {first.name}", *_samples(pf.samples)]
+    for step in later:  # their requests are known once the answers they wait for are in
+        waits = ", ".join(f"{c} (from step `{s}`)" for c, s in step.waits_for.items())
+        out.append(f"# step {step.name}" + (f", once it has {waits}:" if waits else ":"))
+        out.append(f"#   {step.method} {step.url}")
+    width = max(len(s.name) for s in pf.steps)
+    out += ["", "dry run: nothing was sent and nothing was written.", f"  rows     {pf.rows}"]
+    for step in pf.steps:
+        more = f" + up to {step.more} once earlier steps answer" if step.more else ""
+        credits = f"; at most {step.most_credits:g} credits" if step.cost else ""
+        out.append(
+            f"  step     {step.name:<{width}}  {step.calls} calls to make{more}, {step.in_journal} in the journal, "
+            f"{step.no_call} without a call, {step.failing} failing without one{credits}"
+        )
+    if any(s.cost for s in pf.steps):
+        most = sum(s.most_credits for s in pf.steps)
+        limit = f" (max_cost {config.max_cost:g}: the run stops before it spends more)" if config.max_cost else ""
+        out.append(f"  credits  at most {most:g}, if every call is answered{limit}")
+    seconds = pf.seconds
+    if seconds is not None:
+        out.append(f"  time     at most {_duration_text(seconds)} at the steps' rate limits (they run side by side)")
+    else:
+        out.append("  time     a step has no rate limit: as fast as the API answers")
     print("\n".join(out))
     return EXIT_OK
 
@@ -556,12 +597,9 @@ def _pace_line(config: Any) -> str:
 
 
 def _preview(args: argparse.Namespace, log: _Log) -> int:
-    import orjson
-
     from .aio import run
     from .errors import ConfigError
-    from .extract import response_tree
-    from .preflight import apreview
+    from .preflight import apreview, apreview_steps
     from .tables import check_utf8, scan_table, value_types
 
     config = _load(args, log)
@@ -572,33 +610,52 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
     check_utf8(source)
     types = value_types(lf, config.columns_read, config.input_types, source)
     config.check_schema({c: types.get(c, t) for c, t in lf.collect_schema().items()}, source.name)
-    previews = run(apreview(config, source, args.rows))
     out: list[str] = []
-    for p in previews:
-        if p.request is None:
-            out += [f"row {p.row}: no call: {p.error}", ""]
-            continue
-        out.append(f"row {p.row}: {p.request.method} {p.request.url}")
-        if p.outcome is not None and p.outcome.status is not None:
-            out.append(f"  HTTP {p.outcome.status} in {p.outcome.latency_ms or 0:.1f} ms")
-        if p.error is not None:
-            out += [f"  error: {p.error}", ""]
-            continue
-        if p.outcome is not None and p.outcome.doc is not None:
-            out.append("  response (each path can go in `fields`):")
-            # Masked before the tree cuts long values: a cut secret would no longer match.
-            out += [f"    {line}" for line in response_tree(config.redactor.redact_json(p.outcome.doc))]
-        else:
-            out.append("  response: empty")
-        out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
-        for name, value in p.columns.items():
-            shown = config.redactor.redact(orjson.dumps(value, default=str).decode())
-            out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
-        out.append("")
-    if not previews:
-        out.append("no row would be called (check `when` and `skip_if_filled`).")
+    if config.steps:
+        rows = run(apreview_steps(config, source, args.rows))
+        for number, steps in enumerate(rows):
+            out.append(f"row {number}:")
+            for step in steps:
+                lines = _previewed(step.previewed, config.steps[[s.name for s in config.steps].index(step.step)])
+                out += [f"  step {step.step}: {lines[0]}", *(f"  {line}" for line in lines[1:])]
+            out.append("")
+        if not rows:
+            out.append("the input has no rows.")
+    else:
+        previews = run(apreview(config, source, args.rows))
+        for p in previews:
+            lines = _previewed(p, config)
+            out += [f"row {p.row}: {lines[0]}", *lines[1:], ""]
+        if not previews:
+            out.append("no row would be called (check `when` and `skip_if_filled`).")
     print(config.redactor.redact("\n".join(out).rstrip()))
     return EXIT_OK
+
+
+def _previewed(p: Any, config: Any) -> list[str]:
+    """One previewed call: the request, the status, the response tree and the columns it gives."""
+    import orjson
+
+    from .extract import response_tree
+
+    if p.request is None:
+        return [f"no call: {p.error}" if not p.error.startswith(("no call", "not called")) else p.error]
+    out = [f"{p.request.method} {p.request.url}"]
+    if p.outcome is not None and p.outcome.status is not None:
+        out.append(f"  HTTP {p.outcome.status} in {p.outcome.latency_ms or 0:.1f} ms")
+    if p.error is not None:
+        return [*out, f"  error: {p.error}"]
+    if p.outcome is not None and p.outcome.doc is not None:
+        out.append("  response (each path can go in `fields`):")
+        # Masked before the tree cuts long values: a cut secret would no longer match.
+        out += [f"    {line}" for line in response_tree(config.redactor.redact_json(p.outcome.doc))]
+    else:
+        out.append("  response: empty")
+    out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
+    for name, value in p.columns.items():
+        shown = config.redactor.redact(orjson.dumps(value, default=str).decode())
+        out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
+    return out
 
 
 def _schema() -> int:

@@ -108,6 +108,7 @@ __all__ = [
     "SIGNING_ALGORITHMS",
     "STATIC_AUTH_TYPES",
     "STATUS_COLUMN",
+    "STEP_COLUMN",
     "TLS_KEYS",
     "TOP_KEYS",
     "AuthConfig",
@@ -143,6 +144,7 @@ ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge`
 # The errors file (`errors_out`): the row number, the columns the request reads, then these.
 REQUEST_COLUMNS = ("_request_method", "_request_url", "_request_headers", "_request_body")
 ERRORS_COLUMNS = (ROW_COLUMN, *REQUEST_COLUMNS, STATUS_COLUMN, ERROR_COLUMN, ATTEMPTS_COLUMN)
+STEP_COLUMN = "_step"  # with `steps`, in the errors file: the step the row failed by
 
 
 # --- the kinds of value a key holds: each a validator and the schema of what may be written ---------

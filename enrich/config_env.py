@@ -65,6 +65,11 @@ class Env:
         return _ENV.sub(value, text)
 
 
+def used_vars(data: Any) -> set[str]:
+    """The names of the ``${VAR}``s in ``data`` (every string in it, at any depth)."""
+    return {m.group(1) for text in strings(data) for m in _ENV.finditer(text)}
+
+
 def listed_secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
     """``secrets: [VAR, ...]``: the ``${VAR}``s to treat as secrets besides those redact.py names;
     each must be a variable the config uses."""
@@ -77,9 +82,7 @@ def listed_secrets(data: Mapping[str, Any], where: _Locator) -> frozenset[str]:
         raise ConfigError(
             f"{where('secrets')} must be a list of environment variable names, e.g. [API_USER], got {value!r}."
         )
-    used = {
-        m.group(1) for text in strings({k: v for k, v in data.items() if k != "secrets"}) for m in _ENV.finditer(text)
-    }
+    used = used_vars({k: v for k, v in data.items() if k != "secrets"})
     for name in value:
         if name not in used:
             close = difflib.get_close_matches(name, sorted(used), n=1)

@@ -25,7 +25,7 @@ from .aio import run
 from .building import RowCounts, build_pass
 from .calling import ProgressCallback, Tally, call_pass
 from .client import Counters
-from .config import ERRORS_COLUMNS, ROW_COLUMN, Config, journal_location
+from .config import ERRORS_COLUMNS, ROW_COLUMN, STEP_COLUMN, Config, journal_location
 from .errors import AuthError, ConfigError, Interrupted, OutputBusy, OutputError, StorageError, ThrottledTooLong
 from .journal import FileJournal, Journal, journal_label, open_journal
 from .planning import DEFAULT_OPTIONS, Batches, PlanSpool, RunOptions
@@ -83,8 +83,6 @@ def plan_job(
     assert target is not None
     if in_place and _same_file(target, source):  # through a link: replace the file it points to
         target = target.resolve()
-    if config.steps and errors is not None:
-        raise ConfigError(f"{config.source}: errors_out does not work with `steps` yet.")
     lf = scan_table(source, config.input_types)
     schema = lf.collect_schema()
     check_utf8(source)
@@ -131,11 +129,12 @@ def _check_files(
             f"`enrich merge`). Rename that column to run with --shard."
         )
     if errors is not None:
-        clash = sorted(set(ERRORS_COLUMNS) & config.columns_used)
+        ours = (*ERRORS_COLUMNS, STEP_COLUMN) if config.steps else ERRORS_COLUMNS
+        clash = sorted(set(ours) & config.columns_used)
         if clash:
             raise ConfigError(
                 f"{source.name} has a column named {clash[0]}, which the request uses and the errors file "
-                f"({errors}) writes itself ({', '.join(ERRORS_COLUMNS)}). Rename that input column, or leave "
+                f"({errors}) writes itself ({', '.join(ours)}). Rename that input column, or leave "
                 "errors_out out."
             )
 
@@ -338,7 +337,7 @@ def _write(
     if config.steps:
         from .chain import chain_build_pass
 
-        built, counts = chain_build_pass(batches, config, journal, options, types)
+        built, counts = chain_build_pass(batches, config, journal, options, types, errors_out is not None)
     else:
         built, counts = build_pass(batches, config, journal, options, spool, errors_out is not None, source, types)
     writer = errors = None

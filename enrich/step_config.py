@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import create_model
 
 from .checks import _check_keys, _Locator
+from .config_env import listed_secrets, used_vars
 from .errors import ConfigError
 from .model import CREDITS, NEEDED, Load, Parsed, Schema, Section, about, validate
 
@@ -182,7 +183,8 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
         _name(name, where("auths", str(name)))
         if not isinstance(block, dict):
             raise ConfigError(f"{where('auths', name)} must be an auth block (a mapping of keys), got {block!r}.")
-    top = {k: v for k, v in data.items() if k not in ("steps", "auths")}
+    listed = listed_secrets(data, where)  # each a ${VAR} of some step, auth or top-level key
+    top = {k: v for k, v in data.items() if k not in ("steps", "auths", "secrets")}
     allowed = step_keys()
     configs: list[Config] = []
     seen: dict[str, int] = {}
@@ -217,6 +219,9 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
             one["auth"] = auths[auth]
             moves["auth"] = ("auths", auth)
             auth_key = f"auths.{auth}"
+        secrets = sorted(listed & used_vars(one))  # a step's own check: it uses each it lists
+        if secrets:
+            one["secrets"] = secrets
         step_load = Load(_Within(where, moves), load.redactor, load.env)
         config = validate(Config, one, step_load)
         rate = config.rate_limit

@@ -742,3 +742,108 @@ def test_shards_of_a_run_with_steps_call_each_request_once_and_merge_to_the_whol
     merged = pl.read_parquet(tmp_path / "merged.parquet")
     steps_columns = [c for c in whole.columns if not c.endswith("_latency_ms")]  # the rerun's are the journal's
     assert merged.select(steps_columns).equals(whole.select(steps_columns))
+
+
+# --- before the run: --dry-run, preview -----------------------------------------------------------
+
+
+def test_dry_run_counts_each_steps_calls_and_credits_and_sends_nothing(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url) + costed_waterfall(server.url)
+    steps[0]["auth"] = "alt"  # the first step's curl lines carry its key, masked
+    cfg = steps_config(tmp_path, steps, max_cost=50)
+    assert run_cli(["run", str(cfg), "--dry-run", "3"]) == 0
+    out = capsys.readouterr().out
+    assert calls == {}
+    assert not (tmp_path / "out.parquet").exists()
+    assert ALT_KEY not in out and "X-Alt-Key: ***" in out
+    assert out.count("curl ") == 3 and f"curl {server.url}/company/acme.io -H 'X-Alt-Key: ***'" in out
+    assert "# step signals, once it has company_id (from step `company`):\n" in out
+    assert f"#   GET {server.url}/signals/{{{{company_id}}}}\n" in out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("  step ")}
+    # company: 3 distinct domains; signals waits for them (at most one call per row); A asks every
+    # row; B waits for A's answers (at most every row), at 2 credits each.
+    assert "  3 calls to make, 0 in the journal" in lines["company"]
+    assert "0 calls to make + up to 5 once earlier steps answer" in lines["signals"]
+    assert "5 calls to make, 0 in the journal" in lines["a"] and lines["a"].endswith("at most 5 credits")
+    assert "+ up to 5 once earlier steps answer" in lines["b"] and lines["b"].endswith("at most 10 credits")
+    assert "  credits  at most 15, if every call is answered (max_cost 50" in out
+    # Once the journal holds the first steps' answers, the later steps' counts are exact.
+    assert run_cli(["run", str(cfg), "--limit", "2", "-q"]) == 0
+    assert calls == {"company": 1, "signals": 1, "a": 2}
+    capsys.readouterr()
+    assert run_cli(["run", str(cfg), "--dry-run"]) == 0
+    lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  step ")}
+    assert "2 calls to make, 1 in the journal" in lines["company"]
+    assert "0 calls to make + up to 3 once earlier steps answer, 1 in the journal" in lines["signals"]
+    assert "3 calls to make, 2 in the journal" in lines["a"]
+    assert "2 without a call" in lines["b"]  # ann and bob have A's title: B is never asked for them
+    assert calls == {"company": 1, "signals": 1, "a": 2}
+
+
+def test_preview_runs_every_step_for_a_few_rows_and_shows_each_answer(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url) + waterfall_steps(server.url)
+    del steps[1]["when"]
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["preview", str(cfg), "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    # Every step for each row, rows asking the same sharing one call; nothing kept.
+    assert calls == {"company": 3, "signals": 2, "a": 5, "b": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv", "steps.yaml"]
+    rows = out.split("\n\nrow ")
+    assert len(rows) == 5
+    assert f"  step signals: GET {server.url}/signals/101\n    HTTP 200" in rows[0]
+    assert "        signals.hiring  true\n" in rows[0]
+    assert "  step b: no call: every column it fills has a value (title from step `a`)" in rows[0]
+    assert '      title = "Engineer"' in rows[2]
+    assert "  step signals: not called: company_id (from step `company`) has no value for this row" in rows[4]
+    assert "    error: HTTP 404 Not Found" in rows[4]
+    assert ALT_KEY not in out
+
+
+def test_errors_out_holds_each_failed_row_with_the_step_it_failed_by_and_its_request(
+    tmp_path: Path, serve: Serve
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url) + waterfall_steps(server.url)
+    del steps[1]["when"]  # eve's signals step cannot run: its input is missing
+    cfg = steps_config(tmp_path, steps, errors_out=str(tmp_path / "failed.csv"))
+    assert run_cli(["run", str(cfg)]) == 0
+    failed = pl.read_csv(tmp_path / "failed.csv")
+    # Only eve failed: by the company step (404), the first step that failed and that no later
+    # step made up for. cy and dee missed at A but B found them: not failures.
+    assert failed.columns == [
+        "_row", "domain", "email", "_step", "_request_method", "_request_url", "_request_headers",
+        "_request_body", "_http_status", "_error", "_attempts",
+    ]  # fmt: skip
+    row = failed.row(0, named=True)
+    assert failed.height == 1 and (row["_row"], row["email"], row["_step"]) == (4, "eve@nowhere.net", "company")
+    assert (row["_request_method"], row["_request_url"]) == ("GET", f"{server.url}/company/nowhere.net")
+    assert (row["_http_status"], row["_error"]) == (404, 'HTTP 404 Not Found: {"error": "unknown company"}')
+    assert calls["b"] == 3
+
+
+def test_errors_out_shows_a_failed_steps_key_masked(tmp_path: Path, serve: Serve) -> None:
+    app, _ = providers_app()
+    server = serve(app)
+    steps = waterfall_steps(server.url)
+    steps[1]["request"]["params"]["key"] = "${ALT_KEY}"  # a secret in the query string too
+    cfg = steps_config(tmp_path, steps, errors_out=str(tmp_path / "failed.csv"), secrets=["ALT_KEY"])
+    os.environ["ALT_KEY"] = "query-secret-77"
+    try:
+        assert run_cli(["run", str(cfg)]) == 0
+    finally:
+        del os.environ["ALT_KEY"]
+    text = (tmp_path / "failed.csv").read_text()
+    row = pl.read_csv(tmp_path / "failed.csv").row(0, named=True)
+    assert (row["email"], row["_step"], row["_http_status"]) == ("eve@nowhere.net", "b", 404)
+    assert "X-Alt-Key" in row["_request_headers"] and ALT_KEY not in text and "query-secret-77" not in text
+    assert "key=%2A%2A%2A" in row["_request_url"] or "key=***" in row["_request_url"]
