@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("input", type=Path, help="the table to enrich (.csv, .parquet, .ndjson)")
     init.add_argument("--config", type=Path, metavar="PATH", help="where to write it (default: <input stem>.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument(
+        "--steps", action="store_true", help="write the calls as `steps:` (a lookup; a chain and a waterfall to add)"
+    )
 
     merge = sub.add_parser(
         "merge",
@@ -680,7 +683,8 @@ def _init(args: argparse.Namespace, log: _Log) -> int:
     schema = lf.collect_schema()
     types = value_types(lf, schema.names(), source=args.input)  # a CSV's columns are text; the starter sees their kinds
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(starter_config(args.input, {c: types.get(c, t) for c, t in schema.items()}), encoding="utf-8")
+    text = starter_config(args.input, {c: types.get(c, t) for c, t in schema.items()}, steps=args.steps)
+    target.write_text(text, encoding="utf-8")
     log(
         "init",
         f"wrote {target} for {args.input} ({len(schema)} columns). Edit the URL and the fields, then "

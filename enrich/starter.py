@@ -43,8 +43,9 @@ _COMMENT_AT = 40  # the column inline comments start at
 _WRAP = 100
 
 
-def starter_config(input_path: Path, schema: Mapping[str, pl.DataType]) -> str:
-    """The text of a commented starter config (YAML) for the table at ``input_path`` with ``schema``."""
+def starter_config(input_path: Path, schema: Mapping[str, pl.DataType], steps: bool = False) -> str:
+    """The text of a commented starter config (YAML) for the table at ``input_path`` with ``schema``;
+    ``steps``: the calls as `steps:` (a lookup, then a chain and a waterfall to switch on)."""
     columns = list(schema)
     usable = [c for c in columns if _placeholder_ok(c)]
     ident = _identifying(usable, schema)
@@ -65,7 +66,19 @@ def starter_config(input_path: Path, schema: Mapping[str, pl.DataType]) -> str:
         "",
         *_column_list(table, columns, usable),
         "",
-        _line("auth:", "log in once for a JWT; delete this block if the API needs no login"),
+        *(_steps(ident, columns, schema) if steps else _one_call(ident, usable, columns, schema)),
+        "",
+        _line("concurrency: 8", "requests in flight" + (", per step" if steps else "")),
+        _line("rate_limit: 5/s", "requests started per second (N/s, N/min, N/h); raise it to what the API allows"),
+        _line("# retry: {attempts: 5, statuses: [429, 500, 502, 503, 504]}", "429, 5xx and timeouts are retried"),
+        _line("# timeout: 30", "seconds per attempt"),
+        *_row_filters(anchor, others, steps),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _login() -> list[str]:
+    return [
         "  url: https://api.example.com/auth/token",
         "  method: POST",
         _line("  body:", "sent as JSON; export the two variables first"),
@@ -73,6 +86,13 @@ def starter_config(input_path: Path, schema: Mapping[str, pl.DataType]) -> str:
         '    client_secret: "${API_CLIENT_SECRET}"',
         _line("  token_path: access_token", "where the token is in the login response (data.jwt, $.data.token)"),
         _line("  token_type: Bearer", 'sent as "Authorization: Bearer <token>"; "" sends the bare token'),
+    ]
+
+
+def _one_call(ident: str | None, usable: list[str], columns: list[str], schema: Mapping[str, pl.DataType]) -> list[str]:
+    return [
+        _line("auth:", "log in once for a JWT; delete this block if the API needs no login"),
+        *_login(),
         "",
         _line("request:", "one call per row; {{column}} is the row's value"),
         _line("  method: GET", "or POST, PUT, PATCH, DELETE, HEAD"),
@@ -81,14 +101,43 @@ def starter_config(input_path: Path, schema: Mapping[str, pl.DataType]) -> str:
         _line("fields:", "empty: the whole JSON response goes in one column, `response`"),
         _line(f"  # {_new_column('name', columns)}: person.name", "then keep what you need, column: path in it"),
         f"  # {_new_column('title', columns)}: person.employment.title",
-        "",
-        _line("concurrency: 8", "requests in flight"),
-        _line("rate_limit: 5/s", "requests started per second (N/s, N/min, N/h); raise it to what the API allows"),
-        _line("# retry: {attempts: 5, statuses: [429, 500, 502, 503, 504]}", "429, 5xx and timeouts are retried"),
-        _line("# timeout: 30", "seconds per attempt"),
-        *_row_filters(anchor, others),
     ]
-    return "\n".join(lines) + "\n"
+
+
+def _steps(ident: str | None, columns: list[str], schema: Mapping[str, pl.DataType]) -> list[str]:
+    """`auths` and `steps`: a lookup; a chain (a call with what it found) and a waterfall (a second
+    provider asked only where the first found nothing), left out as `# ` lines."""
+    title, company = _new_column("title", columns), _new_column("company_id", columns)
+    url = f"https://api.example.com/v1/lookup/{{{{{ident}}}}}" if ident else "https://api.example.com/v1/lookup"
+    email = next((c for c in columns if _words(c) & _IDENTIFYING[0] and not schema[c].is_nested()), ident)
+    fallback = f"{{{_scalar(email)}: {_quoted(f'{{{{{email}}}}}')}}}" if email else "{}"
+    return [
+        _line("auths:", "named logins, each logged in once and shared by the steps that name it"),
+        _line("  main:", "delete the block (and the steps' `auth: main`) if the API needs no login"),
+        *(f"  {line}" for line in _login()),
+        _line("  # fallback:", "a second provider, by its key (export FALLBACK_API_KEY)"),
+        "  #   type: header",
+        "  #   header: X-Api-Key",
+        '  #   token: "${FALLBACK_API_KEY}"',
+        "",
+        _line("steps:", "run in order for each row; a step may use the fields of the steps before it"),
+        "  - name: lookup",
+        "    auth: main",
+        f"    request: {{url: {_quoted(url)}}}",
+        _line("    fields:", "column: path in the JSON answer"),
+        f"      {title}: person.employment.title",
+        f"      {company}: company.id",
+        _line("  # - name: company", "a chain: a call with what `lookup` found"),
+        "  #   auth: main",
+        f"  #   when: {_quoted(f'{_sql_name(company)} IS NOT NULL')}",
+        f"  #   request: {{url: {_quoted(f'https://api.example.com/v1/companies/{{{{{company}}}}}')}}}",
+        f"  #   fields: {{{_new_column('industry', columns)}: company.industry}}",
+        _line("  # - name: fallback", f"a waterfall: asked only for the rows `lookup` found no {title} for"),
+        "  #   auth: fallback",
+        _line("  #   cost: 1", "the credits one answered call costs (max_cost: stops the run at a limit)"),
+        f'  #   request: {{url: "https://fallback.example.com/v1/person", params: {fallback}}}',
+        f"  #   fields: {{{title}: data.job_title}}",
+    ]
 
 
 def _placeholder_ok(column: str) -> bool:
@@ -154,15 +203,18 @@ def _request(ident: str | None, others: list[str], schema: Mapping[str, pl.DataT
     return lines
 
 
-def _row_filters(anchor: str | None, others: list[str]) -> list[str]:
+def _row_filters(anchor: str | None, others: list[str], steps: bool) -> list[str]:
     if anchor is None:
         return []
+    key = _line(f"# key: [{_scalar(anchor)}]", "the columns that identify a row, for --shard")
+    if steps:  # `when` and `skip_if_filled` belong to each step
+        return [key]
     # The last column is the likeliest to hold what an earlier run or source already filled in.
     filled = others[-1] if others else anchor
     return [
         _line(f"# when: {_quoted(f'{_sql_name(anchor)} IS NOT NULL')}", "call only the rows that match (polars SQL)"),
         _line(f"# skip_if_filled: [{_scalar(filled)}]", "no call for rows whose listed columns all hold values"),
-        _line(f"# key: [{_scalar(anchor)}]", "the columns that identify a row, for --shard"),
+        key,
     ]
 
 

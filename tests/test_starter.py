@@ -168,3 +168,30 @@ def test_a_column_name_that_breaks_lines_stays_in_its_comment(tmp_path: Path) ->
     assert "'line\\nbreak'" in text
     assert yaml.safe_load(text)["request"]["url"].endswith("{{id}}")
     load(text, path)
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_the_steps_starter_loads_and_its_chain_and_waterfall_work_when_switched_on(
+    table: Table, tmp_path: Path
+) -> None:
+    path = table.write(tmp_path)
+    text = starter_config(path, read_schema(path), steps=True)
+    data = yaml.safe_load(text)
+    assert [e.message for e in VALIDATOR.iter_errors(data)] == []
+    config = load(text, path)
+    assert [s.name for s in config.steps] == ["lookup"]
+    assert config.steps[0].request.url.columns == {table.url_column}
+    assert config.steps[0].auth is not None and config.steps[0].auth_key == "auths.main"
+    # Every `# ` line of `auths` and `steps` switched on: the fallback auth, the chain, the waterfall.
+    block = text[text.index("auths:") : text.index("\nconcurrency:")]
+    on = text.replace(block, re.sub(r"^(\s*)# ", r"\1", block, flags=re.MULTILINE))
+    switched = yaml.safe_load(on)
+    assert [e.message for e in VALIDATOR.iter_errors(switched)] == []
+    config = config_from_dict(
+        {k: v for k, v in switched.items() if k in TOP_KEYS}, env={**ENV, "FALLBACK_API_KEY": "k1"}
+    )
+    config.check_schema(read_schema(path), path.name)  # the chain reads `lookup`'s field: allowed
+    assert [(s.name, s.cost) for s in config.steps] == [("lookup", 0), ("company", 0), ("fallback", 1)]
+    assert config.steps[2].field_columns == config.steps[0].field_columns[:1]  # the waterfall fills `title`
+    assert config.steps[1].request.url.columns <= set(config.steps[0].field_columns)
+    assert {s.auth_key for s in config.steps} == {"auths.main", "auths.fallback"}
