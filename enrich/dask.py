@@ -51,6 +51,7 @@ from .engine import as_config
 from .errors import ConfigError, InputError
 from .planning import RunOptions
 from .redis_journal import is_redis_url, named_after
+from .step_config import status_columns, step_output_columns
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -96,7 +97,7 @@ def enrich(
     _check_limit(config, per_partition_limit)
     meta = ddf._meta
     config.check_schema(pl.from_pandas(meta).schema, "the Dask DataFrame")
-    types = _output_dtypes(config, dtypes)
+    types = _output_dtypes(config, dtypes, list(meta.columns))
     out_meta = meta.copy()
     for name, dtype in types.items():
         out_meta[name] = pd.Series([], dtype=dtype, index=meta.index[:0])
@@ -142,23 +143,30 @@ def _shared_journal(config: Config, journal: str | Path | bool | None) -> str | 
 
 
 def _check_limit(config: Config, per_partition_limit: bool) -> None:
-    rate = config.rate_limit
-    if rate is None or rate.shared or per_partition_limit:
-        return
-    raise ConfigError(
-        f"{config.source}: `rate_limit: {rate}` is kept by each process, so partitions running at once on "
-        f"a Dask cluster would together exceed it. Share it through Redis: `rate_limit: {{rate: {rate}, "
-        'shared: "redis://HOST:6379/0", key: NAME}`; or pass per_partition_limit=True if each partition '
-        "may really call at that rate."
-    )
+    for step in config.steps or (config,):
+        rate = step.rate_limit
+        if rate is None or rate.shared or per_partition_limit:
+            continue
+        of = f" of step `{step.name}`" if step.name else ""
+        raise ConfigError(
+            f"{config.source}: `rate_limit: {rate}`{of} is kept by each process, so partitions running at once on "
+            f"a Dask cluster would together exceed it. Share it through Redis: `rate_limit: {{rate: {rate}, "
+            'shared: "redis://HOST:6379/0", key: NAME}`; or pass per_partition_limit=True if each partition '
+            "may really call at that rate."
+        )
 
 
-def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None) -> dict[str, str]:
+def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None, columns: list[str]) -> dict[str, str]:
     """The pandas dtype of each output column, in output order; each must hold missing values
     (a skipped or failed row has none), so numpy's bool and integer dtypes are refused."""
     import pandas as pd
 
-    types = {name: _FIXED_DTYPES.get(name, "string") for name in config.output_columns}
+    fixed = dict(_FIXED_DTYPES)
+    for step in config.steps:  # each step's own status, error and diagnostics
+        fixed.update(zip(status_columns(step), _FIXED_DTYPES.values(), strict=False))
+    # With steps, a field column the input has is filled where empty, and gets a `<column>_source`.
+    names = dict.fromkeys((*config.field_columns, *step_output_columns(config, columns))) if config.steps else None
+    types = {name: fixed.get(name, "string") for name in names or config.output_columns}
     for name, dtype in (dtypes or {}).items():
         if name not in types:
             raise ConfigError(

@@ -847,3 +847,78 @@ def test_errors_out_shows_a_failed_steps_key_masked(tmp_path: Path, serve: Serve
     assert (row["email"], row["_step"], row["_http_status"]) == ("eve@nowhere.net", "b", 404)
     assert "X-Alt-Key" in row["_request_headers"] and ALT_KEY not in text and "query-secret-77" not in text
     assert "key=%2A%2A%2A" in row["_request_url"] or "key=***" in row["_request_url"]
+
+
+def redis_keys(url: str, pattern: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return sorted(client.scan_iter(pattern))
+    finally:
+        client.close()
+
+
+@pytest.mark.slow  # starts redis-server
+def test_steps_keep_their_calls_in_the_redis_journal_and_share_a_limit_per_step(
+    tmp_path: Path, serve: Serve, redis_url: str
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    limit = {"rate": "200/s", "shared": redis_url, "key": "acme"}
+    steps = chain_steps(server.url) + costed_waterfall(server.url)
+    del steps[3]["rate_limit"]  # every step takes the top-level limit
+    cfg = steps_config(tmp_path, steps, journal=redis_url, rate_limit=limit)
+    for i in range(2):  # two shards, one journal in Redis
+        assert run_cli(["run", str(cfg), "--shard", f"{i}/2", "-q"]) == 0
+    assert calls == {"company": 3, "signals": 2, "a": 5, "b": 3}
+    journal = redis_keys(redis_url, "enrich:journal:*")
+    assert len([k for k in journal if not k.endswith(b":count")]) >= 3 + 2 + 5 + 3
+    # Each step keeps the top-level limit as its own, under a key of its own.
+    limits = {k.decode() for k in redis_keys(redis_url, "enrich:limit:*")}
+    assert {f"enrich:limit:acme.{s}:tat" for s in ("company", "signals", "a", "b")} <= limits
+    # The whole run, and the same config run as one: every step's answer is in Redis already.
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert calls == {"company": 3, "signals": 2, "a": 5, "b": 3}
+    assert by_email(tmp_path / "out.parquet")["cy@globex.com"]["title"] == "Engineer"
+
+
+@pytest.mark.slow  # starts redis-server and Dask
+def test_enrich_dask_runs_steps_on_partitions_through_the_redis_journal(serve: Serve, redis_url: str) -> None:
+    import dask.dataframe as dd
+    import pandas as pd
+
+    import enrich.dask
+
+    app, calls = providers_app()
+    server = serve(app)
+    config = {
+        "auths": {"alt": {"type": "header", "header": "X-Alt-Key", "token": ALT_KEY}},
+        "journal": redis_url,
+        "output": "people.parquet",
+        "steps": chain_steps(server.url) + costed_waterfall(server.url),
+    }
+    config["steps"][3].pop("rate_limit")  # a per-process limit: refused on a cluster unless shared
+    pdf = pd.DataFrame({"email": [p[0] for p in PEOPLE], "domain": [p[1] for p in PEOPLE]})
+    ddf = dd.from_pandas(pdf, npartitions=2)
+    lazy = enrich.dask.enrich(ddf, config)
+    assert list(lazy.columns)[:7] == [
+        "email",
+        "domain",
+        "company_id",
+        "hiring",
+        "title",
+        "title_source",
+        "_company_http_status",
+    ]
+    out = lazy.compute(scheduler="threads")
+    # globex.com is in both partitions, which run at once: each may ask it before the other's answer is in.
+    assert calls["company"] in (3, 4) and calls["signals"] in (2, 3) and (calls["a"], calls["b"]) == (5, 3)
+    first = Counter(calls)
+    assert out["title"].tolist() == ["CTO", "VP Sales", "Engineer", "Designer", pd.NA]
+    assert out["title_source"].tolist() == ["a", "a", "b", "b", pd.NA]
+    assert str(out.dtypes["_b_http_status"]) == "Int64" and out["_b_http_status"].tolist()[2:] == [200, 200, 404]
+    assert lazy.compute(scheduler="threads").equals(out) and calls == first  # computed again: from Redis
+    config["steps"][3]["rate_limit"] = "10/s"
+    with pytest.raises(ConfigError, match="of step `b` is kept by each process"):
+        enrich.dask.enrich(ddf, config)
