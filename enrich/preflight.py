@@ -189,7 +189,18 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
     journal knows their answers. A step whose call is still to be made leaves its columns
     unknown for the row, and a later step that reads them (or would fill them, or whose `when`
     reads them) counts as a call it may make: an upper bound."""
-    from .chain import NO_RESULT, SKIPPED, Unmet, compile_steps, decide, filled, needs_body, settle, taken
+    from .chain import (
+        NO_RESULT,
+        SKIPPED,
+        Unmet,
+        compile_steps,
+        decisions,
+        filled,
+        filled_before,
+        needs_body,
+        settle,
+        taken,
+    )
     from .tables import iter_batches, scan_table
 
     options = options or RunOptions()
@@ -209,14 +220,13 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
             unknown: list[set[str]] = [set() for _ in states]  # columns waiting for a call not made yet
             for i, step in enumerate(steps):
                 depends = set(step.fills) | set(step.earlier) | set(step.reads)
-                plans: list[Any] = []
-                for state, waiting in zip(states, unknown, strict=True):
-                    if step.fills and all(filled(state.values.get(c)) for c in step.fills):
-                        plans.append(SKIPPED)
-                    elif waiting & depends:
-                        plans.append(None)  # it may call, once the answers it waits for are in
-                    else:
-                        plans.append(decide(step, state))
+                plans: list[Any] = [
+                    SKIPPED if filled_before(step, state) else None if waiting & depends else state
+                    for state, waiting in zip(states, unknown, strict=True)
+                ]  # None: it may call, once the answers it waits for are in
+                asked = [n for n, p in enumerate(plans) if p is not None and p is not SKIPPED]
+                for n, plan in zip(asked, decisions(step, [states[n] for n in asked]), strict=True):
+                    plans[n] = plan
                 fps = [p.fp for p in plans if type(p) is Call]
                 known = {fp: e for fp, e in journal.lookup(fps, bodies=False).items() if reusable(e, options, now)}
                 stale = [fp for fp, e in known.items() if needs_body(step, e)]

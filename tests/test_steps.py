@@ -922,3 +922,45 @@ def test_enrich_dask_runs_steps_on_partitions_through_the_redis_journal(serve: S
     config["steps"][3]["rate_limit"] = "10/s"
     with pytest.raises(ConfigError, match="of step `b` is kept by each process"):
         enrich.dask.enrich(ddf, config)
+
+
+def test_when_on_an_earlier_steps_field_sees_each_rows_value_as_it_is_whatever_its_type(
+    tmp_path: Path, serve: Serve
+) -> None:
+    # The API gives one company's id as a number and another's as text: `when` evaluated for many
+    # rows at once must not coerce one kind into the other (101 would become "101", or be lost).
+    ids: dict[str, Any] = {"acme.io": 101, "globex.com": "g-202"}
+    seen: list[str] = []
+
+    async def company(request: web.Request) -> web.Response:
+        found = ids.get(request.match_info["domain"])
+        return web.json_response({"company": {"id": found}}) if found else web.json_response({}, status=404)
+
+    async def signals(request: web.Request) -> web.Response:
+        seen.append(request.match_info["id"])
+        return web.json_response({"signals": {"hiring": True}})
+
+    app = web.Application()
+    app.router.add_get("/company/{domain}", company)
+    app.router.add_get("/signals/{id}", signals)
+    server = serve(app)
+    steps = chain_steps(server.url)
+    cfg = steps_config(tmp_path, steps)  # when: company_id IS NOT NULL
+    assert run_cli(["run", str(cfg)]) == 0
+    assert sorted(seen) == ["101", "g-202"]
+    out = by_email(tmp_path / "out.parquet")
+    assert [out[e]["hiring"] for e, _ in PEOPLE] == [True, True, True, True, None]
+    # A `when` that compares the id with text cannot take a number: those rows fail at the step,
+    # saying why, and the others go on.
+    steps[1]["when"] = "company_id <> 'g-999'"
+    steps[1]["request"]["url"] += "?v=2"
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert sorted(seen) == ["101", "g-202", "g-202"]
+    out = by_email(tmp_path / "out.parquet")
+    assert out["cy@globex.com"]["hiring"] is True and out["ann@acme.io"]["hiring"] is None
+    assert out["ann@acme.io"]["_signals_error"].startswith(
+        "`when` of step `signals` cannot be evaluated for this row (company_id is a number): cannot compare string "
+        "with numeric type"
+    )
+    assert summary_of(tmp_path)["failures"] == {"signals: bad row data": 2, "company: HTTP 404": 1}
