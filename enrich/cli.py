@@ -408,7 +408,7 @@ def _summary_table(s: Any, output: Path, summary: Path) -> str:
         f"enriched {_n(s.rows, 'row')} in {s.elapsed:.1f}s -> {output}",
         f"  rows     {s.ok} ok, {s.failed} failed{_failures(s)}, {s.skipped} skipped",
         f"  calls    {s.calls} made, {_n(s.retries, 'retry', 'retries')}, {s.throttled} throttled (429); "
-        f"{_n(s.cached, 'row')} from the journal, {_n(s.deduped, 'duplicate')}",
+        f"{_n(s.cached, 'answer' if s.steps else 'row')} from the journal, {_n(s.deduped, 'duplicate')}",
         f"  latency  {latency}; {s.calls_per_second:.1f} calls/s ({limit})",
         f"  auth     {_n(s.logins, 'login')}, {_n(s.refreshes, 'token refresh', 'token refreshes')}",
     ]

@@ -61,8 +61,8 @@ class Summary:
     failures: dict[str, int] = field(default_factory=dict)  # "HTTP 404": 3, "timeout": 1
     skipped: int = 0  # rows left out by `when` or `skip_if_filled`
     calls: int = 0  # HTTP requests sent, retries included
-    cached: int = 0  # rows answered from the journal of an earlier run
-    deduped: int = 0  # rows that shared another row's request in this run
+    cached: int = 0  # rows answered from the journal of an earlier run (with `steps`: answers, one per step call)
+    deduped: int = 0  # rows that shared another row's request in this run (with `steps`: answers)
     retries: int = 0
     throttled: int = 0  # 429 answers
     logins: int = 0

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+import yaml
 from aiohttp import web
 from conftest import Serve, run_cli, write_config
 
@@ -964,3 +965,39 @@ def test_when_on_an_earlier_steps_field_sees_each_rows_value_as_it_is_whatever_i
         "with numeric type"
     )
     assert summary_of(tmp_path)["failures"] == {"signals: bad row data": 2, "company: HTTP 404": 1}
+
+
+def test_two_steps_on_one_auth_share_its_refresh_when_the_token_expires_mid_run(tmp_path: Path, serve: Serve) -> None:
+    # The API rejects every token after it has served six calls (401): both steps' calls in flight
+    # then fail at once, and the one login they share is renewed once for all of them.
+    state = {"token": "", "served": 0, "logins": 0}
+
+    async def login(request: web.Request) -> web.Response:
+        state["logins"] += 1
+        state["token"], state["served"] = f"tok-{state['logins']}", 0
+        return web.json_response({"token": state["token"]})
+
+    def guarded(answer: Any) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            if request.headers.get("Authorization") != f"Bearer {state['token']}" or state["served"] >= 6:
+                return web.json_response({"error": "token expired"}, status=401)
+            state["served"] += 1
+            await asyncio.sleep(0.005)
+            return web.json_response(answer(request))
+
+        return handler
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/lookup/{key}", guarded(lambda r: {"id": "id-" + r.match_info["key"]}))
+    app.router.add_get("/score/{id}", guarded(lambda r: {"score": len(r.match_info["id"])}))
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 8, auth="acme", concurrency=4)
+    data = yaml.safe_load(cfg.read_text())
+    data["auths"] = {"acme": {"url": server.url + "/login", "body": {"user": "u"}, "token_path": "token"}}
+    write_config(cfg, data)
+    assert run_cli(["run", str(cfg)]) == 0
+    out = pl.read_parquet(tmp_path / "keys.parquet")
+    assert out["score"].to_list() == [len(f"id-k{i}") for i in range(8)]
+    # 16 calls at six per token: three tokens, each fetched once for both steps (no refresh storm).
+    assert state["logins"] == 3
