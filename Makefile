@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 DEMO_PORT ?= 8787
 export DEMO_CLIENT_ID ?= demo-client
 export DEMO_CLIENT_SECRET ?= demo-secret-2f8a
+# The key of the demo's second provider (configs/examples/waterfall.yaml asks it).
+export DEMO_ALT_KEY ?= demo-alt-key-7d1e
 
 .PHONY: install demo demo-server enrich test test-fast check lint format docs cog docs-check bench clean
 
