@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime
 import gc
+import math
 import signal
 import sys
 import traceback
@@ -515,7 +516,8 @@ def _dry_run_steps(config: Any, job: Any, options: Any, rows: int) -> int:
         out.append(f"  credits  at most {most:g}, if every call is answered{limit}")
     seconds = pf.seconds
     if seconds is not None:
-        out.append(f"  time     at most {_duration_text(seconds)} at the steps' rate limits (they run side by side)")
+        at_most = _duration_text(math.ceil(seconds))  # never less than it takes
+        out.append(f"  time     at most {at_most} at the steps' rate limits (they run side by side)")
     else:
         out.append("  time     a step has no rate limit: as fast as the API answers")
     print("\n".join(out))

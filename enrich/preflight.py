@@ -11,10 +11,13 @@ what they show is what a run does:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+import orjson
 
 from .calling import open_client
 from .client import Outcome, PreparedRequest
@@ -208,6 +211,7 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
     lf = scan_table(job.input, config.input_types)
     samples: list[Sample] = []
     seen: list[set[bytes]] = [set() for _ in steps]
+    maybes: list[set[bytes]] = [set() for _ in steps]  # the calls a step may make once answers are in
     calls, more, in_journal, no_call, failing = ([0] * len(steps) for _ in range(5))
     rows = offset = 0
     now = time.time()
@@ -217,11 +221,13 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
             _, numbers, states = taken(batch, config, steps, options, offset, job.value_types)
             offset += batch.height
             rows += len(states)
-            unknown: list[set[str]] = [set() for _ in states]  # columns waiting for a call not made yet
+            # Per row, the columns waiting for a call not made yet, each with that call's identity.
+            unknown: list[dict[str, bytes]] = [{} for _ in states]
             for i, step in enumerate(steps):
                 depends = set(step.fills) | set(step.earlier) | set(step.reads)
+                asks = sorted(depends | step.config.columns_used)  # what its call would be made of
                 plans: list[Any] = [
-                    SKIPPED if filled_before(step, state) else None if waiting & depends else state
+                    SKIPPED if filled_before(step, state) else None if depends.intersection(waiting) else state
                     for state, waiting in zip(states, unknown, strict=True)
                 ]  # None: it may call, once the answers it waits for are in
                 asked = [n for n, p in enumerate(plans) if p is not None and p is not SKIPPED]
@@ -234,8 +240,12 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
                     known.update(journal.lookup(stale))
                 for n, (state, waiting, plan) in enumerate(zip(states, unknown, plans, strict=True)):
                     if plan is None:
-                        more[i] += 1
-                        waiting.update(step.fills)
+                        # Rows whose inputs are the same values and the same calls to come ask the same.
+                        maybe = _maybe_call(asks, state.values, waiting)
+                        if maybe not in maybes[i]:
+                            maybes[i].add(maybe)
+                            more[i] += 1
+                        waiting.update(dict.fromkeys(step.fills, maybe))
                         state.results.append(NO_RESULT)
                         continue
                     if plan is SKIPPED:
@@ -252,7 +262,7 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
                             request = shown_request(first, state.values)
                             samples.append(Sample(numbers[n], request, None, entry is not None))
                         if entry is None:
-                            waiting.update(c for c in step.fills if not filled(state.values.get(c)))
+                            waiting.update((c, plan.fp) for c in step.fills if not filled(state.values.get(c)))
                             state.results.append(NO_RESULT)
                             continue
                         settle(step, state, plan, entry)
@@ -278,6 +288,13 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
         for i, step in enumerate(steps)
     ]
     return StepsPreflight(samples, rows, forecasts)
+
+
+def _maybe_call(columns: list[str], values: dict[str, Any], waiting: dict[str, bytes]) -> bytes:
+    """What a call still to be decided is made of: the values it reads, and for each column still
+    waiting, the call it waits for."""
+    made = [[c, waiting[c].hex()] if c in waiting else [c, values.get(c)] for c in columns]
+    return hashlib.blake2b(orjson.dumps(made, default=str), digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -768,7 +768,7 @@ def test_dry_run_counts_each_steps_calls_and_credits_and_sends_nothing(
     # company: 3 distinct domains; signals waits for them (at most one call per row); A asks every
     # row; B waits for A's answers (at most every row), at 2 credits each.
     assert "  3 calls to make, 0 in the journal" in lines["company"]
-    assert "0 calls to make + up to 5 once earlier steps answer" in lines["signals"]
+    assert "0 calls to make + up to 3 once earlier steps answer" in lines["signals"]  # one per company call
     assert "5 calls to make, 0 in the journal" in lines["a"] and lines["a"].endswith("at most 5 credits")
     assert "+ up to 5 once earlier steps answer" in lines["b"] and lines["b"].endswith("at most 10 credits")
     assert "  credits  at most 15, if every call is answered (max_cost 50" in out
@@ -779,7 +779,7 @@ def test_dry_run_counts_each_steps_calls_and_credits_and_sends_nothing(
     assert run_cli(["run", str(cfg), "--dry-run"]) == 0
     lines = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  step ")}
     assert "2 calls to make, 1 in the journal" in lines["company"]
-    assert "0 calls to make + up to 3 once earlier steps answer, 1 in the journal" in lines["signals"]
+    assert "0 calls to make + up to 2 once earlier steps answer, 1 in the journal" in lines["signals"]
     assert "3 calls to make, 2 in the journal" in lines["a"]
     assert "2 without a call" in lines["b"]  # ann and bob have A's title: B is never asked for them
     assert calls == {"company": 1, "signals": 1, "a": 2}
