@@ -1001,3 +1001,29 @@ def test_two_steps_on_one_auth_share_its_refresh_when_the_token_expires_mid_run(
     assert out["score"].to_list() == [len(f"id-k{i}") for i in range(8)]
     # 16 calls at six per token: three tokens, each fetched once for both steps (no refresh storm).
     assert state["logins"] == 3
+
+
+def test_changing_a_steps_request_calls_that_step_again_and_later_steps_only_where_their_input_changed(
+    tmp_path: Path, serve: Serve
+) -> None:
+    app, calls = providers_app()
+    server = serve(app)
+    steps = chain_steps(server.url) + waterfall_steps(server.url)
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["run", str(cfg)]) == 0
+    assert calls == {"company": 3, "signals": 2, "a": 5, "b": 3}
+    # The company step asks anew (another URL); it finds the same ids, so signals asks what the
+    # journal holds; the person steps read nothing of it.
+    steps[0]["request"]["url"] += "?v=2"
+    assert run_cli(["run", str(steps_config(tmp_path, steps))]) == 0
+    assert calls == {"company": 6, "signals": 2, "a": 5, "b": 3}
+    # Now it finds another id for acme.io: signals is asked again for that company's rows alone.
+    COMPANIES["acme.io"], SIGNALS[303] = 303, False
+    try:
+        steps[0]["request"]["url"] += "&v=3"
+        assert run_cli(["run", str(steps_config(tmp_path, steps))]) == 0
+    finally:
+        COMPANIES["acme.io"] = 101
+        del SIGNALS[303]
+    assert calls == {"company": 9, "signals": 3, "a": 5, "b": 3}
+    assert by_email(tmp_path / "out.parquet")["ann@acme.io"]["company_id"] == 303
