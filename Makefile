@@ -72,12 +72,15 @@ check: lint docs-check test
 
 ## bench: speed against a bare aiohttp loop, rate-limit precision, journal cost, start-up
 ## (bench/throughput.py, ~5 min), 1, 2 and 4 shard processes under one limit shared through
-## redis-server (bench/scaleout.py, ~2 min), then peak RSS at 100k and 1M rows (bench/memory.py, ~5 min)
+## redis-server (bench/scaleout.py, ~2 min), a chain of steps each under its own limit, pipelined,
+## and 1, 2 and 3 steps unlimited (bench/steps.py, ~2 min), then peak RSS at 100k and 1M rows
+## (bench/memory.py, ~5 min)
 bench: $(STAMP)
 	@# Byte-compiled as a normal install is (PYTHONDONTWRITEBYTECODE would make every start compile).
 	$(PY) -m compileall -q enrich bench
 	$(PY) bench/throughput.py
 	$(PY) bench/scaleout.py
+	$(PY) bench/steps.py
 	$(PY) bench/memory.py
 
 clean:

@@ -383,6 +383,57 @@ def scaleout_table() -> str:
     return _rows(header, rows)
 
 
+def steps_pipeline_table() -> str:
+    data = bench_results("steps")["pipelining"]
+    rows = []
+    for c in data["cases"]:
+        k = c["steps"]
+        rows.append(
+            [
+                "1 (alone)" if k == 1 else str(k),
+                ", ".join(f"{r:,g}/s" for r in c["rate_limits_per_s"]),
+                _n(c["calls"]),
+                f"{c['wall_s']:.2f} s",
+                f"{c['wall_over_ideal']:.2f}",
+                f"{c['span_s']:.2f} s",
+                f"{c['span_over_ideal']:.2f}",
+                f"{c['span_over_staged']:.2f}",
+                f"{c['wall_over_one_step']:.2f}",
+            ]
+        )
+    header = [
+        "steps",
+        "each step's limit",
+        "calls",
+        "wall time",
+        "/ (N/R)",
+        "first to last call",
+        "/ (N/R)",
+        "/ (k·N/R, staged)",
+        "wall time / 1 step's",
+    ]
+    return _rows(header, rows)
+
+
+def steps_k_table() -> str:
+    data = bench_results("steps")["k_steps"]
+    names = {"one call": "one call, no `steps`"}
+    rows = [
+        [
+            names.get(c["case"], c["case"]),
+            _n(c["rows_per_s"]),
+            f"{c['rows_per_s_vs_one_step']:.2f}",
+            _n(c["server_calls_per_s"]),
+            f"{c['server_calls_per_s_vs_one_step']:.2f}",
+            _n(c["cpu_us_per_call"]),
+            f"{c['cpu_per_call_vs_one_step']:.2f}",
+        ]
+        for c in data["cases"]
+    ]
+    header = ["run", "rows/s", "vs 1 step", "calls/s, first to last call", "vs 1 step", "CPU µs/call", "vs 1 step"]
+    return _rows(header, rows)
+
+
 def memory_table() -> str:
     data = bench_results("memory")
     base = data["runs"][0]["peak_rss_mb"]
