@@ -58,7 +58,7 @@ from .config import (
     STEP_COLUMN,
     Config,
 )
-from .errors import CostLimitReached, FailureKind
+from .errors import CostLimitReached, FailureKind, RunAborted
 from .extract import parse_answer
 from .journal import Entry, Journal, kind_of
 from .planning import (
@@ -462,6 +462,9 @@ class ChainPass:
         self.tally = Tally(steps=[StepTally() for _ in self.steps])
         self.counters = _Totals([t.counters for t in self.tally.steps])
         self.budget = _Budget(config.max_cost)
+        # What stops the run (a spent quota, a failed login, a full disk): no call starts after
+        # it, the calls in flight on every step finish and are saved, then it is raised.
+        self.halt: RunAborted | None = None
 
     async def run(self, batches: Batches) -> tuple[Counters, Tally]:
         journal, counters, budget = self.journal, self.counters, self.budget
@@ -485,17 +488,20 @@ class ChainPass:
                         offset += batch.height
                         for state in rows.states:
                             await window.acquire()
-                            if budget.stop is not None:  # max_cost reached: no row starts
+                            if self._halted:  # no row starts
                                 break
                             group.create_task(self._row(state, lanes, window))
-                        if budget.stop is not None:
+                        if self._halted:
                             break
             except BaseExceptionGroup as group_error:
                 stop = first_leaf(group_error)  # raised below, outside the handler (see CallingPass.run)
             finally:
                 if stop is None:
                     journal.flush()
-            if stop is None and budget.stop is not None:  # the calls in flight finished and are saved
+            # The calls in flight finished and are saved: now the stop.
+            if stop is None and self.halt is not None:
+                stop = self.halt
+            elif stop is None and budget.stop is not None:
                 stop = budget.stop.spent(budget.spent, self._credits(), self.tally.rows, self.report.total)
             if stop is not None:
                 raise stopped(stop, journal, counters.calls)
@@ -503,6 +509,10 @@ class ChainPass:
             self.tally.late_slots = sum(lane.client.limiter.rebooked for lane in lanes)
         self.report(self.tally, counters, force=True)
         return counters.total(), self.tally
+
+    @property
+    def _halted(self) -> bool:
+        return self.halt is not None or self.budget.stop is not None
 
     def _credits(self) -> dict[str, float]:
         return {s.name: t.credits for s, t in zip(self.steps, self.tally.steps, strict=True) if s.config.cost}
@@ -563,35 +573,47 @@ class ChainPass:
             del lane.pending[fp]
 
     async def _call(self, lane: _Lane, fp: bytes, request: PreparedRequest) -> Entry | None:
-        journal, client, step, budget = self.journal, lane.client, lane.step, self.budget
+        """Make the call in one of the step's slots (None: the run is stopping, no call made)."""
+        step = lane.step
         cost = step.config.cost
         async with lane.slots:
-            if not lane.logged_in:  # log in at the step's first call, not before: a resumed run may need none
-                async with lane.login:
-                    if not lane.logged_in:
-                        if client.tokens is not None:
-                            await client.tokens.login(client.session)
-                        lane.logged_in = True
-            while journal.holding():  # the journal cannot save now: a call made would be lost
-                await asyncio.sleep(HOLD_SECONDS)
-            if not budget.take(cost):
+            if self.halt is not None:
                 return None
             try:
-                outcome = await client.call(request)
-            except BaseException:
-                budget.settle(cost, answered=False)
-                raise
-            answered = outcome.error is None
-            budget.settle(cost, answered)
-            if answered:
-                lane.tally.credits += cost
-            entry = journal_entry(outcome, step.config, step.key)
-            seq = journal.put(fp, entry, saved=not outcome.local)
-            if outcome.latency_ms is not None:
-                self.tally.latencies.append(outcome.latency_ms)
-                lane.tally.latencies.append(outcome.latency_ms)
-            # Counted in flight until saved: a kill costs no more calls than the slots hold.
-            await journal.saved(seq)
+                return await self._call_in_slot(lane, fp, request, cost)
+            except RunAborted as stop:  # the other steps' calls in flight still reach the journal
+                if self.halt is None:
+                    self.halt = stop
+                return None
+
+    async def _call_in_slot(self, lane: _Lane, fp: bytes, request: PreparedRequest, cost: float) -> Entry | None:
+        journal, client, step, budget = self.journal, lane.client, lane.step, self.budget
+        if not lane.logged_in:  # log in at the step's first call, not before: a resumed run may need none
+            async with lane.login:
+                if not lane.logged_in:
+                    if client.tokens is not None:
+                        await client.tokens.login(client.session)
+                    lane.logged_in = True
+        while journal.holding():  # the journal cannot save now: a call made would be lost
+            await asyncio.sleep(HOLD_SECONDS)
+        if self.halt is not None or not budget.take(cost):
+            return None
+        try:
+            outcome = await client.call(request)
+        except BaseException:
+            budget.settle(cost, answered=False)
+            raise
+        answered = outcome.error is None
+        budget.settle(cost, answered)
+        if answered:
+            lane.tally.credits += cost
+        entry = journal_entry(outcome, step.config, step.key)
+        seq = journal.put(fp, entry, saved=not outcome.local)
+        if outcome.latency_ms is not None:
+            self.tally.latencies.append(outcome.latency_ms)
+            lane.tally.latencies.append(outcome.latency_ms)
+        # Counted in flight until saved: a kill costs no more calls than the slots hold.
+        await journal.saved(seq)
         return entry
 
 

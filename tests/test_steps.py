@@ -1027,3 +1027,36 @@ def test_changing_a_steps_request_calls_that_step_again_and_later_steps_only_whe
         del SIGNALS[303]
     assert calls == {"company": 9, "signals": 3, "a": 5, "b": 3}
     assert by_email(tmp_path / "out.parquet")["ann@acme.io"]["company_id"] == 303
+
+
+def test_a_step_that_stops_the_run_lets_the_other_steps_calls_in_flight_reach_the_journal(
+    tmp_path: Path, serve: Serve
+) -> None:
+    # Step `lookup` is slow; step `score` answers 429 with a Retry-After of an hour: the run stops
+    # (exit 3), and the lookups already sent get their answers saved, so the rerun repeats none.
+    sent: Counter[str] = Counter()
+    throttle = {"on": True}
+
+    async def lookup(request: web.Request) -> web.Response:
+        sent[request.match_info["key"]] += 1
+        await asyncio.sleep(0.3)
+        return web.json_response({"id": "id-" + request.match_info["key"]})
+
+    async def score(request: web.Request) -> web.Response:
+        if throttle["on"]:
+            return web.json_response({"error": "quota"}, status=429, headers={"Retry-After": "3600"})
+        return web.json_response({"score": len(request.match_info["id"])})
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", lookup)
+    app.router.add_get("/score/{id}", score)
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 24, concurrency=4)
+    assert run_cli(["run", str(cfg), "-q"]) == 3
+    first = sum(sent.values())
+    assert first > 4, "the lookups in flight when the run stopped were sent"
+    throttle["on"] = False
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert max(sent.values()) == 1 and len(sent) == 24  # no lookup sent twice
+    out = pl.read_parquet(tmp_path / "keys.parquet")
+    assert out["score"].to_list() == [len(f"id-k{i}") for i in range(24)]
