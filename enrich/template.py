@@ -31,6 +31,7 @@ from urllib.parse import quote
 import orjson
 
 from .errors import ConfigError, child_of
+from .extract import to_json
 
 Row = Mapping[str, Any]
 Render = Callable[[Row], Any]
@@ -131,13 +132,16 @@ CONVERSIONS: dict[str, Callable[[Any], Any]] = {
 
 
 def format_value(value: Any) -> str:
-    """The text of a cell when it is placed inside a longer string."""
+    """The text of a cell when it is placed inside a longer string: a list or an object (a field an
+    earlier step found, a nested column) as its JSON text, as the output holds it."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return value
+    if isinstance(value, (list, dict)):
+        return to_json(value)
     return str(value)
 
 

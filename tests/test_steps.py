@@ -1060,3 +1060,48 @@ def test_a_step_that_stops_the_run_lets_the_other_steps_calls_in_flight_reach_th
     assert max(sent.values()) == 1 and len(sent) == 24  # no lookup sent twice
     out = pl.read_parquet(tmp_path / "keys.parquet")
     assert out["score"].to_list() == [len(f"id-k{i}") for i in range(24)]
+
+
+def test_a_list_or_object_an_earlier_step_found_goes_into_a_later_request_as_json(tmp_path: Path, serve: Serve) -> None:
+    got: list[dict[str, Any]] = []
+
+    async def first(request: web.Request) -> web.Response:
+        return web.json_response({"tags": ["a", "b", 1, None, True], "obj": {"k": "v/x?y", "n": 1}})
+
+    async def second(request: web.Request) -> web.Response:
+        got.append(
+            {
+                "path": request.match_info["tags"],
+                "q": request.query["obj"],
+                "header": request.headers["X-Tags"],
+                "body": await request.json(),
+            }
+        )
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/first/{key}", first)
+    app.router.add_post("/second/{tags}", second)
+    server = serve(app)
+    steps = [
+        {"name": "one", "request": {"url": server.url + "/first/{{key}}"}, "fields": {"tags": "tags", "obj": "obj"}},
+        {
+            "name": "two",
+            "request": {
+                "method": "POST",
+                "url": server.url + "/second/{{tags}}",
+                "params": {"obj": "{{obj}}"},
+                "headers": {"X-Tags": "{{tags}}"},
+                "body": {"text": "tags={{tags}}", "typed": "{{obj}}"},
+            },
+            "fields": {"ok": "ok"},
+        },
+    ]
+    path = tmp_path / "keys.csv"
+    pl.DataFrame({"key": ["k1"]}).write_csv(path)
+    cfg = write_config(tmp_path / "c.yaml", {"input": str(path), "output": str(tmp_path / "o.parquet"), "steps": steps})
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    tags, obj = '["a","b",1,null,true]', '{"k":"v/x?y","n":1}'
+    assert got == [
+        {"path": tags, "q": obj, "header": tags, "body": {"text": f"tags={tags}", "typed": {"k": "v/x?y", "n": 1}}}
+    ]
