@@ -46,7 +46,7 @@ from .planning import (
     RowError,
     RunOptions,
     plan_batch,
-    shown_request,
+    shown_columns,
     template_rows,
 )
 from .tables import changed, content_digest
@@ -230,14 +230,7 @@ def failed_rows(
     used = sorted(config.columns_used)
     part = batch[failed] if failed else batch.clear()
     _, rows, _ = template_rows(part, config, types)
-    requests: list[tuple[str | None, str | None, str | None, str | None]] = []
-    for row in rows:
-        req = shown_request(config, row)
-        if req is None:
-            requests.append((None, None, None, None))
-            continue
-        text = req.body.decode("utf-8", "replace") if req.body else None
-        requests.append((req.method, str(req.url), orjson.dumps(req.headers).decode(), text))
+    requests = [shown_columns(config, row) for row in rows]
     return pl.DataFrame(
         [
             pl.Series(ROW_COLUMN, [numbers[i] for i in failed], dtype=pl.Int64),

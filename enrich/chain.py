@@ -72,7 +72,7 @@ from .planning import (
     plan_row,
     reusable,
     shard_keep,
-    shown_request,
+    shown_columns,
     template_rows,
 )
 from .step_config import status_columns, waterfall_columns
@@ -726,12 +726,8 @@ def failed_steps(
         names.append(step.name)
         results.append(result)
         # A step whose input an earlier step did not give has no request to show.
-        req = shown_request(step.config, state.values) if result.kind is not FailureKind.MISSING_INPUT else None
-        if req is None:
-            requests.append((None, None, None, None))
-            continue
-        text = req.body.decode("utf-8", "replace") if req.body else None
-        requests.append((req.method, str(req.url), orjson.dumps(req.headers).decode(), text))
+        missing = result.kind is FailureKind.MISSING_INPUT
+        requests.append((None, None, None, None) if missing else shown_columns(step.config, state.values))
     return pl.DataFrame(
         [
             pl.Series(ROW_COLUMN, [numbers[i] for i in rows], dtype=pl.Int64),

@@ -25,6 +25,7 @@ from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
 import polars as pl
 
 from .client import PreparedRequest, prepare, shown
@@ -192,6 +193,18 @@ def shown_request(config: Config, row: dict[str, Any]) -> PreparedRequest | None
         return shown(prepare(config.request.for_display, row), config.auth)
     except (TemplateValueError, ValueError):
         return None
+
+
+def shown_columns(config: Config, row: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """Row ``row``'s request as the errors file shows it (``REQUEST_COLUMNS``: method, URL,
+    headers as JSON, body): as ``shown_request``, and searched for every secret besides, since a
+    value a row carries into its request may be one (an earlier step's answer that echoed a token)."""
+    req = shown_request(config, row)
+    if req is None:
+        return (None, None, None, None)
+    redact = config.redactor.redact
+    body = redact(req.body.decode("utf-8", "replace")) if req.body else None
+    return (req.method, redact(str(req.url)), redact(orjson.dumps(req.headers).decode()), body)
 
 
 # --- what the calling pass does with a row -------------------------------------------------------

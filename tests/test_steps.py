@@ -1105,3 +1105,47 @@ def test_a_list_or_object_an_earlier_step_found_goes_into_a_later_request_as_jso
     assert got == [
         {"path": tags, "q": obj, "header": tags, "body": {"text": f"tags={tags}", "typed": {"k": "v/x?y", "n": 1}}}
     ]
+
+
+def test_the_errors_file_masks_a_token_an_earlier_steps_answer_carried_into_a_request(
+    tmp_path: Path, serve: Serve
+) -> None:
+    token = "tok-7f3e9a1c55"
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"token": token})
+
+    async def echo(request: web.Request) -> web.Response:  # an API that echoes the header it got
+        return web.json_response({"saw": request.headers.get("Authorization")})
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "unprocessable"}, status=422)
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_get("/echo/{key}", echo)
+    app.router.add_post("/refuse", refuse)
+    server = serve(app)
+    steps = [
+        {"name": "one", "auth": "acme", "request": {"url": server.url + "/echo/{{key}}"}, "fields": {"saw": "saw"}},
+        {
+            "name": "two",
+            "request": {"method": "POST", "url": server.url + "/refuse?h={{saw}}", "body": {"saw": "{{saw}}"}},
+            "fields": {"ok": "ok"},
+        },
+    ]
+    path = tmp_path / "keys.csv"
+    pl.DataFrame({"key": ["k1"]}).write_csv(path)
+    config = {
+        "input": str(path),
+        "output": str(tmp_path / "o.parquet"),
+        "errors_out": str(tmp_path / "failed.csv"),
+        "auths": {"acme": {"url": server.url + "/login", "body": {"user": "u"}, "token_path": "token"}},
+        "steps": steps,
+    }
+    assert run_cli(["run", str(write_config(tmp_path / "c.yaml", config)), "-q"]) == 0
+    assert pl.read_parquet(tmp_path / "o.parquet")["saw"].to_list() == [f"Bearer {token}"]  # the data, untouched
+    row = pl.read_csv(tmp_path / "failed.csv").row(0, named=True)
+    assert (row["_step"], row["_http_status"]) == ("two", 422)
+    assert token not in (tmp_path / "failed.csv").read_text()
+    assert row["_request_body"] == '{"saw":"Bearer ***"}' and row["_request_url"].endswith("?h=Bearer%20***")
