@@ -429,7 +429,8 @@ class _Budget:
             return False
         if not cost or self.limit is None:
             return True
-        if self.spent + self.reserved + cost > self.limit:
+        # Credits are floats (cost: 0.1): thirty calls of 0.1 fit a limit of 3.
+        if self.spent + self.reserved + cost > self.limit + 1e-9 * max(1.0, self.limit):
             self.stop = CostLimitReached(self.limit, cost)
             return False
         self.reserved += cost

@@ -401,7 +401,10 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
 
 
 def _summary_table(s: Any, output: Path, summary: Path) -> str:
-    limit = f"limit {s.rate_limit:g}/s" if s.rate_limit else "no rate limit"
+    if s.steps:  # a limit is each step's own
+        limit = "each step at its own limit"
+    else:
+        limit = f"limit {s.rate_limit:g}/s" if s.rate_limit else "no rate limit"
     latency = (
         f"p50 {s.latency_p50_ms:g} ms, p95 {s.latency_p95_ms:g} ms" if s.latency_p50_ms is not None else "no calls made"
     )
@@ -639,9 +642,7 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
 
 def _previewed(p: Any, config: Any) -> list[str]:
     """One previewed call: the request, the status, the response tree and the columns it gives."""
-    import orjson
-
-    from .extract import response_tree
+    from .extract import response_tree, to_json
 
     if p.request is None:
         return [f"no call: {p.error}" if not p.error.startswith(("no call", "not called")) else p.error]
@@ -658,7 +659,7 @@ def _previewed(p: Any, config: Any) -> list[str]:
         out.append("  response: empty")
     out.append("  columns from `fields`:" if config.fields else "  columns (no `fields`: the whole response):")
     for name, value in p.columns.items():
-        shown = config.redactor.redact(orjson.dumps(value, default=str).decode())
+        shown = config.redactor.redact(to_json(value))  # an integer wider than 64 bits too
         out.append(f"    {name} = {shown[:100] + '…' if len(shown) > 100 else shown}")
     return out
 

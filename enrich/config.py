@@ -977,11 +977,21 @@ class Config(Section):
         """``check_columns``, then what needs the column types: `when` must be a true/false
         condition that polars can evaluate on them (``id > 'x'`` fails here, before any call,
         not halfway through the run), and `skip_if_filled` columns must hold single values."""
+        self.check_columns(list(schema), table)
+        if not self.steps:
+            self._check_types(schema, table)
+            return
+        given: set[str] = set()  # the columns earlier steps fill: their types are the API's, known later
+        for step in self.steps:
+            reads = set(step.when_expr().meta.root_names()) if step.when is not None else set()
+            if not (reads | set(step.skip_if_filled)) & given:
+                step._check_types(schema, table)
+            given.update(step.field_columns)
+
+    def _check_types(self, schema: Mapping[str, Any], table: str) -> None:
         import polars as pl
 
-        self.check_columns(list(schema), table)
-        if self.steps:  # each step's `when` is evaluated per row, on the input and the earlier steps' fields
-            return
+        where = self.when_at if self.name else self.source  # a step: where its `when` is
         for col in self.skip_if_filled:
             if schema[col].is_nested():
                 raise ConfigError(
@@ -997,13 +1007,13 @@ class Config(Section):
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ConfigError(
-                f"{self.source}: `when: {self.when}` cannot be evaluated on {table}: {first}. "
+                f"{where}: `when: {self.when}` cannot be evaluated on {table}: {first}. "
                 "Compare columns with values of their type (text in single quotes)."
             ) from None
         if result.height != probe.height or result.schema["when"] != pl.Boolean:
             kind = "one value for the whole table" if result.height != probe.height else result.schema["when"]
             raise ConfigError(
-                f"{self.source}: `when: {self.when}` gives {kind}, not true or false for each row. "
+                f"{where}: `when: {self.when}` gives {kind}, not true or false for each row. "
                 'Write a condition, e.g. "email IS NOT NULL" or "employees > 100".'
             )
 

@@ -137,14 +137,15 @@ class CostLimitReached(RunAborted):
     def spent(self, credits: float, by_step: dict[str, float], rows_done: int, rows: int | None) -> CostLimitReached:
         """The stop, saying what was spent (in all and by step) and what is left."""
         steps = ", ".join(f"{name} {n:g}" for name, n in by_step.items())
-        left = f"{rows - rows_done:,} of {rows:,} rows" if rows is not None else "the rest"
+        done = f"{rows_done:,} of {rows:,} rows" if rows is not None else f"{rows_done:,} rows"
+        left = f"; {rows - rows_done:,} are left" if rows is not None else ""
         return CostLimitReached(
             self.limit,
             self.cost,
-            f"stopped before spending more than max_cost ({self.limit:g} credits): this run spent {credits:g} "
-            f"({steps}), and the next call would cost {self.cost:g} more. {rows_done:,} rows are done and saved "
-            f"in the journal; {left} are not. To go on, run the same command with a higher --max-cost (or "
-            "max_cost:): no answered call is paid for again.",
+            f"stopped before this run spent more than max_cost ({self.limit:g} credits): it spent {credits:g} "
+            f"({steps}), and the next call would cost {self.cost:g} more. {done} are done and saved in the "
+            f"journal{left}. Run the same command again to go on (each run may spend up to max_cost, and no "
+            "answered call is paid for again), or raise --max-cost to do more in one run.",
         )
 
 

@@ -193,8 +193,9 @@ def run_job(
                 def batches() -> Iterator[pl.DataFrame]:
                     return iter_batches(lf, job.input, options.limit)
 
-                # The total only feeds a progress bar; counting costs a read of the whole input.
-                if on_progress is not None and options.shard is None:
+                # The total feeds a progress bar, and says what a max_cost stop leaves; counting
+                # costs a read of the whole input.
+                if (on_progress is not None or config.max_cost is not None) and options.shard is None:
                     total = count_rows(lf, job.input, options.limit)
                 else:
                     total = None

@@ -13,6 +13,7 @@ and harmless.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,8 @@ class Lock:
     def release(self) -> None:
         # Removed while still held: a process that opened the old file before this and locks it
         # after finds it unlinked (filelock checks) and tries again on the path.
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder gone or replaced under the run: nothing left to remove
+            self.path.unlink(missing_ok=True)
         self._lock.release()
 
 

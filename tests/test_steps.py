@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -685,8 +686,8 @@ def test_max_cost_stops_the_run_before_it_would_spend_more_and_a_rerun_goes_on(
     cfg = steps_config(tmp_path, costed_waterfall(server.url), **keys)
     assert run_cli(["run", str(cfg), *(["--max-cost", "4"] if flag else [])]) == 3
     err = capsys.readouterr().err
-    assert "stopped before spending more than max_cost (4 credits): this run spent " in err
-    assert "run the same command with a higher --max-cost" in err
+    assert "stopped before this run spent more than max_cost (4 credits): it spent " in err
+    assert "are done and saved in the journal; " in err and "or raise --max-cost to do more in one run" in err
     first = Counter(calls)
     stop = summary_of(tmp_path)
     assert (stop["status"], stop["exit_code"]) == ("aborted", 3)
@@ -1149,3 +1150,70 @@ def test_the_errors_file_masks_a_token_an_earlier_steps_answer_carried_into_a_re
     assert (row["_step"], row["_http_status"]) == ("two", 422)
     assert token not in (tmp_path / "failed.csv").read_text()
     assert row["_request_body"] == '{"saw":"Bearer ***"}' and row["_request_url"].endswith("?h=Bearer%20***")
+
+
+def test_a_steps_when_on_input_columns_of_another_type_is_refused_before_any_call(tmp_path: Path) -> None:
+    steps = waterfall_steps("http://127.0.0.1:9")
+    steps[1]["when"] = "domain > 3"  # text compared with a number
+    cfg = steps_config(tmp_path, steps)
+    assert run_cli(["validate", str(cfg)]) == 2
+    with pytest.raises(
+        ConfigError, match=r"line 27: steps\[1\].when: `when: domain > 3` cannot be evaluated on people"
+    ):
+        load_config(cfg).check_schema(pl.read_csv(tmp_path / "people.csv").schema, "people.csv")
+
+
+def test_max_cost_lets_calls_that_exactly_fit_it_through(tmp_path: Path, serve: Serve) -> None:
+    app, seen = echo_app()
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 30, cost=0.1)  # 30 lookups at 0.1: 3.0000000000000013 in floats
+    data = yaml.safe_load(cfg.read_text())
+    data["steps"] = data["steps"][:1]
+    data["max_cost"] = 3
+    write_config(cfg, data)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert len(seen) == 30 and summary_of_output(tmp_path / "keys.parquet")["credits"] == pytest.approx(3.0)
+
+
+def summary_of_output(output: Path) -> dict[str, Any]:
+    return orjson.loads(output.with_name(output.name + ".summary.json").read_bytes())
+
+
+def test_a_folder_replaced_by_a_file_under_the_run_is_a_storage_error_not_a_crash(tmp_path: Path, serve: Serve) -> None:
+    folder = tmp_path / "outdir"
+
+    async def lookup(request: web.Request) -> web.Response:
+        if folder.is_dir():  # the output's folder is removed, and a file takes its name
+            shutil.rmtree(folder)
+            folder.write_text("not a folder")
+        return web.json_response({"id": "x"})
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", lookup)
+    server = serve(app)
+    path = tmp_path / "keys.csv"
+    pl.DataFrame({"key": ["k1", "k2"]}).write_csv(path)
+    steps = [{"name": "lookup", "request": {"url": server.url + "/lookup/{{key}}"}, "fields": {"rid": "id"}}]
+    config = {"input": str(path), "output": str(folder / "out.csv"), "journal": str(tmp_path / "j.db"), "steps": steps}
+    cfg = write_config(tmp_path / "c.yaml", config)
+    assert run_cli(["run", str(cfg), "-q"]) == 3  # the disk failed the run: resumable, not a bug (70)
+    folder.unlink()
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert pl.read_csv(folder / "out.csv")["rid"].to_list() == ["x", "x"]
+
+
+def test_preview_shows_an_integer_wider_than_64_bits_exactly(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(text='{"big": 123456789012345678901234567890}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", big)
+    server = serve(app)
+    path = tmp_path / "keys.csv"
+    pl.DataFrame({"key": ["k1"]}).write_csv(path)
+    steps = [{"name": "lookup", "request": {"url": server.url + "/lookup/{{key}}"}, "fields": {"big": "big"}}]
+    cfg = write_config(tmp_path / "c.yaml", {"input": str(path), "steps": steps})
+    assert run_cli(["preview", str(cfg)]) == 0
+    assert "      big = 123456789012345678901234567890\n" in capsys.readouterr().out
