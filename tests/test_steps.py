@@ -1217,3 +1217,39 @@ def test_preview_shows_an_integer_wider_than_64_bits_exactly(
     cfg = write_config(tmp_path / "c.yaml", {"input": str(path), "steps": steps})
     assert run_cli(["preview", str(cfg)]) == 0
     assert "      big = 123456789012345678901234567890\n" in capsys.readouterr().out
+
+
+def test_retry_failed_and_refresh_older_than_call_again_only_what_they_name_in_each_step(
+    tmp_path: Path, serve: Serve
+) -> None:
+    sent: Counter[str] = Counter()
+    down = {"k1": True}
+
+    async def lookup(request: web.Request) -> web.Response:
+        sent["lookup"] += 1
+        return web.json_response({"id": "id-" + request.match_info["key"]})
+
+    async def score(request: web.Request) -> web.Response:
+        sent["score"] += 1
+        if down.get(request.match_info["id"].removeprefix("id-")):
+            return web.json_response({"error": "busy"}, status=503)
+        return web.json_response({"score": 1})
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", lookup)
+    app.router.add_get("/score/{id}", score)
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 4, retry=1)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert sent == {"lookup": 4, "score": 4}
+    # k1's score failed on the server's side (503): --retry-failed asks that alone again.
+    down["k1"] = False
+    assert run_cli(["run", str(cfg), "-q", "--retry-failed"]) == 0
+    assert sent == {"lookup": 4, "score": 5}
+    assert pl.read_parquet(tmp_path / "keys.parquet")["score"].to_list() == [1, 1, 1, 1]
+    # Nothing is older than a day: nothing is asked again; everything is older than a second: all of it.
+    assert run_cli(["run", str(cfg), "-q", "--refresh-older-than", "1d"]) == 0
+    assert sent == {"lookup": 4, "score": 5}
+    time.sleep(1.1)
+    assert run_cli(["run", str(cfg), "-q", "--refresh-older-than", "1s"]) == 0
+    assert sent == {"lookup": 8, "score": 9}
