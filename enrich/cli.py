@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     files = _Parser(add_help=False)
     files.add_argument("config", type=Path, help="the YAML config file")
-    files.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson); overrides `input`")
-    files.add_argument("--output", type=Path, help="output table (.csv, .parquet); overrides `output`")
+    files.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson, .xlsx); overrides `input`")
+    files.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
+    files.add_argument("--output", type=Path, help="output table (.csv, .parquet, .xlsx); overrides `output`")
     files.add_argument(
         "--journal", metavar="PATH", help="the journal file (default: <output>.journal), or a redis:// URL to share it"
     )
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("config", type=Path, help="the YAML config file")
     validate.add_argument("--input", type=Path, help="the input table to check the columns of; overrides `input`")
+    validate.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
 
     preview = sub.add_parser(
         "preview",
@@ -187,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("config", type=Path, help="the YAML config file")
     preview.add_argument("--rows", type=_positive_int, default=3, metavar="N", help="how many rows to call (default 3)")
     preview.add_argument("--input", type=Path, help="input table; overrides `input`")
+    preview.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
 
     sub.add_parser(
         "schema",
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("input", type=Path, help="the table to enrich (.csv, .parquet, .ndjson)")
     init.add_argument("--config", type=Path, metavar="PATH", help="where to write it (default: <input stem>.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1; default the first)")
     init.add_argument(
         "--steps", action="store_true", help="write the calls as `steps:` (a lookup; a chain and a waterfall to add)"
     )
@@ -321,7 +325,7 @@ def _tune_gc() -> None:
 def _load(args: argparse.Namespace, log: _Log, overrides: dict[str, Any] | None = None) -> Any:
     from .config import load_config
 
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, {**(overrides or {}), "sheet": getattr(args, "sheet", None)})
     log.redactor = config.redactor
     if args.command in ("run", "validate", "preview"):  # the commands that call the API or vouch for the config
         for warning in config.warnings:
@@ -539,7 +543,7 @@ def _duration_text(seconds: float) -> str:
 
 
 def _validate(args: argparse.Namespace, log: _Log) -> int:
-    from .tables import check_utf8, output_format, scan_table, value_types
+    from .tables import check_utf8, output_format, value_types
 
     config = _load(args, log)
     source = args.input or config.input
@@ -549,7 +553,7 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
     if source is None:
         lines.append("  input      not set (give --input PATH to check its columns)")
     else:
-        lf = scan_table(source, config.input_types)
+        lf = config.scan_input(source)
         schema = lf.collect_schema()
         check_utf8(source)
         types = value_types(lf, config.columns_read, config.input_types, source)
@@ -608,13 +612,13 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
     from .aio import run
     from .errors import ConfigError
     from .preflight import apreview, apreview_steps
-    from .tables import check_utf8, scan_table, value_types
+    from .tables import check_utf8, value_types
 
     config = _load(args, log)
     source = args.input or config.input
     if source is None:
         raise ConfigError(f"{args.config}: no input table. Set `input:` in the config or pass --input PATH.")
-    lf = scan_table(source, config.input_types)
+    lf = config.scan_input(source)
     check_utf8(source)
     types = value_types(lf, config.columns_read, config.input_types, source)
     config.check_schema({c: types.get(c, t) for c, t in lf.collect_schema().items()}, source.name)
@@ -681,12 +685,14 @@ def _init(args: argparse.Namespace, log: _Log) -> int:
         raise ConfigError(f"{target} already exists. Pick another name with --config PATH, or pass --force.")
     if not args.input.is_file():
         raise ConfigError(f"{args.input}: no such file. Give the table to enrich: enrich init path/to/table.csv")
-    lf = scan_table(args.input)
+    lf = scan_table(args.input, sheet=args.sheet)
     check_utf8(args.input)
     schema = lf.collect_schema()
     types = value_types(lf, schema.names(), source=args.input)  # a CSV's columns are text; the starter sees their kinds
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = starter_config(args.input, {c: types.get(c, t) for c, t in schema.items()}, steps=args.steps)
+    text = starter_config(
+        args.input, {c: types.get(c, t) for c, t in schema.items()}, steps=args.steps, sheet=args.sheet
+    )
     target.write_text(text, encoding="utf-8")
     log(
         "init",

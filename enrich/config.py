@@ -617,6 +617,17 @@ def _input_types(value: Any, where: str) -> dict[str, str]:
     return types
 
 
+def _sheet(value: Any, where: str) -> str | None:
+    """A sheet's name, or its position from 1 (kept as text: a sheet may be named "2024")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise ConfigError(f"{where} must be a sheet's name or its position from 1 (e.g. Leads, or 2), got {value!r}.")
+    if isinstance(value, int) and value < 1:
+        raise ConfigError(f"{where}: sheets are counted from 1 (the first is 1), got {value}.")
+    return str(value)
+
+
 def _error_rate(value: Any, loc: str) -> float | None:
     """A share of rows, 0.05, or a percentage, "5%"."""
     if value is None:
@@ -664,10 +675,20 @@ class Config(Section):
     """A whole, validated run configuration: the file's top-level keys, and what the loader derives."""
 
     input: Annotated[
-        Path | None, TABLE, about("The input table: .csv, .tsv, .parquet, .ndjson or .jsonl (--input overrides).")
+        Path | None,
+        TABLE,
+        about("The input table: .csv, .tsv, .parquet, .ndjson, .jsonl or an Excel workbook (--input overrides)."),
+    ] = None
+    sheet: Annotated[
+        str | None,
+        Parsed(_sheet, {"type": ["string", "integer"], "pattern": NOT_BLANK, "minimum": 1}),
+        about(
+            "The sheet of an Excel input: its name, or its position from 1 (default: the first; --sheet overrides).",
+            examples=["Leads", 2],
+        ),
     ] = None
     output: Annotated[
-        Path | None, TABLE, about("The output table: .csv, .parquet or .ndjson (--output overrides).")
+        Path | None, TABLE, about("The output table: .csv, .parquet, .ndjson or .xlsx (--output overrides).")
     ] = None
     # None: beside the output, `<output>.journal`; str: a redis:// URL
     journal: Annotated[
@@ -938,6 +959,13 @@ class Config(Section):
             )
             mask = mask & ~filled
         return mask
+
+    def scan_input(self, path: Path) -> Any:
+        """The input table at ``path`` (a ``polars.LazyFrame``), read as the config says: its
+        `input_types`, and the `sheet` of a workbook."""
+        from .tables import scan_table
+
+        return scan_table(path, self.input_types, self.sheet)
 
     def check_columns(self, columns: list[str], table: str) -> None:
         """Fail if a template reads a column the table lacks, or a new column would overwrite one."""

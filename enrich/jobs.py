@@ -26,11 +26,21 @@ from .building import RowCounts, build_pass
 from .calling import ProgressCallback, Tally, call_pass
 from .client import Counters
 from .config import ERRORS_COLUMNS, ROW_COLUMN, STEP_COLUMN, Config, journal_location
-from .errors import AuthError, ConfigError, Interrupted, OutputBusy, OutputError, StorageError, ThrottledTooLong
+from .errors import (
+    AuthError,
+    ConfigError,
+    Interrupted,
+    OutputBusy,
+    OutputError,
+    RunAborted,
+    StorageError,
+    ThrottledTooLong,
+)
 from .journal import FileJournal, Journal, journal_label, open_journal
 from .planning import DEFAULT_OPTIONS, Batches, PlanSpool, RunOptions
 from .redis_journal import RedisJournal, named_after
 from .summary import Summary, summarize, write_running, write_stop, write_summary
+from .workbook import ExcelLimit, check_fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +71,7 @@ def plan_job(
     whole run's table; a trial shares the whole run's journal. An output that is the input
     is refused unless ``in_place``.
     """
-    from .tables import check_utf8, output_format, scan_table, value_types
+    from .tables import check_utf8, output_format, value_types
 
     source = input_path or config.input
     if source is None:
@@ -83,12 +93,14 @@ def plan_job(
     assert target is not None
     if in_place and _same_file(target, source):  # through a link: replace the file it points to
         target = target.resolve()
-    lf = scan_table(source, config.input_types)
+    lf = config.scan_input(source)
     schema = lf.collect_schema()
     check_utf8(source)
     types = value_types(lf, config.columns_read, config.input_types, source)
     config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
     _check_files(config, source, target, errors, list(schema), options, in_place)
+    if output_format(target) == "xlsx":
+        _check_sheet(lf, source, target, options, len(schema) + len(config.output_columns))
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
     if isinstance(journal, str):
@@ -139,6 +151,20 @@ def _check_files(
             )
 
 
+def _check_sheet(lf: pl.LazyFrame, source: Path, target: Path, options: RunOptions, columns: int) -> None:
+    """Before any call: the output fits one sheet of a workbook."""
+    from .tables import count_rows
+
+    rows = count_rows(lf, source, options.limit) or 0
+    try:
+        check_fits(rows, columns)
+    except ExcelLimit as exc:
+        raise OutputError(
+            f"the output {target} cannot hold the table: {exc}. Write it as Parquet or CSV "
+            f"(--output {target.with_suffix('.parquet')}), or run it in parts with --shard I/N."
+        ) from None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file (through links, `..` and all); False when ``a`` does not exist."""
     try:
@@ -182,13 +208,13 @@ def run_job(
     journal, and nothing is written under the output name. Whatever stops the run, the
     summary file says so (``status``), so a scheduler never reads the last good run's.
     """
-    from .tables import InputStamp, count_rows, iter_batches, scan_table
+    from .tables import InputStamp, count_rows, iter_batches
 
     with _claim_outputs(job):
         try:
             with _journal(job) as journal, contextlib.closing(PlanSpool()) as spool:
                 stamp = InputStamp.of(job.input)
-                lf = scan_table(job.input, config.input_types)
+                lf = config.scan_input(job.input)
 
                 def batches() -> Iterator[pl.DataFrame]:
                     return iter_batches(lf, job.input, options.limit)
@@ -295,7 +321,7 @@ def _calls(
 
 def extract_job(config: Config, job: Job, options: RunOptions = DEFAULT_OPTIONS) -> Summary:
     """Rebuild the output from the journal alone (after `fields` change): no API call."""
-    from .tables import iter_batches, scan_table
+    from .tables import iter_batches
 
     if job.journal is None:
         raise ConfigError(
@@ -307,7 +333,7 @@ def extract_job(config: Config, job: Job, options: RunOptions = DEFAULT_OPTIONS)
             f"no journal at {job.journal}: there is nothing to extract from. Run `enrich run` first, "
             "or point --journal at the journal of an earlier run."
         )
-    lf = scan_table(job.input, config.input_types)
+    lf = config.scan_input(job.input)
 
     def batches() -> Iterator[pl.DataFrame]:
         return iter_batches(lf, job.input, options.limit)
@@ -354,6 +380,12 @@ def _write(
         writer.finish()
         if errors is not None:
             errors.finish()
+    except ExcelLimit as exc:  # found only now when rows grow (one per item of a list)
+        raise RunAborted(
+            f"cannot write the output {output}: {exc}. Every call is in the journal: write the table as "
+            f"Parquet or CSV (--output {output.with_suffix('.parquet')}) and run the same command again; it makes "
+            "no call."
+        ) from None
     except OSError as exc:  # the disk: full, or the folder's permissions changed under the run
         raise StorageError(
             f"cannot write the output {output}: {exc.strerror or exc}. Every call is in the journal: free some "

@@ -123,9 +123,9 @@ def preflight(config: Config, job: Job, options: RunOptions | None = None, show:
     """Render every row, count what a run would call, look the journal up read-only; send nothing,
     write nothing. (With `steps`: ``steps_preflight``.)"""
     options = options or RunOptions()
-    from .tables import iter_batches, scan_table
+    from .tables import iter_batches
 
-    lf = scan_table(job.input, config.input_types)
+    lf = config.scan_input(job.input)
     samples: list[Sample] = []
     seen: set[bytes] = set()
     rows = matching = skipped = row_errors = distinct = in_journal = 0
@@ -204,11 +204,11 @@ def steps_preflight(config: Config, job: Job, options: RunOptions | None = None,
         settle,
         taken,
     )
-    from .tables import iter_batches, scan_table
+    from .tables import iter_batches
 
     options = options or RunOptions()
     steps = compile_steps(config)
-    lf = scan_table(job.input, config.input_types)
+    lf = config.scan_input(job.input)
     samples: list[Sample] = []
     seen: list[set[bytes]] = [set() for _ in steps]
     maybes: list[set[bytes]] = [set() for _ in steps]  # the calls a step may make once answers are in
@@ -312,9 +312,9 @@ class Previewed:
 async def apreview(config: Config, input_path: Path, rows: int = 3) -> list[Previewed]:
     """Call the API for the first ``rows`` rows a run would call, one at a time; no journal, no output.
     (With `steps`: ``apreview_steps``.)"""
-    from .tables import iter_batches, scan_table, value_types
+    from .tables import iter_batches, value_types
 
-    lf = scan_table(input_path, config.input_types)
+    lf = config.scan_input(input_path)
     types = value_types(lf, config.columns_read, config.input_types, input_path)
     picked: list[tuple[int, Call | RowError, PreparedRequest | None]] = []
     offset = 0
@@ -363,9 +363,9 @@ async def apreview_steps(config: Config, input_path: Path, rows: int = 3) -> lis
     (already filled, `when`, an input an earlier step did not give)."""
     from .calling import journal_entry, token_manager
     from .chain import SKIPPED, Unmet, compile_steps, decide, entry_values, filled, row_states, settle
-    from .tables import iter_batches, scan_table, value_types
+    from .tables import iter_batches, value_types
 
-    lf = scan_table(input_path, config.input_types)
+    lf = config.scan_input(input_path)
     types = value_types(lf, config.columns_read, config.input_types, input_path)
     states = []
     for batch in iter_batches(lf, input_path, rows):

@@ -24,6 +24,7 @@ import polars as pl
 import yaml
 
 from .template import PLACEHOLDER
+from .workbook import READ_SUFFIXES
 
 # Words in a column name, by how well they identify the row an API should look up.
 _IDENTIFYING = (
@@ -43,9 +44,12 @@ _COMMENT_AT = 40  # the column inline comments start at
 _WRAP = 100
 
 
-def starter_config(input_path: Path, schema: Mapping[str, pl.DataType], steps: bool = False) -> str:
+def starter_config(
+    input_path: Path, schema: Mapping[str, pl.DataType], steps: bool = False, sheet: str | None = None
+) -> str:
     """The text of a commented starter config (YAML) for the table at ``input_path`` with ``schema``;
-    ``steps``: the calls as `steps:` (a lookup, then a chain and a waterfall to switch on)."""
+    ``steps``: the calls as `steps:` (a lookup, then a chain and a waterfall to switch on); an
+    Excel workbook's output is a workbook too (its ``sheet``, when not the first, is named)."""
     columns = list(schema)
     usable = [c for c in columns if _placeholder_ok(c)]
     ident = _identifying(usable, schema)
@@ -61,7 +65,8 @@ def starter_config(input_path: Path, schema: Mapping[str, pl.DataType], steps: b
         "# Every key is in docs/config.md; `enrich schema` gives editors completion.",
         "",
         f"input: {_scalar(str(input_path))}",
-        f"output: {_scalar(f'out/{input_path.stem}_enriched.parquet')}",
+        *([f"sheet: {_quoted(sheet)}"] if sheet is not None else []),
+        f"output: {_scalar(f'out/{input_path.stem}_enriched{_output_suffix(input_path)}')}",
         *_input_types(columns, schema),
         "",
         *_column_list(table, columns, usable),
@@ -138,6 +143,11 @@ def _steps(ident: str | None, columns: list[str], schema: Mapping[str, pl.DataTy
         f'  #   request: {{url: "https://fallback.example.com/v1/person", params: {fallback}}}',
         f"  #   fields: {{{title}: data.job_title}}",
     ]
+
+
+def _output_suffix(input_path: Path) -> str:
+    """A workbook in, a workbook out: the user keeps the table in a spreadsheet."""
+    return ".xlsx" if input_path.suffix.lower() in READ_SUFFIXES else ".parquet"
 
 
 def _placeholder_ok(column: str) -> bool:

@@ -1,4 +1,4 @@
-"""Read and write tables (CSV, Parquet, NDJSON) with polars; outputs are written atomically.
+"""Read and write tables (CSV, Parquet, NDJSON, Excel workbooks) with polars; outputs are written atomically.
 
 df = read_table(Path("sample_data/people.csv"))
 write_table(df, Path("out/people.parquet"))    # temp file, then rename
@@ -18,6 +18,7 @@ import polars as pl
 from .atomic import is_leftover, replacing
 from .column_types import INPUT_TYPES, unify_dtypes, value_kinds
 from .errors import InputChanged, InputError
+from .workbook import READ_SUFFIXES, read_sheet, write_workbook
 
 READ_FORMATS = {
     ".csv": "csv",
@@ -26,8 +27,16 @@ READ_FORMATS = {
     ".pq": "parquet",
     ".ndjson": "ndjson",
     ".jsonl": "ndjson",
+    **dict.fromkeys(READ_SUFFIXES, "excel"),
 }
-WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+WRITE_FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".xlsx": "xlsx",
+}
 
 
 def input_format(path: Path) -> str:
@@ -52,9 +61,11 @@ def output_format(path: Path, what: str = "output") -> str:
     return fmt
 
 
-def read_table(path: Path, types: Mapping[str, str] | None = None, limit: int | None = None) -> pl.DataFrame:
+def read_table(
+    path: Path, types: Mapping[str, str] | None = None, limit: int | None = None, sheet: str | None = None
+) -> pl.DataFrame:
     """Read a table whole (a preview, a small input); the same checks and errors as ``scan_table``."""
-    lf = scan_table(path, types)
+    lf = scan_table(path, types, sheet)
     try:
         return (lf.head(limit) if limit is not None else lf).collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
@@ -66,12 +77,18 @@ def write_table(df: pl.DataFrame, path: Path) -> None:
     fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
-        if fmt == "csv":
-            df.write_csv(tmp)
-        elif fmt == "parquet":
-            df.write_parquet(tmp)
-        else:
-            df.write_ndjson(tmp)
+        _write(df.lazy(), fmt, tmp)
+
+
+def _write(lf: pl.LazyFrame, fmt: str, path: Path) -> None:
+    if fmt == "csv":
+        lf.sink_csv(path)
+    elif fmt == "parquet":
+        lf.sink_parquet(path)
+    elif fmt == "ndjson":
+        lf.sink_ndjson(path)
+    else:  # a workbook is written whole
+        write_workbook(lf.collect(), path)
 
 
 # --- streaming ---------------------------------------------------------------------------
@@ -85,8 +102,9 @@ BATCH_ROWS = 20_000
 os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(1 << 20))
 
 
-def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFrame:
-    """A lazy scan of the input: read in batches, never whole (tables larger than memory).
+def scan_table(path: Path, types: Mapping[str, str] | None = None, sheet: str | None = None) -> pl.LazyFrame:
+    """A lazy scan of the input: read in batches, never whole (tables larger than memory), but
+    for an Excel workbook, whose sheet ``sheet`` is read whole (``workbook.read_sheet``).
 
     CSV and TSV columns are read as text, exactly as written (``02134`` stays ``02134``, a
     30-digit id stays its digits), unless ``types`` (``input_types``) names their type; see
@@ -112,6 +130,8 @@ def scan_table(path: Path, types: Mapping[str, str] | None = None) -> pl.LazyFra
             )
         elif fmt == "parquet":
             lf = pl.scan_parquet(path)
+        elif fmt == "excel":
+            return read_sheet(path, sheet, overrides).lazy()
         else:
             lf = pl.scan_ndjson(path, infer_schema_length=10_000)
         schema = lf.collect_schema()
@@ -320,12 +340,7 @@ class OutputWriter:
             if self.escape_formulas:
                 lf = neutralise_formulas(lf, self.escape_formulas)
             with replacing(self.path) as tmp:
-                if self.format == "csv":
-                    lf.sink_csv(tmp)
-                elif self.format == "parquet":
-                    lf.sink_parquet(tmp)
-                else:
-                    lf.sink_ndjson(tmp)
+                _write(lf, self.format, tmp)
         finally:
             self.discard()
 

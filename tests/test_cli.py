@@ -271,8 +271,8 @@ BAD_INPUT: list[tuple[str, dict[int, str], list[str], str]] = [
     (
         "unknown-output-extension",
         {},
-        ["--output", "{tmp}/out/people.xlsx"],
-        "output {tmp}/out/people.xlsx: cannot write .xlsx. Use one of: .csv, .parquet, .pq, .ndjson, .jsonl.",
+        ["--output", "{tmp}/out/people.xls"],
+        "output {tmp}/out/people.xls: cannot write .xls. Use one of: .csv, .parquet, .pq, .ndjson, .jsonl, .xlsx.",
     ),
     (
         "empty-csv",

@@ -47,7 +47,7 @@ INVALID_CONFIGS = [
     pytest.param(
         # nothing close: list the keys that are allowed instead
         BASE + "zzzzzz: 1\n",
-        "{src}, line 3: zzzzzz is not a known key. Allowed keys: input, output, journal, auth, request, fields, "
+        "{src}, line 3: zzzzzz is not a known key. Allowed keys: input, sheet, output, journal, auth, request, fields, "
         "concurrency, rate_limit, retry, timeout, input_types, key, when, skip_if_filled, diagnostics, "
         "max_error_rate, max_cost, errors_out, escape_formulas, tls, max_response_bytes, secrets, auths, steps.",
         id="unknown-top-level-key-allowed-list",
