@@ -81,6 +81,38 @@ def measure(rows: int, port: int, concurrency: int, fmt: str, trace: bool) -> di
     return result
 
 
+def measure_workbook(rows: int, port: int, concurrency: int) -> dict[str, Any]:
+    """The same table as an Excel workbook in and out (read whole, written whole), beside the
+    CSV -> Parquet run of the same rows made in the same process: peak RSS of each."""
+    import polars as pl
+
+    table = make_table(rows)
+    book = table.with_suffix(".xlsx")
+    if not book.exists():  # what a user keeps: the table saved as a workbook, cached like the CSV
+        pl.read_csv(table, infer_schema=False).write_excel(book)
+    work = DATA / "runs"
+    out: dict[str, Any] = {"rows": rows, "input_mb": round(book.stat().st_size / 1e6, 1)}
+    for name, source, suffix in (("csv_parquet", table, "parquet"), ("xlsx_xlsx", book, "xlsx")):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        output = work / f"out-{rows}.{suffix}"
+        config = write_config(work / "bench.yaml", port, source, output, concurrency=concurrency)
+        run = run_enrich(["run", str(config), "--quiet"])
+        if run.returncode != 0:
+            raise SystemExit(f"enrich run failed on the {name} table (exit {run.returncode}):\n{run.stderr.strip()}")
+        got = (
+            pl.read_excel(output).height
+            if suffix == "xlsx"
+            else pl.scan_parquet(output).select(pl.len()).collect().item()
+        )
+        if got != rows:
+            raise SystemExit(f"{rows:,} rows in, but the {name} output has {got:,}")
+        out[name] = {"peak_rss_mb": round(run.peak_rss_mb, 1), "seconds": round(run.seconds, 1)}
+    shutil.rmtree(work, ignore_errors=True)
+    out["rss_ratio"] = round(out["xlsx_xlsx"]["peak_rss_mb"] / out["csv_parquet"]["peak_rss_mb"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100k,1M", help="comma-separated row counts (default: 100k,1M)")
@@ -89,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="store_true", help="also record the RSS over time (in the JSON)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the memory targets are missed")
     parser.add_argument("--results", default="memory", help="name of the JSON in bench/results/ (default: memory)")
+    parser.add_argument(
+        "--workbook-rows", default="100k", help="rows of the Excel in-and-out run (default 100k; 0: none)"
+    )
     args = parser.parse_args(argv)
     sizes = sorted({parse_size(s) for s in args.sizes.split(",") if s.strip()})
 
@@ -96,10 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     for rows in sizes:  # generate first, so table generation is not in the figures
         make_table(rows)
     runs = []
+    workbook_rows = parse_size(args.workbook_rows)
+    workbook = None
     with DemoServer() as server:
         for rows in sizes:
             print(f"enriching {human(rows)} rows ...", file=sys.stderr, flush=True)
             runs.append(measure(rows, server.port, args.concurrency, args.format, args.trace))
+        if workbook_rows:
+            print(f"enriching {human(workbook_rows)} rows as a workbook ...", file=sys.stderr, flush=True)
+            workbook = measure_workbook(workbook_rows, server.port, args.concurrency)
     total = time.perf_counter() - started
 
     base = runs[0]
@@ -125,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"concurrency": args.concurrency, "rate_limit": None, "output": args.format, "fields": 3},
             "runs": runs,
             "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in verdicts],
+            "workbook": workbook,
             "total_seconds": round(total, 1),
         },
     )
@@ -142,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in runs
         ],
     )
+    if workbook is not None:
+        csv_run, book_run = workbook["csv_parquet"], workbook["xlsx_xlsx"]
+        print(
+            f"workbook, {workbook['rows']:,} rows: .xlsx in and out {book_run['peak_rss_mb']:.0f} MB peak RSS "
+            f"({book_run['seconds']:.1f}s), CSV in and Parquet out {csv_run['peak_rss_mb']:.0f} MB "
+            f"({csv_run['seconds']:.1f}s): {workbook['rss_ratio']:.2f}x"
+        )
     for target, measured, ok in verdicts:
         print(f"{'ok  ' if ok else 'MISS'} {target}: {measured}")
     print(f"total {total:.0f}s -> bench/results/{args.results}.json")

@@ -177,7 +177,11 @@ def check_fits(rows: int, columns: int) -> None:
 
 
 def write_workbook(frame: pl.DataFrame, path: Path, sheet: str = "enriched") -> None:
-    """Write ``frame`` as one sheet of a new workbook at ``path`` (see the module's docstring)."""
+    """Write ``frame`` as one sheet of a new workbook at ``path`` (see the module's docstring).
+
+    Rows are written in order and flushed as they go (xlsxwriter's constant memory mode), so
+    the workbook is never held whole as cell objects; column widths come from the values'
+    lengths, measured in polars."""
     from xlsxwriter import Workbook
 
     check_fits(frame.height, frame.width)
@@ -185,32 +189,57 @@ def write_workbook(frame: pl.DataFrame, path: Path, sheet: str = "enriched") -> 
     workbook = Workbook(
         str(path),
         {
+            "constant_memory": True,
             "strings_to_formulas": False,  # text that starts with = is text
             "strings_to_urls": False,
             "strings_to_numbers": False,
             "nan_inf_to_errors": True,
-            "constant_memory": False,
         },
     )
     try:
-        frame.write_excel(
-            workbook=workbook,
-            worksheet=sheet,
-            header_format={"bold": True},
-            freeze_panes=(1, 0),
-            autofit=True,
-            autofilter=False,
-            table_style=None,
-            # Numbers shown as they are (Excel's General), not rounded to a fixed number of places.
-            dtype_formats={
-                pl.Date: "yyyy-mm-dd",
-                pl.Datetime: "yyyy-mm-dd hh:mm:ss",
-                pl.Float64: "General",
-                pl.Float32: "General",
-            },
-        )
+        ws = workbook.add_worksheet(sheet)
+        bold = workbook.add_format({"bold": True})
+        date = workbook.add_format({"num_format": "yyyy-mm-dd"})
+        stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})
+        writers = []
+        for index, (name, dtype) in enumerate(frame.schema.items()):
+            ws.set_column(index, index, _width(frame, name, dtype))
+            writers.append(_writer(ws, dtype, date, stamp))
+        ws.freeze_panes(1, 0)
+        ws.write_row(0, 0, frame.columns, bold)
+        for r, row in enumerate(frame.iter_rows(), start=1):
+            for c, value in enumerate(row):
+                if value is not None:
+                    writers[c](r, c, value)
     finally:
         workbook.close()
+
+
+def _writer(ws: Any, dtype: pl.DataType, date: Any, stamp: Any) -> Any:
+    """How a column's cells are written: each kind by its own method (text never as a formula)."""
+    if dtype == pl.Boolean:
+        return ws.write_boolean
+    if dtype.is_numeric():
+        return ws.write_number
+    if dtype == pl.Date:
+        return lambda r, c, v: ws.write_datetime(r, c, v, date)
+    if isinstance(dtype, pl.Datetime):
+        return lambda r, c, v: ws.write_datetime(r, c, v, stamp)
+    return lambda r, c, v: ws.write_string(r, c, str(v))
+
+
+def _width(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> float:
+    """A column's width in characters: its header's or its longest value's, within 8 to 60."""
+    if dtype == pl.Date:
+        longest = 10
+    elif isinstance(dtype, pl.Datetime):
+        longest = 19
+    elif frame.height:
+        found = frame.select(pl.col(name).cast(pl.String).str.len_chars().max()).item()
+        longest = int(found or 0)
+    else:
+        longest = 0
+    return min(60.0, max(8.0, len(name) * 1.1 + 2, longest * 1.1 + 1))
 
 
 def _cells(frame: pl.DataFrame) -> pl.DataFrame:
