@@ -85,6 +85,13 @@ def read_sheet(path: Path, sheet: str | None = None, types: Mapping[str, Any] | 
     except Exception as exc:
         raise _unreadable(path, exc, f"sheet {chosen!r}") from None
     assert isinstance(frame, pl.DataFrame)
+    if not frame.width:
+        raise InputError(
+            f"sheet {chosen!r} of {path} is empty: it needs a header row with the column names. Pick another "
+            "sheet with `sheet:` (or --sheet)."
+        )
+    # A header with no rows under it: text columns, as a CSV's header alone gives.
+    frame = frame.cast({c: pl.String for c, t in frame.schema.items() if t == pl.Null})
     frame = frame.rename(_header_names(columns))
     frame = frame.with_columns(_kinds(frame))
     overrides = {c: t for c, t in (types or {}).items() if c in frame.columns and t != pl.String}

@@ -241,3 +241,40 @@ def test_init_dry_run_and_preview_read_workbooks(
     assert run_cli(["preview", str(path), "--rows", "1"]) == 0
     assert "company.employees  12" in capsys.readouterr().out
     assert calls == {"1": 1}
+
+
+def test_a_row_added_to_the_workbook_is_the_only_one_called_and_odd_sheets_say_what_is_wrong(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, calls = api(serve)
+    book = Workbook(str(tmp_path / "leads.xlsx"))
+    sheet = book.add_worksheet("Leads")
+    sheet.write_row(0, 0, ["id"])
+    sheet.write_column(1, 0, [1, 2])
+    book.add_worksheet("Blank")
+    header = book.add_worksheet("Header")
+    header.write_row(0, 0, ["id"])
+    book.close()
+    path = config(tmp_path, url)
+    assert run_cli(["run", str(path), "-q"]) == 0
+    assert calls == {"1": 1, "2": 1}
+    book = Workbook(str(tmp_path / "leads.xlsx"))  # the user adds a row and saves
+    book.add_worksheet("Leads").write_column(0, 0, ["id", 1, 2, 3])
+    book.close()
+    assert run_cli(["run", str(path), "-q"]) == 0
+    assert calls == {"1": 1, "2": 1, "3": 1}
+    assert pl.read_excel(tmp_path / "out" / "leads.xlsx")["employees"].to_list() == [12, 40, None]
+    book = Workbook(str(tmp_path / "odd.xlsx"))
+    book.add_worksheet("Blank")
+    book.add_worksheet("Header").write_row(0, 0, ["id"])
+    book.close()
+    odd = config(tmp_path, url, input=str(tmp_path / "odd.xlsx"), output=str(tmp_path / "odd.xlsx.out.xlsx"))
+    capsys.readouterr()
+    assert run_cli(["run", str(odd), "-q"]) == 2
+    assert "sheet 'Blank' of" in capsys.readouterr().err
+    assert run_cli(["run", str(odd), "--sheet", "Header", "-q"]) == 0  # a header alone: an empty output
+    header, rows = cells(tmp_path / "odd.xlsx.out.xlsx")
+    assert rows == [] and header[:2] == ["id", "employees"]
+    (tmp_path / "fake.xlsx").write_text("id\n1\n")
+    assert run_cli(["run", str(config(tmp_path, url, input=str(tmp_path / "fake.xlsx"))), "-q"]) == 2
+    assert "as a workbook" in capsys.readouterr().err
