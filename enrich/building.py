@@ -3,7 +3,8 @@
 Each row's plan (from the calling pass's spool, or rendered again) finds its call in the
 journal; the fields come from the values extracted when the call was made (or from the
 body, when ``fields`` changed since), and the output gets the field columns, ``_http_status``,
-``_error`` and the diagnostics. Rows are counted by what they came to (``RowCounts``).
+``_error`` and the diagnostics. A field that explodes makes one output row per item of its
+list (``items``). Input rows are counted by what they came to (``RowCounts``).
 
     built, counts = build_pass(batches, config, journal, options, spool)
     for batch in built:                   # Built(frame, failed)
@@ -27,6 +28,7 @@ from .column_types import output_column
 from .config import (
     ATTEMPTS_COLUMN,
     ERROR_COLUMN,
+    ITEM_COLUMN,
     LATENCY_COLUMN,
     REQUEST_COLUMNS,
     ROW_COLUMN,
@@ -35,6 +37,7 @@ from .config import (
 )
 from .errors import FailureKind
 from .extract import parse_answer
+from .items import explode_rows, zip_items
 from .journal import Entry, Journal, kind_of
 from .planning import (
     DEFAULT_OPTIONS,
@@ -61,6 +64,7 @@ def failure_label(kind: FailureKind, status: int | None) -> str:
 
 _ROW_ERROR = failure_label(FailureKind.BAD_ROW_DATA, None)
 _NOT_CALLED = failure_label(FailureKind.NOT_CALLED, None)
+_UNEVEN = failure_label(FailureKind.UNEVEN_LISTS, None)
 
 
 @dataclass(slots=True)
@@ -75,24 +79,33 @@ class StepCounts:
 
 @dataclass(slots=True)
 class RowCounts:
-    """The rows of the output, counted by what they came to."""
+    """The input rows, counted by what they came to (an exploded row counts once, whatever its items)."""
 
     ok: int = 0
     skipped: int = 0  # left out by `when` or `skip_if_filled`
     failures: Counter[str] = field(default_factory=Counter)  # by ``failure_label``: "HTTP 404": 3, "timeout": 1
-    filled: Counter[str] = field(default_factory=Counter)  # field column -> rows of the output holding a value
+    filled: Counter[str] = field(default_factory=Counter)  # field column -> input rows holding a value in it
     steps: list[StepCounts] = field(default_factory=list)  # with `steps`: one per step, in order
+    output_rows: int = 0  # rows written: more than the input rows when a field explodes
 
     @property
     def rows(self) -> int:
         return self.ok + self.skipped + sum(self.failures.values())
 
-    def count_filled(self, frame: pl.DataFrame, columns: Sequence[str]) -> None:
+    def count_filled(self, frame: pl.DataFrame, columns: Sequence[str], take: Sequence[int] | None = None) -> None:
         """Count the rows of an output batch that hold a value in each field column: not null, and
-        not an empty text, list or object (a provider that answers `[]` found nothing)."""
+        not an empty text, list or object (a provider that answers `[]` found nothing). With
+        ``take`` (the input row of each output row, when a field explodes) an input row counts
+        once, when any of its output rows holds a value."""
+        self.output_rows += frame.height
         if not columns or not frame.height:
             return
-        found = frame.select(_holds_value(c, frame.schema[c]).sum().alias(c) for c in columns).row(0, named=True)
+        holds = [_holds_value(c, frame.schema[c]).alias(c) for c in columns]
+        if take is None:
+            found = frame.select(h.sum() for h in holds).row(0, named=True)
+        else:
+            per_row = frame.select(holds).with_columns(pl.Series("\0row", take)).group_by("\0row").agg(pl.all().any())
+            found = per_row.select(pl.col(c).sum() for c in columns).row(0, named=True)
         self.filled.update({c: n for c, n in found.items() if n})
 
 
@@ -120,14 +133,17 @@ class OutputColumns(NamedTuple):
     error: tuple[str | None, ...]
     attempts: tuple[int | None, ...]
     latency_ms: tuple[float | None, ...]
+    items: Sequence[int | None] | None = None  # `_item`, when a field explodes
 
     @classmethod
-    def of_rows(cls, rows: Sequence[tuple[Any, ...]], width: int) -> OutputColumns:
+    def of_rows(
+        cls, rows: Sequence[tuple[Any, ...]], width: int, items: Sequence[int | None] | None = None
+    ) -> OutputColumns:
         """From one result per row, ``(*fields, status, error, attempts, latency_ms)`` with ``width``
         fields (the building pass makes a row's result as a plain tuple: the cheapest per row)."""
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in range(width + 4)]
         *fields, status, error, attempts, latency_ms = columns
-        return cls(fields, status, error, attempts, latency_ms)
+        return cls(fields, status, error, attempts, latency_ms, items)
 
 
 def build_pass(
@@ -151,6 +167,8 @@ def build_pass(
     empty = (None,) * width
     skipped_row = (*empty, None, None, None, None)
     not_called = (*empty, None, NOT_CALLED, None, None)
+    names = config.field_columns
+    explode = tuple(i for i, name in enumerate(names) if name in config.explodes)
 
     def result(plan: Plan, entry: Entry | None) -> tuple[Any, ...]:
         """(*fields, status, error, attempts, latency_ms)"""
@@ -170,15 +188,23 @@ def build_pass(
                 kind = kind_of(entry.status, entry.error)
             failures[failure_label(kind, entry.status)] += 1
             return (*empty, entry.status, entry.error, *diagnostics)
-        counts.ok += 1
+        values: Sequence[Any] | str
         if entry.extracted is not None and entry.fields_key == key:  # extracted when the call was made
-            return (*orjson.loads(entry.extracted), entry.status, None, *diagnostics)
-        if not entry.body:
-            return (*empty, entry.status, None, *diagnostics)
-        doc = parse_answer(entry.body)
-        if fields:
-            return (*(f.get(doc) for f in fields), entry.status, None, *diagnostics)
-        return (entry.body.decode(), entry.status, None, *diagnostics)
+            values = orjson.loads(entry.extracted)
+        elif not entry.body:
+            values = empty
+        elif fields:
+            doc = parse_answer(entry.body)
+            values = [f.get(doc) for f in fields]
+        else:
+            values = (entry.body.decode(),)
+        if explode:
+            values = zip_items(values, explode, names)
+            if type(values) is str:  # lists that cannot be zipped: the row fails, the call stands
+                failures[_UNEVEN] += 1
+                return (*empty, entry.status, values, *diagnostics)
+        counts.ok += 1
+        return (*values, entry.status, None, *diagnostics)
 
     def generate() -> Iterator[Built]:
         offset = 0
@@ -206,9 +232,17 @@ def build_pass(
             rows = [result(p, entries.get(p.fp) if type(p) is Call else None) for p in plans]
             columns = OutputColumns.of_rows(rows, width)
             skipped = [p is SKIPPED for p in plans] if config.selects_rows else None
+            failed = failed_rows(kept, config, columns, numbers, types) if with_failed else None  # input rows
+            take = None
+            if explode:  # one output row per item: the input row's own columns repeat
+                exploded = explode_rows(rows, explode)
+                columns = OutputColumns.of_rows(exploded.rows, width, exploded.items)
+                if len(exploded.take) != kept.height:  # else each row is one output row
+                    take = exploded.take
+                    kept, numbers = kept[take], [numbers[i] for i in take]
+                    skipped = [skipped[i] for i in take] if skipped is not None else None
             frame = assemble_columns(kept, config, columns, skipped)
-            counts.count_filled(frame, config.field_columns)
-            failed = failed_rows(kept, config, columns, numbers, types) if with_failed else None
+            counts.count_filled(frame, config.field_columns, take)
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
             yield Built(frame, failed)
@@ -265,6 +299,9 @@ def assemble_columns(
     # join it as their JSON text, so the input's own values stay exactly as written.
     text = {n for n in names if df.schema.get(n) == pl.String} if skipped is not None else set()
     new = [output_column(name, list(col), name in text) for name, col in zip(names, columns.fields, strict=True)]
+    if config.explodes:
+        items = list(columns.items) if columns.items is not None else [None] * df.height
+        new.append(pl.Series(ITEM_COLUMN, items, dtype=pl.Int64))
     new.append(pl.Series(STATUS_COLUMN, list(columns.status), dtype=pl.Int64))
     new.append(pl.Series(ERROR_COLUMN, list(columns.error), dtype=pl.String))
     if config.diagnostics:

@@ -413,7 +413,7 @@ def _summary_table(s: Any, output: Path, summary: Path) -> str:
         f"p50 {s.latency_p50_ms:g} ms, p95 {s.latency_p95_ms:g} ms" if s.latency_p50_ms is not None else "no calls made"
     )
     lines = [
-        f"enriched {_n(s.rows, 'row')} in {s.elapsed:.1f}s -> {output}",
+        f"enriched {_n(s.rows, 'row')}{_items(s)} in {s.elapsed:.1f}s -> {output}",
         f"  rows     {s.ok} ok, {s.failed} failed{_failures(s)}, {s.skipped} skipped",
         f"  calls    {s.calls} made, {_n(s.retries, 'retry', 'retries')}, {s.throttled} throttled (429); "
         f"{_n(s.cached, 'answer' if s.steps else 'row')} from the journal, {_n(s.deduped, 'duplicate')}",
@@ -711,6 +711,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         on_sigint(signal.SIGINT, frame)
         return
     raise KeyboardInterrupt
+
+
+def _items(s: Any) -> str:
+    """How many rows the output has, when exploding fields made more than one per input row."""
+    return f" ({_n(s.output_rows, 'output row')}, one per item)" if s.output_rows > s.rows else ""
 
 
 def _failures(s: Any) -> str:

@@ -94,6 +94,7 @@ __all__ = [
     "ERRORS_COLUMNS",
     "ERROR_COLUMN",
     "INPUT_TYPES",
+    "ITEM_COLUMN",
     "LATENCY_COLUMN",
     "MAX_ATTEMPTS",
     "MAX_CONCURRENCY",
@@ -141,6 +142,7 @@ ERROR_COLUMN = "_error"
 ATTEMPTS_COLUMN = "_attempts"  # diagnostics: HTTP attempts the row's call took
 LATENCY_COLUMN = "_latency_ms"  # diagnostics: the last attempt's time to the full response
 ROW_COLUMN = "_row"  # the input row number, in shard outputs (so `enrich merge` can restore order)
+ITEM_COLUMN = "_item"  # with an exploding field: the item's number in its row's list, from 0
 # The errors file (`errors_out`): the row number, the columns the request reads, then these.
 REQUEST_COLUMNS = ("_request_method", "_request_url", "_request_headers", "_request_body")
 ERRORS_COLUMNS = (ROW_COLUMN, *REQUEST_COLUMNS, STATUS_COLUMN, ERROR_COLUMN, ATTEMPTS_COLUMN)
@@ -667,7 +669,24 @@ _FIELDS_SCHEMA = {
     "minItems": 1,
     "items": {"type": "string", "pattern": NOT_BLANK},
     "minProperties": 1,
-    "additionalProperties": {"type": "string", "pattern": NOT_BLANK},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "pattern": NOT_BLANK},
+            {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "pattern": NOT_BLANK, "description": "The field's path."},
+                    "explode": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "One output row per item of the list the path gives; _item numbers them.",
+                    },
+                },
+                "required": ["path"],
+                "additionalProperties": False,
+            },
+        ]
+    },
 }
 
 
@@ -717,8 +736,13 @@ class Config(Section):
         Parsed(lambda value, where: compile_fields(value, where) if value is not None else None, _FIELDS_SCHEMA),
         about(
             'What to keep from each JSON response: "a.b, c.d", a list of paths, or a mapping column: path. Leave '
-            "it out (or empty) to keep the whole response in one column, `response`.",
-            examples=["person.name, company.domain", {"title": "person.employment.title"}],
+            "it out (or empty) to keep the whole response in one column, `response`. In the mapping, "
+            "`column: {path: $.contacts[*], explode: true}` gives one output row per item of the list.",
+            examples=[
+                "person.name, company.domain",
+                {"title": "person.employment.title"},
+                {"contact": {"path": "$.contacts[*].email", "explode": True}},
+            ],
         ),
     ] = None
     concurrency: Annotated[
@@ -909,6 +933,13 @@ class Config(Section):
         return tuple(f.name for f in self.fields) if self.fields else (RESPONSE_COLUMN,)
 
     @property
+    def explodes(self) -> tuple[str, ...]:
+        """The field columns that explode (one output row per item), with `steps` every step's."""
+        if self.steps:
+            return tuple(c for step in self.steps for c in step.explodes)
+        return tuple(f.name for f in self.fields or () if f.explode)
+
+    @property
     def output_columns(self) -> tuple[str, ...]:
         """The columns the run adds to the table, in order."""
         if self.steps:
@@ -916,7 +947,8 @@ class Config(Section):
 
             return step_output_columns(self)
         diagnostics = (ATTEMPTS_COLUMN, LATENCY_COLUMN) if self.diagnostics else ()
-        return (*self.field_columns, STATUS_COLUMN, ERROR_COLUMN, *diagnostics)
+        item = (ITEM_COLUMN,) if self.explodes else ()
+        return (*self.field_columns, *item, STATUS_COLUMN, ERROR_COLUMN, *diagnostics)
 
     @property
     def columns_used(self) -> frozenset[str]:
@@ -993,6 +1025,7 @@ class Config(Section):
         for col in self.when_expr().meta.root_names() if self.when is not None else ():
             if col not in present:
                 raise missing(col, f"{self.source}: `when` uses {col!r}")
+        check_items(self, self.explodes, present, table)
         for name in self.output_columns:
             if name in present and not self.skip_if_filled:
                 raise ConfigError(
@@ -1043,6 +1076,26 @@ class Config(Section):
             raise ConfigError(
                 f"{where}: `when: {self.when}` gives {kind}, not true or false for each row. "
                 'Write a condition, e.g. "email IS NOT NULL" or "employees > 100".'
+            )
+
+
+def check_items(config: Config, explodes: tuple[str, ...], present: set[str], table: str) -> None:
+    """An exploding config adds ``_item``, and repeats its rows: refuse an input that has ``_item``, or
+    the exploding column itself (whose value no output row per item could keep, `skip_if_filled`)."""
+    if not explodes:
+        return
+    if ITEM_COLUMN in present:
+        raise ConfigError(
+            f"{table} has a column named {ITEM_COLUMN}, which an exploding field adds (it numbers each row's items). "
+            f"Rename or drop that column of the input (a table enriched with `explode` before: start from the "
+            "table it was made from)."
+        )
+    for name in explodes:
+        if name in present:
+            raise ConfigError(
+                f"{config.source}: the field {name!r} explodes (one output row per item), and {name!r} is already a "
+                f"column of {table}, whose values the output could not keep. Give the field another name "
+                f"(`fields: {{new_name: {{path: ..., explode: true}}}}`)."
             )
 
 

@@ -36,6 +36,7 @@ class FailureKind(enum.Enum):
     NOT_CALLED = "not called"  # no result in the journal yet (extract)
     BAD_ROW_DATA = "bad row data"  # the row could not become a request
     MISSING_INPUT = "missing input"  # a step's input is empty: the step before it failed or found nothing
+    UNEVEN_LISTS = "uneven lists"  # an answer whose exploding fields' lists differ in length
 
 
 class EnrichError(Exception):

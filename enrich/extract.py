@@ -12,6 +12,12 @@ Two kinds of path:
     ['person.name', 'person.emails[0]']
     >>> f[1].get({"person": {"emails": ["a@x.io", "b@x.io"]}})
     'a@x.io'
+
+In the mapping form a field may be ``{path: ..., explode: true}``: the column gets one output
+row per item of the list the path gives (``items.py`` makes the rows).
+
+    >>> [(p.name, p.explode) for p in compile_fields({"contact": {"path": "$.contacts[*].email", "explode": True}})]
+    [('contact', True)]
 """
 
 from __future__ import annotations
@@ -86,11 +92,13 @@ def to_json(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FieldPath:
-    """One output column: its name, the path it was written as, and a compiled getter."""
+    """One output column: its name, the path it was written as, and a compiled getter;
+    ``explode``: one output row per item of the value's list."""
 
     name: str
     path: str
     get: Getter
+    explode: bool = False
 
 
 def _dot_steps(path: str, where: str) -> list[str | int]:
@@ -163,34 +171,58 @@ def compile_path(path: str, where: str) -> Getter:
 
 
 def compile_fields(spec: Any, where: str = "fields") -> tuple[FieldPath, ...]:
-    """Compile ``fields``: a comma-separated string, a list of paths, or a mapping name -> path."""
+    """Compile ``fields``: a comma-separated string, a list of paths, or a mapping name -> path
+    (or name -> ``{path: ..., explode: true}``)."""
     if isinstance(spec, str):
-        pairs = [(p.strip(), p.strip()) for p in _split_commas(spec)]
+        triples = [(p.strip(), p.strip(), False) for p in _split_commas(spec)]
     elif isinstance(spec, list):
         if not all(isinstance(p, str) for p in spec):
-            raise ConfigError(f"{where}: a list of fields must hold path strings only.")
-        pairs = [(p.strip(), p.strip()) for p in spec]
+            raise ConfigError(
+                f"{where}: a list of fields must hold path strings only; to explode a field, use the mapping form "
+                "(`fields: {column: {path: ..., explode: true}}`)."
+            )
+        triples = [(p.strip(), p.strip(), False) for p in spec]
     elif isinstance(spec, Mapping):
-        pairs = []
-        for name, path in spec.items():
-            if not isinstance(path, str):
-                raise ConfigError(f"{child_of(where, name)}: expected a path string like `person.name`, got {path!r}.")
-            pairs.append((str(name), path.strip()))
+        triples = [(str(name), *_field_value(value, child_of(where, name))) for name, value in spec.items()]
     else:
         raise ConfigError(
             f"{where}: expected a comma-separated string, a list or a mapping of column: path, "
             f"got {type(spec).__name__}."
         )
-    if not pairs:
+    if not triples:
         raise ConfigError(f"{where}: no field paths given; leave `fields` out to keep the whole response.")
     seen: set[str] = set()
     out = []
-    for name, path in pairs:
+    for name, path, explode in triples:
         if name in seen:
             raise ConfigError(f"{where}: the column {name!r} is named twice.")
         seen.add(name)
-        out.append(FieldPath(name, path, compile_path(path, child_of(where, name) if name != path else where)))
+        getter = compile_path(path, child_of(where, name) if name != path else where)
+        out.append(FieldPath(name, path, getter, explode))
     return tuple(out)
+
+
+_FIELD_KEYS = ("path", "explode")
+
+
+def _field_value(value: Any, where: str) -> tuple[str, bool]:
+    """A mapping's value: a path, or ``{path: ..., explode: true|false}``."""
+    if isinstance(value, str):
+        return value.strip(), False
+    if isinstance(value, Mapping):
+        unknown = [str(k) for k in value if k not in _FIELD_KEYS]
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; a field takes `path` and `explode`.")
+        path, explode = value.get("path"), value.get("explode", False)
+        if not isinstance(path, str):
+            raise ConfigError(f"{child_of(where, 'path')}: expected a path string like `person.name`, got {path!r}.")
+        if not isinstance(explode, bool):
+            raise ConfigError(f"{child_of(where, 'explode')} must be true or false, got {explode!r}.")
+        return path.strip(), explode
+    raise ConfigError(
+        f"{where}: expected a path string like `person.name`, or `{{path: person.emails, explode: true}}`, "
+        f"got {value!r}."
+    )
 
 
 def _split_commas(spec: str) -> list[str]:

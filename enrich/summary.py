@@ -55,7 +55,7 @@ class StepSummary:
 class Summary:
     """What a run did, for the closing report and for schedulers (``<output>.summary.json``)."""
 
-    rows: int
+    rows: int  # input rows (a row that explodes into items counts once); ok + failed + skipped
     ok: int
     failed: int
     failures: dict[str, int] = field(default_factory=dict)  # "HTTP 404": 3, "timeout": 1
@@ -80,6 +80,7 @@ class Summary:
     steps: tuple[StepSummary, ...] = ()  # with `steps`: one per step, in order
     credits: float = 0.0  # with `steps`: what this run's answered calls cost, all steps together
     max_cost: float | None = None
+    output_rows: int = 0  # rows of the output: more than `rows` when a field explodes (one row per item)
 
     @property
     def error_rate(self) -> float:
@@ -146,6 +147,7 @@ def summarize(
         steps=steps,
         credits=sum(step.credits for step in steps),
         max_cost=config.max_cost,
+        output_rows=counts.output_rows,
     )
 
 

@@ -490,13 +490,15 @@ INVALID_CONFIGS = [
     pytest.param(
         # a list of paths holds only strings
         BASE + "fields: [a, 1]\n",
-        "{src}, line 3: fields: a list of fields must hold path strings only.",
+        "{src}, line 3: fields: a list of fields must hold path strings only; to explode a field, use the mapping "
+        "form (`fields: {column: {path: ..., explode: true}}`).",
         id="fields-list-not-strings",
     ),
     pytest.param(
         # a mapping's values are paths
         BASE + "fields:\n  size: 1\n",
-        "{src}, line 4: fields.size: expected a path string like `person.name`, got 1.",
+        "{src}, line 4: fields.size: expected a path string like `person.name`, or "
+        "`{path: person.emails, explode: true}`, got 1.",
         id="fields-mapping-not-string",
     ),
     # --- numbers no setting means: not a number, infinite, too large for a machine ----

@@ -103,6 +103,7 @@ VALID_CONFIGS = [
     pytest.param(config(fields="person.name, company.domain"), id="fields-as-text"),
     pytest.param(config(fields=["person.name", "$.tags[*]"]), id="fields-as-a-list"),
     pytest.param(config(fields={"title": "person.employment.title"}), id="fields-as-a-mapping"),
+    pytest.param(config(fields={"contact": {"path": "$.contacts[*]", "explode": True}}), id="a-field-that-explodes"),
     pytest.param(config(fields=None), id="fields-empty-keeps-the-response"),
     pytest.param(config(key="email"), id="key-as-one-column"),
     pytest.param(config(input_types={"zip": "str", "seats": "int"}), id="input-types"),
@@ -174,7 +175,13 @@ INVALID_CONFIGS = [
     pytest.param(config(timeout=0), "$.timeout", "less than the minimum of 0.001", id="timeout-0"),
     pytest.param(config(journal=""), "$.journal", "does not match", id="journal-blank"),
     pytest.param(config(fields=[]), "$.fields", "should be non-empty", id="fields-empty-list"),
-    pytest.param(config(fields={"title": 3}), "$.fields.title", "is not of type", id="field-path-not-text"),
+    pytest.param(config(fields={"title": 3}), "$.fields.title", "is not valid under any", id="field-path-not-text"),
+    pytest.param(
+        config(fields={"title": {"path": "a", "explode": "yes"}}),
+        "$.fields.title.explode",
+        "is not of type 'boolean'",
+        id="field-explode-not-a-boolean",
+    ),
     pytest.param(config(key=[]), "$.key", "should be non-empty", id="key-empty-list"),
     pytest.param(
         config(request={"url": URL, "remove_nulls": "yes"}),
