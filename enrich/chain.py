@@ -52,6 +52,7 @@ from .column_types import output_column
 from .config import (
     ATTEMPTS_COLUMN,
     ERROR_COLUMN,
+    ITEM_COLUMN,
     REQUEST_COLUMNS,
     ROW_COLUMN,
     STATUS_COLUMN,
@@ -60,6 +61,7 @@ from .config import (
 )
 from .errors import CostLimitReached, FailureKind, RunAborted
 from .extract import parse_answer
+from .items import items_of, zip_items
 from .journal import Entry, Journal, kind_of
 from .planning import (
     DEFAULT_OPTIONS,
@@ -650,6 +652,7 @@ def chain_build_pass(
     step: ``"<step>: HTTP 404"``."""
     steps = compile_steps(config)
     counts = RowCounts(steps=[StepCounts() for _ in steps])
+    explodes = config.explodes  # only the last step's fields may explode (``load_steps``)
 
     def generate() -> Iterator[Built]:
         offset = 0
@@ -665,15 +668,66 @@ def chain_build_pass(
                     entries.update(journal.lookup(stale))
                 for state, plan in zip(states, plans, strict=True):
                     settle(step, state, plan, entries.get(plan.fp) if type(plan) is Call else None)
+            if explodes:  # the last step's lists, zipped: lists of different lengths fail the row at that step
+                for state in states:
+                    zip_last(steps[-1], explodes, state)
             failing = [_count(state, steps, counts) for state in states]
-            frame = assemble_steps(batch, config, steps, states)
-            counts.count_filled(frame, config.field_columns)
+            failed = failed_steps(batch, config, steps, states, failing, numbers) if with_failed else None  # input rows
+            take, items = None, None
+            if explodes:  # one output row per item: the input row's own columns repeat
+                states, take, items = explode_states(steps[-1], explodes, states)
+                if len(take) != batch.height:
+                    batch, numbers = batch[take], [numbers[i] for i in take]
+                else:  # each row is one output row
+                    take = None
+            frame = assemble_steps(batch, config, steps, states, items)
+            counts.count_filled(frame, config.field_columns, take)
             if options.shard is not None:
                 frame = frame.with_columns(pl.Series(ROW_COLUMN, numbers, dtype=pl.Int64))
-            failed = failed_steps(batch, config, steps, states, failing, numbers) if with_failed else None
             yield Built(frame, failed)
 
     return generate(), counts
+
+
+def zip_last(step: Step, explodes: tuple[str, ...], state: RowState) -> None:
+    """The row's exploding fields (the last step's) as lists of items; lists of different lengths
+    fail the row at that step (the call stands), and its fields are left empty."""
+    result = state.results[-1]
+    if result.error is not None or result.status is None:  # no answer from the step
+        return
+    values, source = state.values, state.source
+    mine = [c for c in step.fills if source.get(c) == step.name]
+    found = [values.get(c) if c in mine else None for c in explodes]
+    zipped = zip_items(found, range(len(explodes)), explodes)
+    if type(zipped) is not str:
+        return
+    state.results[-1] = result._replace(error=zipped, kind=FailureKind.UNEVEN_LISTS)
+    for column in mine:
+        del source[column]
+        values.pop(column, None)
+
+
+def explode_states(
+    step: Step, explodes: tuple[str, ...], states: list[RowState]
+) -> tuple[list[RowState], list[int], list[int | None]]:
+    """One state per item of the rows' exploding fields (the last step's), each holding that item:
+    the states, the input row of each, and its item number (None: the row holds no item)."""
+    out: list[RowState] = []
+    take: list[int] = []
+    items: list[int | None] = []
+    for index, state in enumerate(states):
+        lists = [items_of(state.values.get(c)) if state.source.get(c) == step.name else [] for c in explodes]
+        if not lists[0]:  # no item (no answer, or an empty list): the row stays as it is
+            out.append(state)
+            take.append(index)
+            items.append(None)
+            continue
+        for number, item in enumerate(zip(*lists, strict=True)):
+            values = {**state.values, **dict(zip(explodes, item, strict=True))}
+            out.append(RowState(values, state.reason, state.source, state.results, state.answered))
+            take.append(index)
+            items.append(number)
+    return out, take, items
 
 
 def _count(state: RowState, steps: list[Step], counts: RowCounts) -> int | None:
@@ -742,10 +796,16 @@ def failed_steps(
     )
 
 
-def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], states: list[RowState]) -> pl.DataFrame:
+def assemble_steps(
+    batch: pl.DataFrame,
+    config: Config,
+    steps: list[Step],
+    states: list[RowState],
+    items: Sequence[int | None] | None = None,
+) -> pl.DataFrame:
     """The input rows with the steps' columns: the fields (a column the input has is only filled
-    where it is empty), each waterfall column's ``<column>_source``, then each step's status,
-    error and diagnostics."""
+    where it is empty), each waterfall column's ``<column>_source``, ``_item`` (when the last step
+    explodes: ``items``), then each step's status, error and diagnostics."""
     present = set(batch.columns)
     new: list[pl.Series] = []
     nothing_skipped = pl.Series("skipped", [False] * batch.height, dtype=pl.Boolean)
@@ -758,6 +818,8 @@ def assemble_steps(batch: pl.DataFrame, config: Config, steps: list[Step], state
             new.append(output_column(column, found))
     for column in waterfall_columns(config, batch.columns):
         new.append(pl.Series(f"{column}_source", [s.source.get(column) for s in states], dtype=pl.String))
+    if config.explodes:
+        new.append(pl.Series(ITEM_COLUMN, list(items) if items is not None else [None] * batch.height, dtype=pl.Int64))
     for index, step in enumerate(steps):
         names = status_columns(step.config)
         results = [s.results[index] for s in states]

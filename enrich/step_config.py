@@ -229,6 +229,7 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
             # The top-level limit is each step's own, as a local one is: one Redis key per step.
             config = config.derive(rate_limit=replace(rate, key=f"{rate.key}.{name}"))
         configs.append(config.derive(name=name, cost=cost, auth_key=auth_key))
+    _check_explodes(configs, where)
     if configs[0].max_cost is not None and not any(c.cost for c in configs):
         raise ConfigError(
             f"{where('max_cost')}: no step has a `cost`, so there is nothing to count against max_cost. Give the "
@@ -236,6 +237,28 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
         )
     warnings = tuple(dict.fromkeys(w for c in configs for w in c.warnings))
     return configs[0].derive(steps=tuple(configs), auths=auths, warnings=warnings)
+
+
+def _check_explodes(configs: list[Config], where: _Locator) -> None:
+    """Only the last step may explode a field (a later step would run once for a row that is now
+    many), and a field that explodes is that step's alone (no waterfall into it)."""
+    for i, step in enumerate(configs):
+        if not step.explodes:
+            continue
+        at = where("steps", str(i), "fields", step.explodes[0])
+        if i < len(configs) - 1:
+            raise ConfigError(
+                f"{at}: step `{step.name}` explodes {step.explodes[0]!r} (one output row per item), and step "
+                f"`{configs[i + 1].name}` comes after it, which would run once for a row that is now many. Make the "
+                "exploding step the last one, or explode in a config of its own run on this config's output."
+            )
+        for earlier in configs[:i]:
+            shared = [c for c in step.explodes if c in earlier.field_columns]
+            if shared:
+                raise ConfigError(
+                    f"{at}: step `{step.name}` explodes {shared[0]!r}, which step `{earlier.name}` fills too: a "
+                    "field that explodes must be one step's alone. Give one of them another name."
+                )
 
 
 # --- the columns, once the input is known --------------------------------------------------------
@@ -266,6 +289,8 @@ def status_columns(step: Config) -> tuple[str, ...]:
 def check_step_columns(config: Config, columns: list[str], table: str) -> None:
     """Fail if a step reads a column that neither the input nor an earlier step gives (or that only
     a later step gives), or if a column of ours would overwrite an input column."""
+    from .config import check_items
+
     steps = config.steps
     present = list(columns)
     shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
@@ -289,6 +314,7 @@ def check_step_columns(config: Config, columns: list[str], table: str) -> None:
     for col in config.key:
         if col not in columns:
             raise ConfigError(f"{config.source}: `key` names {col!r}, which is not a column of {table}.")
+    check_items(config, config.explodes, set(columns), table)
     for index, step in enumerate(steps):
         have = set(present)
         for where, template in step.template_sites:
@@ -322,7 +348,10 @@ def check_step_columns(config: Config, columns: list[str], table: str) -> None:
 def step_output_columns(config: Config, input_columns: list[str] | None = None) -> tuple[str, ...]:
     """The columns a run with steps adds, in order: the fields, each waterfall column's source,
     then each step's status, error and diagnostics."""
+    from .config import ITEM_COLUMN
+
     present = set(input_columns or ())
     fields = tuple(c for c in providers(config) if c not in present)
     sources = tuple(f"{c}_source" for c in waterfall_columns(config, input_columns))
-    return (*fields, *sources, *(c for step in config.steps for c in status_columns(step)))
+    item = (ITEM_COLUMN,) if config.explodes else ()
+    return (*fields, *sources, *item, *(c for step in config.steps for c in status_columns(step)))

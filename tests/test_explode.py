@@ -316,3 +316,71 @@ def test_a_wrong_field_is_refused_when_the_config_loads(fields: Any, expected: s
     with pytest.raises(ConfigError) as info:
         config_from_dict({"request": {"url": "https://api.example.com/{{id}}"}, "fields": fields})
     assert expected in str(info.value)
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+def steps_config(api: CompanyApi) -> list[dict[str, Any]]:
+    """A chain: the company's name by id, then, for the companies found, its contacts and phones
+    (asked of the same API, under another path)."""
+    return [
+        {"name": "company", "request": {"url": api.url}, "fields": {"company": "name"}},
+        {
+            "name": "people",
+            "when": "company IS NOT NULL",
+            "request": {"url": api.url, "params": {"for": "{{company}}"}},
+            "fields": {k: v for k, v in contact_fields(phone=True).items() if k != "company"},
+        },
+    ]
+
+
+def test_the_last_step_may_explode(tmp_path: Path, serve: Serve) -> None:
+    api = CompanyApi(serve)
+    cfg = job(tmp_path, api, ids=["acme", "gone", "uneven", "quiet"], steps=steps_config(api), diagnostics=False)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    frame = read(tmp_path / "out.csv")
+    assert frame.columns == [
+        "n", "id", "company", "contact", "phone", "_item",
+        "_company_http_status", "_company_error", "_people_http_status", "_people_error",
+    ]  # fmt: skip
+    assert frame.drop("_company_error", "_people_error").rows() == [
+        ("0", "acme", "Acme", "ann@acme.io", "555-0100", "0", "200", "200"),
+        ("0", "acme", "Acme", "bob@acme.io", "555-0101", "1", "200", "200"),
+        ("0", "acme", "Acme", "cy@acme.io", "555-0102", "2", "200", "200"),
+        ("1", "gone", None, None, None, None, "404", None),
+        ("2", "uneven", "Uneven", None, None, None, "200", "200"),
+        ("3", "quiet", "Quiet", None, None, None, "200", "200"),
+    ]
+    assert frame["_people_error"].to_list()[4].startswith("the exploded fields have lists of different lengths")
+    summary = summary_of(tmp_path / "out.csv")
+    assert summary["failures"] == {"company: HTTP 404": 1, "people: uneven lists": 1}
+    assert (summary["rows"], summary["output_rows"]) == (4, 6)
+    calls = api.calls.copy()
+    assert run_cli(["extract", str(cfg), "-q"]) == 0
+    assert read(tmp_path / "out.csv").equals(frame) and api.calls == calls
+
+
+def test_an_exploding_step_before_another_step_is_refused(serve: Serve) -> None:
+    api = CompanyApi(serve)
+    company, people = steps_config(api)
+    del people["when"], people["request"]["params"]
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"steps": [people, company]})
+    assert str(info.value) == (
+        "<config>: steps[0].fields.contact: step `people` explodes 'contact' (one output row per item), and step `company` "
+        "comes after it, which would run once for a row that is now many. Make the exploding step the last one, or "
+        "explode in a config of its own run on this config's output."
+    )
+
+
+def test_an_exploding_field_another_step_fills_is_refused(serve: Serve) -> None:
+    api = CompanyApi(serve)
+    steps = steps_config(api)
+    steps[0]["fields"] = {"company": "name", "contact": "ceo"}  # a waterfall into an exploding column
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"steps": steps})
+    assert str(info.value) == (
+        "<config>: steps[1].fields.contact: step `people` explodes 'contact', which step `company` fills too: a field that "
+        "explodes must be one step's alone. Give one of them another name."
+    )
