@@ -374,10 +374,11 @@ def merge_shards(parts: list[Path], output: Path) -> int:
 
     Before anything is written it checks that the parts are the N shards of one run, each once
     (from their names, ``people.shard-I-of-N.parquet``), and that their ``_row`` numbers are the
-    input rows 0 to rows-1, each once; otherwise it raises ``InputError`` and writes nothing.
-    The checks read the ``_row`` column alone.
+    input rows 0 to rows-1, each once (with ``_item``, from an exploding field: each row in one
+    part, each of its items once, in ``_row`` then ``_item`` order); otherwise it raises
+    ``InputError`` and writes nothing. The checks read the ``_row`` (and ``_item``) column alone.
     """
-    from .config import ROW_COLUMN
+    from .config import ITEM_COLUMN, ROW_COLUMN
 
     _check_shard_names(parts)
     if output_format(output) == "csv" and any(input_format(p) != "csv" for p in parts):
@@ -393,8 +394,9 @@ def merge_shards(parts: list[Path], output: Path) -> int:
         lf = scan_table(part)
         if ROW_COLUMN not in lf.collect_schema():
             raise InputError(f"{part} has no {ROW_COLUMN} column: it is not the output of `enrich run --shard I/N`.")
-        # A shard with no rows written as CSV has a String _row: as a number, it sorts as one.
-        frames.append(lf.with_columns(pl.col(ROW_COLUMN).cast(pl.Int64, strict=False)))
+        # A shard with no rows written as CSV has a String _row: as a number, it sorts as one (and _item too).
+        numbers = [c for c in (ROW_COLUMN, ITEM_COLUMN) if c in lf.collect_schema()]
+        frames.append(lf.with_columns(pl.col(numbers).cast(pl.Int64, strict=False)))
     heights = _check_shard_rows(parts, frames)
     if any(heights):  # a part without rows adds nothing but its columns' types (all String in a CSV)
         frames = [lf for lf, height in zip(frames, heights, strict=True) if height]
@@ -405,7 +407,8 @@ def merge_shards(parts: list[Path], output: Path) -> int:
     if all(list(schema) == list(schemas[0]) for schema in schemas):
         final = unify_dtypes(schemas, nulls)
         frames = [lf.cast(final) for lf in frames]  # type: ignore[arg-type]
-    merged = pl.concat(frames, how="diagonal_relaxed").sort(ROW_COLUMN).drop(ROW_COLUMN).collect(engine="streaming")
+    order = [ROW_COLUMN, ITEM_COLUMN] if ITEM_COLUMN in schemas[0] else [ROW_COLUMN]  # an exploded row's items
+    merged = pl.concat(frames, how="diagonal_relaxed").sort(order).drop(ROW_COLUMN).collect(engine="streaming")
     write_table(merged, output)
     return merged.height
 
@@ -491,17 +494,28 @@ def _n_rows(count: int) -> str:
 
 def _check_shard_rows(parts: list[Path], frames: list[pl.LazyFrame]) -> list[int]:
     """The parts' ``_row`` numbers are 0..rows-1, each once (every input row is in exactly one
-    shard). Reads the ``_row`` column alone; returns each part's row count."""
-    from .config import ROW_COLUMN
+    shard); with ``_item`` (an exploding field), each row's items are in one part, each once.
+    Reads the ``_row`` (and ``_item``) column alone; returns each part's row count."""
+    from .config import ITEM_COLUMN, ROW_COLUMN
 
     row = pl.col(ROW_COLUMN)
+    # An exploded row is one output row per item: (_row, _item) is what appears once.
+    item = [ITEM_COLUMN] if all(ITEM_COLUMN in lf.collect_schema() for lf in frames) else []
     rows = pl.concat(
-        [lf.select(row, pl.lit(i, dtype=pl.Int32).alias("part")) for i, lf in enumerate(frames)], how="vertical"
+        [lf.select(row, *item, pl.lit(i, dtype=pl.Int32).alias("part")) for i, lf in enumerate(frames)],
+        how="vertical",
     )
+    key = pl.struct(row, *item) if item else row
     per_part, total = pl.collect_all(
         [
             rows.group_by("part").agg(n=pl.len(), bad=(row.is_null() | (row < 0)).sum()),
-            rows.select(n=pl.len(), unique=row.drop_nulls().n_unique(), high=row.max()),
+            rows.select(
+                n=pl.len(),
+                unique=key.drop_nulls().n_unique(),
+                placed=pl.struct(row, "part").n_unique(),
+                rows=row.drop_nulls().n_unique(),
+                high=row.max(),
+            ),
         ],
         engine="streaming",
     )
@@ -515,17 +529,17 @@ def _check_shard_rows(parts: list[Path], frames: list[pl.LazyFrame]) -> list[int
                 f"not a whole number): it was edited, or is not the output of `enrich run --shard I/N`. Run that "
                 "shard again, then merge."
             )
-    n, unique, high = total.row(0)
-    if unique < n:
+    n, unique, placed, distinct, high = total.row(0)
+    if unique < n or placed > distinct:  # a row twice (an item twice), or in two parts
         first = (
             rows.group_by(ROW_COLUMN)
-            .agg(pl.col("part"))
-            .filter(pl.col("part").list.len() > 1)
+            .agg(pl.col("part"), twice=pl.struct(row, *item).is_duplicated().any())
+            .filter((pl.col("part").list.n_unique() > 1) | pl.col("twice"))
             .sort(ROW_COLUMN)
             .head(1)
             .collect()
         )
-        number, holders = first.row(0)
+        number, holders, _ = first.row(0)
         names = list(dict.fromkeys(str(parts[i]) for i in holders))
         where = f"is more than once in {names[0]}" if len(names) == 1 else f"is in both {names[0]} and {names[1]}"
         if len(names) > 2:
@@ -534,6 +548,7 @@ def _check_shard_rows(parts: list[Path], frames: list[pl.LazyFrame]) -> list[int
             f"{ROW_COLUMN} {number} {where}: each input row is in one shard of a run, so a part comes from "
             "another run (or another input). Run the shards again with one config and input, then merge them."
         )
+    n = distinct  # the input rows the parts hold
     if n and high != n - 1:  # n distinct numbers from 0 to high > n-1: high + 1 - n are missing
         gaps = (
             rows.select(row)

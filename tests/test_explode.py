@@ -19,7 +19,8 @@ from conftest import RunningServer, Serve, run_cli, write_config
 
 import enrich
 from enrich.config import config_from_dict
-from enrich.errors import ConfigError
+from enrich.errors import ConfigError, InputError
+from enrich.tables import merge_shards
 
 # What the API knows, by company id; an id it does not know is a 404.
 COMPANIES: dict[str, dict[str, Any]] = {
@@ -263,6 +264,39 @@ def test_the_library_explodes_a_dataframe(serve: Serve) -> None:
         ("acme", "Acme", "cy@acme.io", 2, 200, None),
     ]
     assert (result.summary.rows, result.summary.output_rows) == (3, 5)
+
+
+# --- shards --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out", ["out.csv", "out.parquet"])
+def test_shards_of_an_exploding_run_merge_into_the_whole_runs_table(tmp_path: Path, serve: Serve, out: str) -> None:
+    api = CompanyApi(serve)
+    ids = IDS * 4
+    cfg = job(tmp_path, api, ids=ids, out=out, diagnostics=False)
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    whole = read(tmp_path / out)
+    suffix = Path(out).suffix
+    parts = [tmp_path / f"out.shard-{i}-of-3{suffix}" for i in range(3)]
+    for i in range(3):
+        assert run_cli(["run", str(cfg), "-q", "--shard", f"{i}/3"]) == 0
+    rows = [read(p)["_row"].cast(pl.Int64).to_list() for p in parts]
+    assert len(set(rows[0]) & set(rows[1])) == 0 and any(len(r) != len(set(r)) for r in rows)  # repeats: items
+    merged = tmp_path / f"merged{suffix}"
+    assert run_cli(["merge", *map(str, parts), "--output", str(merged)]) == 0
+    assert read(merged).equals(whole)
+
+
+def test_merge_refuses_an_item_twice(tmp_path: Path, serve: Serve) -> None:
+    api = CompanyApi(serve)
+    cfg = job(tmp_path, api, out="out.parquet")
+    assert run_cli(["run", str(cfg), "-q", "--shard", "0/1"]) == 0
+    part = tmp_path / "out.shard-0-of-1.parquet"
+    frame = read(part)
+    pl.concat([frame, frame.head(1)]).write_parquet(part)  # acme's first contact, twice
+    with pytest.raises(InputError) as info:
+        merge_shards([part], tmp_path / "merged.parquet")
+    assert str(info.value).startswith(f"_row 0 is more than once in {part}: each input row is in one shard")
 
 
 # --- what is refused -----------------------------------------------------------------------------
