@@ -11,7 +11,9 @@
 
 Each partition runs as one task with its own event loop, connection pool and login; its rows
 keep their order and index, and the result has the input's columns followed by the config's
-output columns (``fields``, ``_http_status``, ``_error``, diagnostics).
+output columns (``fields``, ``_http_status``, ``_error``, diagnostics). A field that explodes
+(``explode: true``) gives a row one output row per item, each with the row's index (repeated)
+and ``_item``.
 
 Partitions run at the same time in many processes, so two settings must be shared by all of
 them, or the run is refused before anything is computed:
@@ -46,7 +48,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ATTEMPTS_COLUMN, ERROR_COLUMN, LATENCY_COLUMN, STATUS_COLUMN, Config, journal_location
+from .config import (
+    ATTEMPTS_COLUMN,
+    ERROR_COLUMN,
+    ITEM_COLUMN,
+    LATENCY_COLUMN,
+    STATUS_COLUMN,
+    Config,
+    journal_location,
+)
 from .engine import as_config
 from .errors import ConfigError, InputError
 from .planning import RunOptions
@@ -60,6 +70,8 @@ if TYPE_CHECKING:
 
 # The columns the engine adds besides the fields, and their pandas dtypes (nullable).
 _FIXED_DTYPES = {STATUS_COLUMN: "Int64", ERROR_COLUMN: "string", ATTEMPTS_COLUMN: "Int64", LATENCY_COLUMN: "Float64"}
+# With an exploding field: each output row's input row, in the partition (a column the engine carries along).
+_POSITION = "\0position"
 
 
 def enrich(
@@ -161,7 +173,7 @@ def _output_dtypes(config: Config, dtypes: Mapping[str, str] | None, columns: li
     (a skipped or failed row has none), so numpy's bool and integer dtypes are refused."""
     import pandas as pd
 
-    fixed = dict(_FIXED_DTYPES)
+    fixed = {**_FIXED_DTYPES, ITEM_COLUMN: "Int64"}
     for step in config.steps:  # each step's own status, error and diagnostics
         fixed.update(zip(status_columns(step), _FIXED_DTYPES.values(), strict=False))
     # With steps, a field column the input has is filled where empty, and gets a `<column>_source`.
@@ -199,14 +211,17 @@ def _partition(
     from .engine import enrich as run_engine
 
     frame = pl.from_pandas(part, include_index=False)
+    if config.explodes:  # rows become one per item: which input row each is, to repeat its index
+        frame = frame.with_row_index(_POSITION)
     result = run_engine(frame, config, journal=journal, options=options).frame
-    out = part.copy(deep=False)
+    rows = part.iloc[result[_POSITION].to_list()] if config.explodes else part  # an index per item
+    out = rows.copy(deep=False)
     for name, dtype in types.items():
         column = result[name]
         try:
             # Text as the CSV output has it: 42, 1.5, true, and JSON for lists and objects.
             values = _as_text(column) if _is_text(dtype) else column.to_list()
-            out[name] = pd.Series(values, index=part.index, dtype=dtype)
+            out[name] = pd.Series(values, index=out.index, dtype=dtype)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
             raise InputError(
                 f"the output column {name!r} cannot be {dtype} in a partition starting at index "

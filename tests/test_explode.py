@@ -418,3 +418,26 @@ def test_an_exploding_field_another_step_fills_is_refused(serve: Serve) -> None:
         "<config>: steps[1].fields.contact: step `people` explodes 'contact', which step `company` fills too: a field that "
         "explodes must be one step's alone. Give one of them another name."
     )
+
+
+# --- Dask ----------------------------------------------------------------------------------------
+
+
+def test_dask_partitions_explode_with_each_rows_index_repeated(serve: Serve) -> None:
+    dd = pytest.importorskip("dask.dataframe")
+    import pandas as pd
+
+    import enrich.dask
+
+    api = CompanyApi(serve)
+    people = pd.DataFrame({"id": ["solo", "acme", "gone", "quiet", "uneven"]}, index=[10, 11, 12, 13, 14])
+    ddf = dd.from_pandas(people, npartitions=2)
+    config = {"request": {"url": api.url}, "fields": contact_fields(), "diagnostics": False}
+    lazy = enrich.dask.enrich(ddf, config, journal=False)
+    assert list(lazy.columns) == ["id", "company", "contact", "_item", "_http_status", "_error"]
+    out = lazy.compute(scheduler="threads")
+    assert list(out.index) == [10, 11, 11, 11, 12, 13, 14, 14]
+    assert str(out["_item"].dtype) == "Int64"
+    assert out["contact"].tolist()[:4] == ["sam@solo.io", "ann@acme.io", "bob@acme.io", "cy@acme.io"]
+    assert out["_item"].tolist() == [0, 0, 1, 2, pd.NA, pd.NA, 0, 1]
+    assert out["_http_status"].tolist() == [200, 200, 200, 200, 404, 200, 200, 200]
