@@ -1084,6 +1084,11 @@ def check_items(config: Config, explodes: tuple[str, ...], present: set[str], ta
     the exploding column itself (whose value no output row per item could keep, `skip_if_filled`)."""
     if not explodes:
         return
+    if ITEM_COLUMN in config.field_columns:
+        raise ConfigError(
+            f"{config.source}: a field is named {ITEM_COLUMN}, the column that numbers the items of an exploding "
+            "field. Give that field another name."
+        )
     if ITEM_COLUMN in present:
         raise ConfigError(
             f"{table} has a column named {ITEM_COLUMN}, which an exploding field adds (it numbers each row's items). "

@@ -18,7 +18,7 @@ from aiohttp import web
 from conftest import RunningServer, Serve, run_cli, write_config
 
 import enrich
-from enrich.config import config_from_dict
+from enrich.config import config_from_dict, load_config
 from enrich.errors import ConfigError, InputError
 from enrich.tables import merge_shards
 
@@ -221,6 +221,30 @@ def test_rows_left_out_by_when_stay_once_without_an_item(tmp_path: Path, serve: 
     assert api.calls == {"solo": 1}
 
 
+def test_skip_if_filled_keeps_the_filled_rows_once_and_explodes_the_others(tmp_path: Path, serve: Serve) -> None:
+    api = CompanyApi(serve)
+    cfg = job(tmp_path, api, skip_if_filled=["company"], diagnostics=False)
+    (tmp_path / "in.csv").write_text("id,company\nacme,\nsolo,Solo Ltd\nquiet,\n")
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert read(tmp_path / "out.csv").rows() == [
+        ("acme", "Acme", "ann@acme.io", "0", "200", None),
+        ("acme", "Acme", "bob@acme.io", "1", "200", None),
+        ("acme", "Acme", "cy@acme.io", "2", "200", None),
+        ("solo", "Solo Ltd", None, None, None, None),  # filled already: no call, one row, the input's value
+        ("quiet", "Quiet", None, None, "200", None),
+    ]
+    assert api.calls == {"acme": 1, "quiet": 1}
+
+
+def test_a_header_only_input_gives_the_columns_and_no_row(tmp_path: Path, serve: Serve) -> None:
+    api = CompanyApi(serve)
+    cfg = job(tmp_path, api, out="out.parquet")
+    (tmp_path / "in.csv").write_text("n,id\n")
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    frame = read(tmp_path / "out.parquet")
+    assert frame.height == 0 and frame.columns[2:5] == ["company", "contact", "_item"]
+
+
 # --- the journal: explode is applied when the output is built ------------------------------------
 
 
@@ -328,6 +352,18 @@ def test_an_exploding_field_the_input_has_is_refused_even_with_skip_if_filled(
         f"error: {cfg}: the field 'contact' explodes (one output row per item), and 'contact' is already a column of "
         "in.csv, whose values the output could not keep. Give the field another name (`fields: {new_name: {path: "
         "..., explode: true}}`).\n"
+    )
+    assert not api.calls
+
+
+def test_a_field_named_item_is_refused_when_another_explodes(tmp_path: Path, serve: Serve) -> None:
+    api = CompanyApi(serve)
+    cfg = job(tmp_path, api, fields={**contact_fields(), "_item": "ceo"})
+    with pytest.raises(ConfigError) as info:
+        enrich.plan_job(load_config(cfg))  # where the input's columns are checked, before any call
+    assert str(info.value) == (
+        f"{cfg}: a field is named _item, the column that numbers the items of an exploding field. Give that field "
+        "another name."
     )
     assert not api.calls
 
