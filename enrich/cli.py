@@ -573,8 +573,8 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         check_utf8(path)
         types = value_types(lf, config.columns_read, config.input_types, path)
         config.check_schema({c: types.get(c, t) for c, t in schema.items()}, path.name)
-        shown = f"{fetched.url} (fetched, {fetched.size:,} bytes)" if fetched else str(path)
-        lines.append(f"  input      {shown} ({len(schema)} columns; the ones used are there)")
+        shown = f"{fetched.url} (fetched, {fetched.size:,} bytes; " if fetched else f"{path} ("
+        lines.append(f"  input      {shown}{len(schema)} columns; the ones used are there)")
     if config.steps:
         for step in config.steps:
             lines.append(

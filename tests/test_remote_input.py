@@ -216,24 +216,26 @@ def test_a_parquet_table_from_a_url(
     assert pl.read_csv(tmp_path / "out.csv").select("email", "domain").equals(pl.read_csv(data))
 
 
-def test_an_xlsx_workbook_from_a_url(
+def test_a_workbook_from_a_url_and_its_sheet(
     tables: TableServer, api: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from enrich.tables import READ_FORMATS
+    import xlsxwriter
 
-    if ".xlsx" not in READ_FORMATS:
-        pytest.skip("this enrich reads no .xlsx input yet")
-    pytest.importorskip("xlsxwriter")
     data = people(tmp_path, 5)
     buffer = io.BytesIO()
-    pl.read_csv(data).write_excel(buffer)
+    with xlsxwriter.Workbook(buffer) as book:
+        book.add_worksheet("Notes").write(0, 0, "not the leads")
+        pl.read_csv(data).write_excel(book, worksheet="Leads")
+    # Google Sheets' export link: the kind of table is in the query, the sheet in the config or --sheet.
     xlsx = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     tables.tables["/export"] = Table(buffer.getvalue(), xlsx)
-    cfg = job(tmp_path, api, tables.at("/export?format=xlsx"))
+    cfg = job(tmp_path, api, tables.at("/export?format=xlsx"), sheet="Leads")
 
     assert run_cli(["run", str(cfg)]) == 0
     assert summary_table(capsys.readouterr().err, tmp_path / "out.csv")["rows"] == "5 ok, 0 failed, 0 skipped"
     assert pl.read_csv(tmp_path / "out.csv").select("email", "domain").equals(pl.read_csv(data))
+    assert run_cli(["validate", str(cfg), "--sheet", "1"]) == 2  # the first sheet has no email column
+    assert "which is not a column of export.xlsx" in capsys.readouterr().err
 
 
 # What kind of table: the suffix, a Google Sheets export link, the server's file name, the
@@ -290,7 +292,7 @@ def test_what_kind_of_table_it_is(
     lines = capsys.readouterr().out.splitlines()
     shown = tables.at(url)
     assert (
-        lines[1] == f"  input      {shown} (fetched, {len(bodies[kind]):,} bytes) (2 columns; the ones used are there)"
+        lines[1] == f"  input      {shown} (fetched, {len(bodies[kind]):,} bytes; 2 columns; the ones used are there)"
     )
     assert tables.seen == [path + url.removeprefix(path).split("#")[0]]  # the fragment is not sent
 
@@ -304,7 +306,7 @@ def test_every_command_takes_a_url(
     cfg = job(tmp_path, api, str(tmp_path / "absent.csv"))  # --input overrides it
 
     assert run_cli(["validate", str(cfg), "--input", url]) == 0
-    assert f"  input      {url} (fetched, {len(data):,} bytes)" in capsys.readouterr().out
+    assert f"  input      {url} (fetched, {len(data):,} bytes; 2 columns;" in capsys.readouterr().out
     assert run_cli(["run", str(cfg), "--input", url, "--dry-run", "2"]) == 0
     dry = capsys.readouterr().out
     assert "  rows                 6\n" in dry and "  calls to make        6\n" in dry
