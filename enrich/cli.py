@@ -82,6 +82,11 @@ def _count(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _table(text: str) -> Path | str:
+    """An input table: a path, or a URL (``scheme://...``: checked, and fetched, by ``remote.local_input``)."""
+    return text if "://" in text else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
@@ -103,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     files = _Parser(add_help=False)
     files.add_argument("config", type=Path, help="the YAML config file")
-    files.add_argument("--input", type=Path, help="input table (.csv, .parquet, .ndjson, .xlsx); overrides `input`")
+    files.add_argument(
+        "--input",
+        type=_table,
+        help="input table (.csv, .parquet, .ndjson, .xlsx) or its http(s):// URL; overrides `input`",
+    )
     files.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
     files.add_argument("--output", type=Path, help="output table (.csv, .parquet, .xlsx); overrides `output`")
     files.add_argument(
@@ -172,11 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate",
         parents=[common],
-        help="check a config and its input, with no network call",
-        description="Check the config and the input's columns without any network call, and say what the run would use.",
+        help="check a config and its input, with no API call",
+        description="Check the config and the input's columns without calling the API (an input given as a URL is "
+        "fetched), and say what the run would use.",
     )
     validate.add_argument("config", type=Path, help="the YAML config file")
-    validate.add_argument("--input", type=Path, help="the input table to check the columns of; overrides `input`")
+    validate.add_argument(
+        "--input", type=_table, help="the input table (or its URL) to check the columns of; overrides `input`"
+    )
     validate.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
 
     preview = sub.add_parser(
@@ -188,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preview.add_argument("config", type=Path, help="the YAML config file")
     preview.add_argument("--rows", type=_positive_int, default=3, metavar="N", help="how many rows to call (default 3)")
-    preview.add_argument("--input", type=Path, help="input table; overrides `input`")
+    preview.add_argument("--input", type=_table, help="input table, or its URL; overrides `input`")
     preview.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1); overrides `sheet`")
 
     sub.add_parser(
@@ -205,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a commented starter config for an input table",
         description="Write a commented starter config for an input table, using its columns.",
     )
-    init.add_argument("input", type=Path, help="the table to enrich (.csv, .parquet, .ndjson)")
+    init.add_argument("input", type=_table, help="the table to enrich (.csv, .parquet, .ndjson), or its http(s):// URL")
     init.add_argument("--config", type=Path, metavar="PATH", help="where to write it (default: <input stem>.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1; default the first)")
@@ -384,7 +396,8 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         progress = _Progress(log, config, bar=show and not log.json and sys.stderr.isatty(), events=log.json)
         if log.json:
-            log("start", "", config=str(args.config), input=str(job.input), output=str(job.output))
+            fetched = {"input_sha256": job.fetched.sha256, "input_bytes": job.fetched.size} if job.fetched else {}
+            log("start", "", config=str(args.config), input=job.input_label, **fetched, output=str(job.output))
         try:
             s = run_job(config, job, options, progress.update if progress.enabled else None)
         finally:
@@ -543,6 +556,7 @@ def _duration_text(seconds: float) -> str:
 
 
 def _validate(args: argparse.Namespace, log: _Log) -> int:
+    from .remote import local_input
     from .tables import check_utf8, output_format, value_types
 
     config = _load(args, log)
@@ -553,12 +567,14 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
     if source is None:
         lines.append("  input      not set (give --input PATH to check its columns)")
     else:
-        lf = config.scan_input(source)
+        path, fetched = local_input(source, config)
+        lf = config.scan_input(path)
         schema = lf.collect_schema()
-        check_utf8(source)
-        types = value_types(lf, config.columns_read, config.input_types, source)
-        config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
-        lines.append(f"  input      {source} ({len(schema)} columns; the ones used are there)")
+        check_utf8(path)
+        types = value_types(lf, config.columns_read, config.input_types, path)
+        config.check_schema({c: types.get(c, t) for c, t in schema.items()}, path.name)
+        shown = f"{fetched.url} (fetched, {fetched.size:,} bytes; " if fetched else f"{path} ("
+        lines.append(f"  input      {shown}{len(schema)} columns; the ones used are there)")
     if config.steps:
         for step in config.steps:
             lines.append(
@@ -612,12 +628,13 @@ def _preview(args: argparse.Namespace, log: _Log) -> int:
     from .aio import run
     from .errors import ConfigError
     from .preflight import apreview, apreview_steps
+    from .remote import local_input
     from .tables import check_utf8, value_types
 
     config = _load(args, log)
-    source = args.input or config.input
-    if source is None:
+    if (args.input or config.input) is None:
         raise ConfigError(f"{args.config}: no input table. Set `input:` in the config or pass --input PATH.")
+    source, _fetched = local_input(args.input or config.input, config)  # the copy lives until the command ends
     lf = config.scan_input(source)
     check_utf8(source)
     types = value_types(lf, config.columns_read, config.input_types, source)
@@ -677,26 +694,30 @@ def _schema() -> int:
 
 def _init(args: argparse.Namespace, log: _Log) -> int:
     from .errors import ConfigError
+    from .redact import Redactor
+    from .remote import local_input
     from .starter import starter_config
     from .tables import check_utf8, scan_table, value_types
 
-    target = args.config or Path(f"{args.input.stem}.yaml")
+    log.redactor = Redactor()  # a URL's secrets, once it is read
+    path, fetched = local_input(args.input, redactor=log.redactor, where="enrich init")
+    target = args.config or Path(f"{path.stem}.yaml")
     if target.exists() and not args.force:
         raise ConfigError(f"{target} already exists. Pick another name with --config PATH, or pass --force.")
-    if not args.input.is_file():
-        raise ConfigError(f"{args.input}: no such file. Give the table to enrich: enrich init path/to/table.csv")
-    lf = scan_table(args.input, sheet=args.sheet)
-    check_utf8(args.input)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file. Give the table to enrich: enrich init path/to/table.csv")
+    lf = scan_table(path, sheet=args.sheet)
+    check_utf8(path)
     schema = lf.collect_schema()
-    types = value_types(lf, schema.names(), source=args.input)  # a CSV's columns are text; the starter sees their kinds
+    types = value_types(lf, schema.names(), source=path)  # a CSV's columns are text; the starter sees their kinds
     target.parent.mkdir(parents=True, exist_ok=True)
     text = starter_config(
-        args.input, {c: types.get(c, t) for c, t in schema.items()}, steps=args.steps, sheet=args.sheet
+        path, {c: types.get(c, t) for c, t in schema.items()}, steps=args.steps, sheet=args.sheet, source=args.input
     )
     target.write_text(text, encoding="utf-8")
     log(
         "init",
-        f"wrote {target} for {args.input} ({len(schema)} columns). Edit the URL and the fields, then "
+        f"wrote {target} for {fetched.url if fetched else path} ({len(schema)} columns). Edit the URL and the fields, then "
         f"`enrich validate {target}` and `enrich run {target} --dry-run`.",
         path=str(target),
     )

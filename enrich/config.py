@@ -79,7 +79,7 @@ from .model import (
     number,
     validate,
 )
-from .redact import MASK, Redactor
+from .redact import MASK, Redactor, masked_url, url_secrets
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
 from .units import RATE_TEXT, SIZE_TEXT, Rate, format_size, parse_duration, parse_rate, parse_size
 from .yaml_file import read_yaml
@@ -123,6 +123,7 @@ __all__ = [
     "client_basic",
     "config_from_dict",
     "format_size",
+    "input_location",
     "journal_location",
     "load_config",
     "parse_duration",
@@ -663,6 +664,37 @@ def _when(value: Any, loc: str) -> str | None:
     return value
 
 
+def _input(value: Any, where: str, load: Load) -> Path | str | None:
+    return input_location(str(value), where, load.redactor) if value else None
+
+
+def input_location(value: str, loc: str, redactor: Redactor) -> Path | str:
+    """An input table's path, or the ``http(s)://`` URL to fetch it from (checked, its secrets
+    registered with ``redactor``: ``redact.url_secrets``)."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    if scheme is None:
+        return Path(value)
+    for secret in url_secrets(value):
+        redactor.add(secret)
+    if scheme.group(1).lower() not in ("http", "https"):
+        raise ConfigError(
+            f"{loc}: enrich cannot read a table from a {scheme.group(1)}:// URL. Give a file path, or an http:// or "
+            "https:// URL (for a file in cloud storage, a pre-signed https:// link)."
+        )
+    from yarl import URL
+
+    try:
+        host = URL(value).host
+    except ValueError:
+        host = None
+    if not host:
+        raise ConfigError(
+            f"{loc}: {masked_url(value)!r} is not a URL enrich can fetch. Write it in full, like "
+            "https://example.com/leads.csv."
+        )
+    return value
+
+
 _FIELDS_SCHEMA = {
     "type": ["string", "array", "object", "null"],
     "pattern": r"[^\s,]",
@@ -693,10 +725,14 @@ _FIELDS_SCHEMA = {
 class Config(Section):
     """A whole, validated run configuration: the file's top-level keys, and what the loader derives."""
 
+    # str: an http(s):// URL, fetched once at the start of each command (remote.py)
     input: Annotated[
-        Path | None,
-        TABLE,
-        about("The input table: .csv, .tsv, .parquet, .ndjson, .jsonl or an Excel workbook (--input overrides)."),
+        Path | str | None,
+        Parsed(_input, TABLE.schema, load=True),
+        about(
+            "The input table: .csv, .tsv, .parquet, .ndjson, .jsonl or an Excel workbook, or an http(s):// URL of "
+            "one (--input overrides)."
+        ),
     ] = None
     sheet: Annotated[
         str | None,

@@ -2,12 +2,13 @@
 
     EnrichError                 base; carries the process exit code
     ├── ConfigError             the YAML config is wrong (exit 2)
-    ├── InputError              the input table is missing or unreadable (exit 2)
+    ├── InputError              the input table is missing or unreadable, or its URL answers 4xx (exit 2)
     ├── OutputError             the output, errors file or journal cannot be written, found before any call (exit 2)
     ├── RunAborted              the run cannot go on (exit 3); a rerun resumes from the journal
     │   ├── AuthError           login failed or gave no token (exit 3)
     │   ├── Busy                another run holds the journal or the output (exit 3; JournalBusy, OutputBusy)
     │   ├── InputChanged        the input file changed while the run read it (exit 3)
+    │   ├── InputUnavailable    the input's URL cannot be fetched now: no connection, a timeout, a 5xx (exit 3)
     │   ├── StorageError        the disk failed the run: full, not writable, a damaged journal (exit 3)
     │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after (exit 3)
     │   ├── CostLimitReached    the next call could take the run's credits over max_cost (exit 3)
@@ -85,6 +86,12 @@ class OutputBusy(Busy):
 class InputChanged(RunAborted):
     """The input file changed (replaced, edited, re-sorted) while the run read it: its answers
     would land on the wrong rows, so nothing is written; the calls made are in the journal."""
+
+
+class InputUnavailable(RunAborted):
+    """The input's URL could not be fetched for a reason that may pass (the server is down or
+    unreachable, it timed out, answered 5xx or dropped the connection): nothing was sent to the
+    API; run the same command later."""
 
 
 class StorageError(RunAborted):

@@ -88,7 +88,7 @@ class Transport:
     def _mapped(self, exc: Exception, url: URL, started: float) -> Exception:
         """aiohttp's error (or the ``ValueError`` of a header it cannot send) as ours."""
         if isinstance(exc, aiohttp.ClientSSLError):  # every call to this origin would fail the same way
-            return TLSError(self.redact(_tls_problem(url, exc)))
+            return TLSError(self.redact(tls_problem(url, exc)))
         if isinstance(exc, aiohttp.InvalidURL):
             return SendError(Failure(FailureKind.BAD_ROW_DATA, self.redact(f"invalid URL: {exc}"), final=True))
         if isinstance(exc, ValueError):  # aiohttp refuses a header or URL it cannot send: this row fails
@@ -106,16 +106,16 @@ class Transport:
         return SendError(Failure(FailureKind.CONNECTION, message, None, latency_ms, unsent=unsent))
 
 
-def _tls_problem(url: URL, exc: aiohttp.ClientSSLError) -> str:
-    """Why TLS with the API failed, and what to do about it."""
+def tls_problem(url: URL, exc: aiohttp.ClientSSLError, server: str = "the API") -> str:
+    """Why TLS with ``server`` (at ``url``) failed, and what to do about it."""
     origin = url.origin()
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         cert = exc.certificate_error
         detail = (getattr(cert, "verify_message", None) or str(cert)).rstrip(".")
         if "mismatch" in detail.lower():
-            fix = "Call the API by a name its certificate is issued for"
+            fix = f"Call {server} by a name its certificate is issued for"
         else:
-            fix = "If the API uses a private CA, set tls.ca_bundle to its certificate (a PEM file)"
+            fix = f"If {server} uses a private CA, set tls.ca_bundle to its certificate (a PEM file)"
         return f"the TLS certificate of {origin} cannot be verified ({detail}). {fix}."
     os_error = getattr(exc, "os_error", None)
     detail = getattr(os_error, "reason", None) or str(os_error or exc)

@@ -6,7 +6,8 @@
 
 Before the first call, ``plan_job`` and ``run_job`` check what the run will write (the output
 and errors file: writable, not the input, not written by another run); each output is locked
-until the run ends, and written whole or not at all.
+until the run ends, and written whole or not at all. An input given as an ``http(s)://`` URL
+is fetched once, by ``plan_job``, to a local copy the job holds (``remote.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .errors import (
 from .journal import FileJournal, Journal, journal_label, open_journal
 from .planning import DEFAULT_OPTIONS, Batches, PlanSpool, RunOptions
 from .redis_journal import RedisJournal, named_after
+from .remote import Fetched, local_input
 from .summary import Summary, summarize, write_running, write_stop, write_summary
 from .workbook import ExcelLimit, check_fits
 
@@ -47,17 +49,24 @@ from .workbook import ExcelLimit, check_fits
 class Job:
     """Where a file-to-file run reads, writes and keeps its journal."""
 
-    input: Path
+    input: Path  # the file read: the input, or the copy fetched from its URL (``fetched``)
     output: Path
     journal: Path | str | None  # None: no journal kept after the run; str: a redis:// URL (RedisJournal)
     errors_out: Path | None = None  # the failed rows, with their requests
     # Text columns (CSV) whose values the templates and `when` see as numbers or booleans.
     value_types: Mapping[str, pl.DataType] = field(default_factory=dict)
+    # An input given as a URL: what was fetched; the local copy lives as long as this does.
+    fetched: Fetched | None = None
+
+    @property
+    def input_label(self) -> str:
+        """The input as enrich shows it: its path, or its URL (secrets as ``***``)."""
+        return self.fetched.url if self.fetched is not None else str(self.input)
 
 
 def plan_job(
     config: Config,
-    input_path: Path | None = None,
+    input_path: Path | str | None = None,
     output: Path | None = None,
     journal: Path | str | None = None,
     use_journal: bool | None = None,
@@ -69,7 +78,7 @@ def plan_job(
     ``--shard`` and ``--limit`` without ``--output`` write beside the configured output
     (``people.shard-0-of-4.parquet``, ``people.first-5.parquet``), so neither replaces a
     whole run's table; a trial shares the whole run's journal. An output that is the input
-    is refused unless ``in_place``.
+    is refused unless ``in_place``. An ``http(s)://`` input is fetched now, once (``remote.local_input``).
     """
     from .tables import check_utf8, output_format, value_types
 
@@ -91,6 +100,7 @@ def plan_job(
     if options.limit is not None and output is None:
         target, errors = (_trial_path(p, options.limit) if p is not None else None for p in (target, errors))
     assert target is not None
+    source, fetched = local_input(source, config)
     if in_place and _same_file(target, source):  # through a link: replace the file it points to
         target = target.resolve()
     lf = config.scan_input(source)
@@ -108,7 +118,7 @@ def plan_job(
     kept = journal or config.journal or journal_beside.with_name(journal_beside.name + ".journal")
     if isinstance(kept, str):  # a Redis journal: named after the output, so every shard shares it
         kept = named_after(kept, unsharded.name)
-    return Job(source, target, kept if use_journal else None, errors, types)
+    return Job(source, target, kept if use_journal else None, errors, types, fetched)
 
 
 def _check_files(

@@ -13,7 +13,9 @@
   key (``secret``), and the ``${VAR}``s in such a value;
 - a ``${VAR}`` whose name is a credential's (``${API_KEY}``, ``${ACME_PASSWORD}``), and
   every one listed in the config's ``secrets: [VAR, ...]``;
-- the password of a Redis URL.
+- the password of a URL enrich is given (a Redis journal, an input table), or its user name
+  when it has no password (``https://TOKEN@host/``), and the values of its query parameters
+  named like a credential (``?token=``, ``&X-Amz-Signature=``): ``url_secrets``, ``masked_url``.
 
 A credential's name has one of the words of ``SECRET_WORDS`` (``key``, ``token``,
 ``secret``, ``password``, ...). Any other ``${VAR}`` (a tenant, a host, a user name) is
@@ -244,3 +246,42 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self)} secrets)"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets ``url`` carries: its password (or its user name when it has no password, as in
+    ``https://TOKEN@host/``), and the values of its query parameters named like a credential.
+
+    >>> url_secrets("https://ana:pa55word@example.com/t.csv?token=abc123&gid=0")
+    ['pa55word', 'abc123']
+    """
+    from yarl import URL
+
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return []
+    found = [parsed.password or parsed.user or ""]
+    found += [value for name, value in parsed.query.items() if secret_name(name)]
+    return [secret for secret in found if secret]
+
+
+def masked_url(url: str) -> str:
+    """``url`` as enrich shows it: each of ``url_secrets`` as ``***`` where it is, whatever its length.
+
+    >>> masked_url("https://ana:pa55word@example.com/t.csv?token=abc123&gid=0")
+    'https://ana:***@example.com/t.csv?token=***&gid=0'
+    """
+    from yarl import URL
+
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return url
+    if parsed.password:
+        parsed = parsed.with_password(MASK)
+    elif parsed.user:
+        parsed = parsed.with_user(MASK)
+    if any(secret_name(name) for name in parsed.query):
+        parsed = parsed.with_query([(k, MASK if secret_name(k) else v) for k, v in parsed.query.items()])
+    return str(parsed)

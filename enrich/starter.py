@@ -45,11 +45,16 @@ _WRAP = 100
 
 
 def starter_config(
-    input_path: Path, schema: Mapping[str, pl.DataType], steps: bool = False, sheet: str | None = None
+    input_path: Path,
+    schema: Mapping[str, pl.DataType],
+    steps: bool = False,
+    sheet: str | None = None,
+    source: Path | str | None = None,
 ) -> str:
     """The text of a commented starter config (YAML) for the table at ``input_path`` with ``schema``;
     ``steps``: the calls as `steps:` (a lookup, then a chain and a waterfall to switch on); an
-    Excel workbook's output is a workbook too (its ``sheet``, when not the first, is named)."""
+    Excel workbook's output is a workbook too (its ``sheet``, when not the first, is named);
+    ``source``: what `input:` says, when not ``input_path`` (the URL a local copy was fetched from)."""
     columns = list(schema)
     usable = [c for c in columns if _placeholder_ok(c)]
     ident = _identifying(usable, schema)
@@ -64,7 +69,7 @@ def starter_config(
         "# A `# key: value` line is a setting left out: delete the `# ` to use it.",
         "# Every key is in docs/config.md; `enrich schema` gives editors completion.",
         "",
-        f"input: {_scalar(str(input_path))}",
+        f"input: {_scalar(str(source or input_path))}",
         *([f"sheet: {_quoted(sheet)}"] if sheet is not None else []),
         f"output: {_scalar(f'out/{input_path.stem}_enriched{_output_suffix(input_path)}')}",
         *_input_types(columns, schema),

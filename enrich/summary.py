@@ -230,7 +230,8 @@ def _job_record(job: Job, status: str, exit_code: int | None) -> dict[str, Any]:
         "started_at" if status == "running" else "finished_at": now,
         "status": status,
         "exit_code": exit_code,
-        "input": str(job.input),
+        "input": job.input_label,
+        **({"input_sha256": job.fetched.sha256, "input_bytes": job.fetched.size} if job.fetched else {}),
         "output": str(job.output),
         "journal": journal_label(job.journal) if job.journal else None,
     }
