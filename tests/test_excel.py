@@ -278,3 +278,15 @@ def test_a_row_added_to_the_workbook_is_the_only_one_called_and_odd_sheets_say_w
     (tmp_path / "fake.xlsx").write_text("id\n1\n")
     assert run_cli(["run", str(config(tmp_path, url, input=str(tmp_path / "fake.xlsx"))), "-q"]) == 2
     assert "as a workbook" in capsys.readouterr().err
+
+
+def test_an_exploding_field_gives_a_workbook_row_per_item(tmp_path: Path, serve: Serve) -> None:
+    url, calls = api(serve)
+    leads_workbook(tmp_path / "leads.xlsx")
+    path = config(tmp_path, url, fields={"tag": {"path": "company.tags", "explode": True}})
+    assert run_cli(["run", str(path), "-q"]) == 0
+    header, rows = cells(tmp_path / "out" / "leads.xlsx")
+    got = [(r[header.index("id")].value, r[header.index("tag")].value, r[header.index("_item")].value) for r in rows]
+    # id 1: two tags; id 2: an empty list (the row once, no item); id 3: a 404 (the row once).
+    assert got == [(1, "a", 0), (1, "b", 1), (2, None, None), (3, None, None)]
+    assert calls == {"1": 1, "2": 1, "3": 1}
