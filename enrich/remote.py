@@ -228,6 +228,7 @@ def _unavailable(exc: Exception, target: URL, shown: str, timeout: float, redact
 
 async def _save(resp: aiohttp.ClientResponse, url: URL, folder: Path, shown: str, limit: int) -> tuple[Path, str, int]:
     """Stream the body to a file in ``folder`` named for the table's kind; its path, sha256 and size."""
+    import aiohttp
     if resp.content_length is not None and resp.content_length > limit:
         raise _too_large(shown, limit)
     head = await resp.content.readany()
@@ -246,6 +247,8 @@ async def _save(resp: aiohttp.ClientResponse, url: URL, folder: Path, shown: str
                 digest.update(chunk)
                 out.write(chunk)
                 chunk = await resp.content.readany()
+    except (aiohttp.ClientError, TimeoutError):  # the network (both are OSErrors too): the caller says so
+        raise
     except OSError as exc:
         raise InputError(
             f"cannot keep a copy of the input {shown} in {folder.parent}: {exc.strerror or exc}. Free some space "

@@ -62,6 +62,12 @@ def table_app(tables: dict[str, Table], seen: list[str], auth: list[str | None])
         if path == "/slow":
             await asyncio.sleep(2)
             return web.Response(text="id\n1\n", content_type="text/csv")
+        if path == "/stall":  # starts the table, then sends nothing more
+            resp = web.StreamResponse(headers={"Content-Type": "text/csv"})
+            await resp.prepare(request)
+            await resp.write(b"email,domain\n")
+            await asyncio.sleep(2)
+            return resp
         if path == "/loop":
             raise web.HTTPFound("/loop")
         if path.startswith("/moved/"):
@@ -361,6 +367,14 @@ FAILURES = [
         "error: cannot fetch the input {url}: no answer for 0.3s (timeout). Nothing was sent to the API; run "
         "again later.",
         id="timeout",
+    ),
+    pytest.param(
+        "/stall",
+        {"timeout": 0.3},
+        3,
+        "error: cannot fetch the input {url}: no answer for 0.3s (timeout). Nothing was sent to the API; run "
+        "again later.",
+        id="stalls mid-body",
     ),
     pytest.param(
         "/cut",
