@@ -349,9 +349,18 @@ def extract_job(config: Config, job: Job, options: RunOptions = DEFAULT_OPTIONS)
         return iter_batches(lf, job.input, options.limit)
 
     started = time.perf_counter()
-    with _claim_outputs(job), contextlib.closing(open_journal(job.journal)) as journal:
-        counts = _write(batches, config, journal, options, job.output, errors_out=job.errors_out, types=job.value_types)
-    return summarize(config, Counters(), Tally(), counts, time.perf_counter() - started)
+    with _claim_outputs(job):
+        try:
+            with contextlib.closing(open_journal(job.journal)) as journal:
+                counts = _write(
+                    batches, config, journal, options, job.output, errors_out=job.errors_out, types=job.value_types
+                )
+        except BaseException as stop:  # the summary says the output was not rebuilt, and why
+            write_stop(stop, job, config.redactor.redact)
+            raise
+        summary = summarize(config, Counters(), Tally(), counts, time.perf_counter() - started)
+        write_summary(summary, job)
+    return summary
 
 
 def _write(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import openpyxl
+import orjson
 import polars as pl
 import pytest
 from aiohttp import web
@@ -223,6 +224,8 @@ def test_errors_extract_shards_and_merge_work_with_workbooks(tmp_path: Path, ser
     path = config(tmp_path, url, fields={"public": "company.public"})
     assert run_cli(["extract", str(path), "-q"]) == 0
     assert calls == {"1": 2, "2": 2, "3": 2}
+    summary = orjson.loads((tmp_path / "out" / "leads.xlsx.summary.json").read_bytes())
+    assert (summary["status"], summary["exit_code"], summary["rows"], summary["calls"]) == ("completed", 0, 3, 0)
     assert pl.read_excel(tmp_path / "out" / "leads.xlsx")["public"].to_list() == [True, False, None]
 
 
