@@ -556,6 +556,7 @@ def _duration_text(seconds: float) -> str:
 
 
 def _validate(args: argparse.Namespace, log: _Log) -> int:
+    from .jobs import check_sheet
     from .remote import local_input
     from .tables import check_utf8, output_format, value_types
 
@@ -573,6 +574,8 @@ def _validate(args: argparse.Namespace, log: _Log) -> int:
         check_utf8(path)
         types = value_types(lf, config.columns_read, config.input_types, path)
         config.check_schema({c: types.get(c, t) for c, t in schema.items()}, path.name)
+        if config.output is not None and output_format(config.output) == "xlsx":
+            check_sheet(lf, path, config.output, len(schema) + len(config.output_columns))
         shown = f"{fetched.url} (fetched, {fetched.size:,} bytes; " if fetched else f"{path} ("
         lines.append(f"  input      {shown}{len(schema)} columns; the ones used are there)")
     if config.steps:

@@ -42,7 +42,7 @@ from .planning import DEFAULT_OPTIONS, Batches, PlanSpool, RunOptions
 from .redis_journal import RedisJournal, named_after
 from .remote import Fetched, local_input
 from .summary import Summary, summarize, write_running, write_stop, write_summary
-from .workbook import ExcelLimit, check_fits
+from .workbook import MAX_ROWS, ExcelLimit, check_fits
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,7 @@ def plan_job(
     config.check_schema({c: types.get(c, t) for c, t in schema.items()}, source.name)
     _check_files(config, source, target, errors, list(schema), options, in_place)
     if output_format(target) == "xlsx":
-        _check_sheet(lf, source, target, options, len(schema) + len(config.output_columns))
+        check_sheet(lf, source, target, len(schema) + len(config.output_columns), options.limit)
     if use_journal is None:  # --journal PATH overrides `journal: false`; --no-journal overrides both
         use_journal = config.use_journal or journal is not None
     if isinstance(journal, str):
@@ -161,17 +161,23 @@ def _check_files(
             )
 
 
-def _check_sheet(lf: pl.LazyFrame, source: Path, target: Path, options: RunOptions, columns: int) -> None:
-    """Before any call: the output fits one sheet of a workbook."""
+def _kept(job: Job) -> str | None:
+    """Where the job's journal is, as a user names it again (None: none is kept)."""
+    return journal_label(job.journal) if job.journal is not None else None
+
+
+def check_sheet(lf: pl.LazyFrame, source: Path, target: Path, columns: int, limit: int | None = None) -> None:
+    """Before any call: the output (``columns`` wide) fits one sheet of a workbook."""
     from .tables import count_rows
 
-    rows = count_rows(lf, source, options.limit) or 0
+    rows = count_rows(lf, source, limit) or 0
     try:
         check_fits(rows, columns)
     except ExcelLimit as exc:
+        parts = ", or split the rows with --shard I/N (each shard its own workbook)" if rows + 1 > MAX_ROWS else ""
         raise OutputError(
             f"the output {target} cannot hold the table: {exc}. Write it as Parquet or CSV "
-            f"(--output {target.with_suffix('.parquet')}), or run it in parts with --shard I/N."
+            f"(--output {target.with_suffix('.parquet')}){parts}."
         ) from None
 
 
@@ -250,6 +256,7 @@ def run_job(
                     stamp.check,
                     job.input,
                     job.value_types,
+                    _kept(job),
                 )
         except BaseException as stop:  # the output is ours (locked): say the run stopped, and why
             write_stop(stop, job, config.redactor.redact)
@@ -353,7 +360,14 @@ def extract_job(config: Config, job: Job, options: RunOptions = DEFAULT_OPTIONS)
         try:
             with contextlib.closing(open_journal(job.journal)) as journal:
                 counts = _write(
-                    batches, config, journal, options, job.output, errors_out=job.errors_out, types=job.value_types
+                    batches,
+                    config,
+                    journal,
+                    options,
+                    job.output,
+                    errors_out=job.errors_out,
+                    types=job.value_types,
+                    kept=_kept(job),
                 )
         except BaseException as stop:  # the summary says the output was not rebuilt, and why
             write_stop(stop, job, config.redactor.redact)
@@ -374,6 +388,7 @@ def _write(
     before_finish: Callable[[], None] | None = None,
     source: Path | str = "the input table",
     types: Mapping[str, pl.DataType] | None = None,
+    kept: str | None = None,
 ) -> RowCounts:
     """The building pass into the output file (and the errors file); ``before_finish`` runs
     before either replaces a file (the input-changed check)."""
@@ -400,11 +415,14 @@ def _write(
         if errors is not None:
             errors.finish()
     except ExcelLimit as exc:  # found only now when rows grow (one per item of a list)
-        raise RunAborted(
-            f"cannot write the output {output}: {exc}. Every call is in the journal: write the table as "
-            f"Parquet or CSV (--output {output.with_suffix('.parquet')}) and run the same command again; it makes "
-            "no call."
-        ) from None
+        other = output.with_suffix(".parquet")
+        fix = (
+            f"Every call is in the journal {kept}: write the table as Parquet or CSV from it, with `enrich extract "
+            f"CONFIG --output {other} --journal {kept}`; it makes no call."
+            if kept is not None
+            else f"No journal was kept (journal: false): write the table as Parquet or CSV (--output {other})."
+        )
+        raise RunAborted(f"cannot write the output {output}: {exc}. {fix}") from None
     except OSError as exc:  # the disk: full, or the folder's permissions changed under the run
         raise StorageError(
             f"cannot write the output {output}: {exc.strerror or exc}. Every call is in the journal: free some "

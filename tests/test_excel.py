@@ -197,11 +197,12 @@ def test_a_table_over_a_sheets_rows_is_refused_before_any_call(
     big = tmp_path / "big.csv"
     pl.DataFrame({"id": pl.int_range(MAX_ROWS, eager=True)}).write_csv(big)  # one row more than fits
     path = config(tmp_path, url, input=str(big))
+    assert run_cli(["validate", str(path)]) == 2  # validate knows it too
     assert run_cli(["run", str(path)]) == 2
     assert calls == {}
     err = capsys.readouterr().err
     assert "1,048,576 rows do not fit a sheet (Excel's limit: 1,048,575 rows under the header)" in err
-    assert "Write it as Parquet or CSV (--output" in err and "leads.parquet" in err
+    assert "Write it as Parquet or CSV (--output" in err and "leads.parquet), or split the rows with --shard" in err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -293,3 +294,30 @@ def test_an_exploding_field_gives_a_workbook_row_per_item(tmp_path: Path, serve:
     # id 1: two tags; id 2: an empty list (the row once, no item); id 3: a 404 (the row once).
     assert got == [(1, "a", 0), (1, "b", 1), (2, None, None), (3, None, None)]
     assert calls == {"1": 1, "2": 1, "3": 1}
+
+
+def test_a_cell_too_long_for_a_sheet_stops_the_run_and_its_fix_makes_no_call(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: Counter[str] = Counter()
+
+    async def long(request: web.Request) -> web.Response:
+        calls[request.match_info["id"]] += 1
+        return web.json_response({"company": {"about": "x" * 40_000}})
+
+    app = web.Application()
+    app.router.add_get("/companies/{id}", long)
+    url = serve(app).url
+    leads_workbook(tmp_path / "leads.xlsx")
+    path = config(tmp_path, url, fields={"about": "company.about"})
+    assert run_cli(["run", str(path), "-q"]) == 3
+    err = capsys.readouterr().err
+    journal = tmp_path / "out" / "leads.xlsx.journal"
+    assert "holds a text of 40,000 characters, more than a cell holds (Excel's limit: 32,767)" in err
+    assert f"--journal {journal}`; it makes no call." in err
+    assert not (tmp_path / "out" / "leads.xlsx").exists()
+    # The fix it names: the table from the journal, as Parquet; the text whole, no call.
+    out = tmp_path / "out" / "leads.parquet"
+    assert run_cli(["extract", str(path), "--output", str(out), "--journal", str(journal), "-q"]) == 0
+    assert calls == {"1": 1, "2": 1, "3": 1}
+    assert pl.read_parquet(out)["about"].str.len_chars().to_list() == [40_000] * 3
