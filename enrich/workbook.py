@@ -34,7 +34,8 @@ MAX_COLUMNS = 16_384
 MAX_CELL_TEXT = 32_767
 EXACT_INT = 2**53  # the largest whole number a spreadsheet's numbers (doubles) hold exactly
 READ_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")
-_GENERATED = "__UNNAMED__"  # fastexcel's name for a column whose header cell is blank
+_GENERATED = "__UNNAMED__"
+_TIME_ONLY = datetime.date(1899, 12, 31)  # the day a time-of-day cell is read on  # fastexcel's name for a column whose header cell is blank
 
 
 # fastexcel logs each column it reads as text ("could not determine dtype"); the library never
@@ -149,7 +150,8 @@ def _letter(index: int) -> str:
 
 def _kinds(frame: pl.DataFrame) -> list[pl.Series]:
     """A spreadsheet keeps every number as a double and every date as a time: a column of whole
-    numbers is read as Int64 (ids, counts), one of midnights as Date (a date column)."""
+    numbers is read as Int64 (ids, counts), one of midnights as Date (a date column), one of
+    times on Excel's day 0 as Time (a time of day)."""
     out = []
     for name, dtype in frame.schema.items():
         column = frame[name]
@@ -160,6 +162,8 @@ def _kinds(frame: pl.DataFrame) -> list[pl.Series]:
             out.append(column.cast(pl.Int64))
         elif isinstance(dtype, pl.Datetime) and bool((values.dt.time() == datetime.time(0)).all()):
             out.append(column.cast(pl.Date))
+        elif isinstance(dtype, pl.Datetime) and bool((values.dt.date() == _TIME_ONLY).all()):
+            out.append(column.dt.time())  # a time of day: Excel keeps it on the day before its epoch
     return out
 
 
@@ -208,10 +212,11 @@ def write_workbook(frame: pl.DataFrame, path: Path, sheet: str = "enriched") -> 
         bold = workbook.add_format({"bold": True})
         date = workbook.add_format({"num_format": "yyyy-mm-dd"})
         stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"})
+        clock = workbook.add_format({"num_format": "hh:mm:ss"})
         writers = []
         for index, (name, dtype) in enumerate(frame.schema.items()):
             ws.set_column(index, index, _width(frame, name, dtype))
-            writers.append(_writer(ws, dtype, date, stamp))
+            writers.append(_writer(ws, dtype, date, stamp, clock))
         ws.freeze_panes(1, 0)
         ws.write_row(0, 0, frame.columns, bold)
         for r, row in enumerate(frame.iter_rows(), start=1):
@@ -222,7 +227,7 @@ def write_workbook(frame: pl.DataFrame, path: Path, sheet: str = "enriched") -> 
         workbook.close()
 
 
-def _writer(ws: Any, dtype: pl.DataType, date: Any, stamp: Any) -> Any:
+def _writer(ws: Any, dtype: pl.DataType, date: Any, stamp: Any, clock: Any) -> Any:
     """How a column's cells are written: each kind by its own method (text never as a formula)."""
     if dtype == pl.Boolean:
         return ws.write_boolean
@@ -232,6 +237,8 @@ def _writer(ws: Any, dtype: pl.DataType, date: Any, stamp: Any) -> Any:
         return lambda r, c, v: ws.write_datetime(r, c, v, date)
     if isinstance(dtype, pl.Datetime):
         return lambda r, c, v: ws.write_datetime(r, c, v, stamp)
+    if dtype == pl.Time:
+        return lambda r, c, v: ws.write_datetime(r, c, v, clock)
     return lambda r, c, v: ws.write_string(r, c, str(v))
 
 
@@ -241,6 +248,8 @@ def _width(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> float:
         longest = 10
     elif isinstance(dtype, pl.Datetime):
         longest = 19
+    elif dtype == pl.Time:
+        longest = 8
     elif frame.height:
         found = frame.select(pl.col(name).cast(pl.String).str.len_chars().max()).item()
         longest = int(found or 0)
@@ -264,7 +273,7 @@ def _cells(frame: pl.DataFrame) -> pl.DataFrame:
                 out.append(col.cast(pl.String))
         elif isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
             out.append(col.dt.convert_time_zone("UTC").dt.replace_time_zone(None))
-        elif dtype in (pl.Binary, pl.Object, pl.Decimal) or isinstance(dtype, (pl.Duration, pl.Time, pl.Categorical)):
+        elif dtype in (pl.Binary, pl.Object, pl.Decimal) or isinstance(dtype, (pl.Duration, pl.Categorical)):
             out.append(col.cast(pl.String))
     if out:
         frame = frame.with_columns(out)

@@ -321,3 +321,18 @@ def test_a_cell_too_long_for_a_sheet_stops_the_run_and_its_fix_makes_no_call(
     assert run_cli(["extract", str(path), "--output", str(out), "--journal", str(journal), "-q"]) == 0
     assert calls == {"1": 1, "2": 1, "3": 1}
     assert pl.read_parquet(out)["about"].str.len_chars().to_list() == [40_000] * 3
+
+
+def test_a_time_of_day_cell_stays_a_time(tmp_path: Path, serve: Serve) -> None:
+    url, _ = api(serve)
+    book = Workbook(str(tmp_path / "leads.xlsx"))
+    sheet = book.add_worksheet("Leads")
+    sheet.write_row(0, 0, ["id", "call_at"])
+    sheet.write_number(1, 0, 1)
+    sheet.write_datetime(1, 1, datetime.time(13, 30), book.add_format({"num_format": "hh:mm"}))
+    book.close()
+    path = config(tmp_path, url, fields={"public": "company.public"})
+    assert run_cli(["run", str(path), "-q"]) == 0
+    header, rows = cells(tmp_path / "out" / "leads.xlsx")
+    cell = rows[0][header.index("call_at")]
+    assert (cell.value, cell.number_format) == (datetime.time(13, 30), "hh:mm:ss")  # not 1899-12-31 13:30
