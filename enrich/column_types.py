@@ -29,6 +29,7 @@ INPUT_TYPES = {"str": pl.String, "int": pl.Int64, "float": pl.Float64, "bool": p
 _INT_TEXT = r"^(?:0|-?[1-9][0-9]{0,17})$"
 _FLOAT_TEXT = r"^(?:-?(?:0|[1-9][0-9]*)\.[0-9]+|0|-?[1-9][0-9]*)(?:[eE][+-]?[0-9]{1,3})?$"
 _BOOL_TEXT = r"^(?i:true|false)$"
+EXACT_INT = 2**53  # whole numbers from here on lose digits as a float (a spreadsheet's numbers too)
 FLOAT_DIGITS = 15  # a float keeps 15 significant digits exactly; more are text (an id, a phone number)
 
 
@@ -122,22 +123,36 @@ def output_column(name: str, values: list[Any], text: bool = False) -> pl.Series
         return pl.Series(name, values, dtype=pl.Boolean)
     elif kinds == {int} and all(v is None or -(2**63) <= v < 2**63 for v in values):
         return pl.Series(name, values, dtype=pl.Int64)
-    elif kinds <= {int, float} and kinds != {int}:
+    elif kinds <= {int, float} and kinds != {int} and all(type(v) is not int or abs(v) < EXACT_INT for v in values):
         return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
     return pl.Series(name, [v if v is None or isinstance(v, str) else to_json(v) for v in values], dtype=pl.String)
 
 
-def unify_dtypes(schemas: list[dict[str, pl.DataType]], nulls: list[set[str]]) -> dict[str, pl.DataType]:
+def wide_ints(frame: pl.DataFrame) -> set[str]:
+    """The Int64 columns of ``frame`` holding a whole number that a float cannot hold exactly."""
+    ints = [c for c, t in frame.schema.items() if t == pl.Int64]
+    if not ints or not frame.height:
+        return set()
+    found = frame.select(pl.col(c).abs().max().alias(c) for c in ints).row(0, named=True)
+    return {c for c, most in found.items() if most is not None and most >= EXACT_INT}
+
+
+def unify_dtypes(
+    schemas: list[dict[str, pl.DataType]], nulls: list[set[str]], wide: list[set[str]] | None = None
+) -> dict[str, pl.DataType]:
     """One dtype per column across batches: a column all-null in a batch does not vote;
-    Int64 with Float64 gives Float64; any other disagreement gives String (JSON text)."""
+    Int64 with Float64 gives Float64, unless a batch's integers are too wide for a float
+    (``wide``: ``wide_ints`` of each batch), which gives String, each number as its digits; any
+    other disagreement gives String (JSON text)."""
     out: dict[str, pl.DataType] = {}
+    widened = set().union(*wide) if wide else set()
     for name in schemas[0]:
         kinds = {s[name] for s, n in zip(schemas, nulls, strict=True) if name not in n}
         if not kinds:
             out[name] = schemas[0][name]
         elif len(kinds) == 1:
             out[name] = kinds.pop()
-        elif kinds <= {pl.Int64, pl.Float64}:
+        elif kinds <= {pl.Int64, pl.Float64} and name not in widened:
             out[name] = pl.Float64()
         else:
             out[name] = pl.String()

@@ -16,7 +16,7 @@ from typing import TypeVar
 import polars as pl
 
 from .atomic import is_leftover, replacing
-from .column_types import INPUT_TYPES, unify_dtypes, value_kinds
+from .column_types import INPUT_TYPES, unify_dtypes, value_kinds, wide_ints
 from .errors import InputChanged, InputError
 from .workbook import READ_SUFFIXES, read_sheet, write_workbook
 
@@ -321,6 +321,7 @@ class OutputWriter:
         self._parts: list[Path] = []
         self._schemas: list[dict[str, pl.DataType]] = []
         self._nulls: list[set[str]] = []
+        self._wide: list[set[str]] = []  # Int64 columns too wide for a float, per part
         self.rows = 0
 
     def write(self, df: pl.DataFrame) -> None:
@@ -329,12 +330,13 @@ class OutputWriter:
         self._parts.append(part)
         self._schemas.append(dict(df.schema))
         self._nulls.append({c for c in df.columns if df.height and df[c].null_count() == df.height})
+        self._wide.append(wide_ints(df))
         self.rows += df.height
 
     def finish(self) -> None:
         """Join the parts into the output file (temporary name, then rename) and clean up."""
         try:
-            final = unify_dtypes(self._schemas, self._nulls)
+            final = unify_dtypes(self._schemas, self._nulls, self._wide)
             frames = [pl.scan_ipc(p).cast(final) for p in self._parts]  # type: ignore[arg-type]
             lf = pl.concat(frames) if frames else pl.LazyFrame(schema=final)
             if self.escape_formulas:
@@ -365,6 +367,7 @@ def collect_frames(frames: list[pl.DataFrame]) -> pl.DataFrame:
     final = unify_dtypes(
         [dict(f.schema) for f in frames],
         [{c for c in f.columns if f.height and f[c].null_count() == f.height} for f in frames],
+        [wide_ints(f) for f in frames],
     )
     return pl.concat([f.cast(final) for f in frames])  # type: ignore[arg-type]
 

@@ -27,12 +27,12 @@ from typing import Any
 
 import polars as pl
 
+from .column_types import EXACT_INT
 from .errors import InputError
 
 MAX_ROWS = 1_048_576  # a sheet's rows, the header's included
 MAX_COLUMNS = 16_384
 MAX_CELL_TEXT = 32_767
-EXACT_INT = 2**53  # the largest whole number a spreadsheet's numbers (doubles) hold exactly
 READ_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")
 _GENERATED = "__UNNAMED__"
 _TIME_ONLY = datetime.date(1899, 12, 31)  # the day a time-of-day cell is read on  # fastexcel's name for a column whose header cell is blank

@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 from conftest import RunningServer, Serve, run_cli, write_config
 
+from enrich.tables import collect_frames
+
 
 def echo_api(serve: Serve) -> tuple[RunningServer, list[dict[str, Any]]]:
     """Answers every call with what it received; ``seen`` keeps each request."""
@@ -251,3 +253,27 @@ def test_a_wide_integer_in_an_ndjson_input_is_sent_exactly(tmp_path: Path, serve
     )
     assert run_cli(["run", str(cfg), "-q"]) == 0
     assert sorted(json.dumps(s["body"]["n"]) for s in seen) == ["123456789012345678901234567890", "5"]
+
+
+def test_a_whole_number_too_wide_for_a_float_is_not_rounded_in_a_column_of_floats(tmp_path: Path, serve: Serve) -> None:
+    # 2^53 + 1 beside 1.5: a Float64 column would hold 9007199254740992. Within one batch and
+    # across batches (the wide number in its own batch, the floats in another), the column is text.
+    answers = {"1": "1.5", "2": "9007199254740993", "3": "0.1"}
+
+    async def item(request: web.Request) -> web.Response:
+        return web.Response(text='{"c": ' + answers[request.match_info["id"]] + "}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/{id}", item)
+    server = serve(app)
+    src = tmp_path / "in.csv"
+    src.write_text("id\n1\n2\n3\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    cfg = write_config(
+        tmp_path / "job.yaml",
+        {"input": str(src), "output": str(out), "request": {"url": server.url + "/v1/{{id}}"}, "fields": {"c": "c"}},
+    )
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert pl.read_parquet(out)["c"].to_list() == ["1.5", "9007199254740993", "0.1"]
+    frames = [pl.DataFrame({"c": [9007199254740993]}), pl.DataFrame({"c": [1.5]})]
+    assert collect_frames(frames)["c"].to_list() == ["9007199254740993", "1.5"]
