@@ -229,6 +229,7 @@ def _unavailable(exc: Exception, target: URL, shown: str, timeout: float, redact
 async def _save(resp: aiohttp.ClientResponse, url: URL, folder: Path, shown: str, limit: int) -> tuple[Path, str, int]:
     """Stream the body to a file in ``folder`` named for the table's kind; its path, sha256 and size."""
     import aiohttp
+
     if resp.content_length is not None and resp.content_length > limit:
         raise _too_large(shown, limit)
     head = await resp.content.readany()

@@ -34,8 +34,8 @@ MAX_ROWS = 1_048_576  # a sheet's rows, the header's included
 MAX_COLUMNS = 16_384
 MAX_CELL_TEXT = 32_767
 READ_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".xlsb", ".ods")
-_GENERATED = "__UNNAMED__"
-_TIME_ONLY = datetime.date(1899, 12, 31)  # the day a time-of-day cell is read on  # fastexcel's name for a column whose header cell is blank
+_GENERATED = "__UNNAMED__"  # fastexcel's name for a column whose header cell is blank
+_TIME_ONLY = datetime.date(1899, 12, 31)  # the day a time-of-day cell is read on
 
 
 # fastexcel logs each column it reads as text ("could not determine dtype"); the library never
