@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a commented starter config for an input table",
         description="Write a commented starter config for an input table, using its columns.",
     )
-    init.add_argument("input", type=_table, help="the table to enrich (.csv, .parquet, .ndjson), or its http(s):// URL")
+    init.add_argument(
+        "input", type=_table, help="the table to enrich (.csv, .parquet, .ndjson, .xlsx), or its http(s):// URL"
+    )
     init.add_argument("--config", type=Path, metavar="PATH", help="where to write it (default: <input stem>.yaml)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.add_argument("--sheet", metavar="NAME|N", help="the sheet of an Excel input (N from 1; default the first)")
