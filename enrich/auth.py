@@ -391,7 +391,7 @@ class TokenManager:
     ) -> tuple[str, float | None]:
         """Send the login or token request (retrying what ``retry`` allows); the token and its stated lifetime."""
         cfg = self.config
-        what, where = cfg.requested_as
+        what, where = cfg.requested_as[0], cfg.requested_as[1].format(at=cfg.at)
 
         async def send() -> _Reply:
             # Never redirected: a 307 would replay the credentials in the body to wherever it points.
@@ -437,7 +437,7 @@ class TokenManager:
             raise AuthError(
                 self.redactor.redact(
                     f"{what} failed: {cfg.method} {cfg.url} returned HTTP {status} {reason}"
-                    f"{': ' + self.redactor.snippet(body) if body else ''}. {cfg.credentials_hint}"
+                    f"{': ' + self.redactor.snippet(body) if body else ''}. {cfg.credentials_hint.format(at=cfg.at)}"
                 )
             )
         doc: Any = None

@@ -297,9 +297,11 @@ class AuthConfig(Section):
     )
     # The schema rules of the kind besides its required keys (JSON Schema; the loader checks them too).
     schema_rules: ClassVar[tuple[Schema, ...]] = ()
-    requested_as: ClassVar[tuple[str, str]] = ("token request", "auth.token_url")  # for messages: what, which key
+    # For messages: what is requested and which key says where; what to check when it fails
+    # (``{at}``: where the auth block is, `auth`, or `auths.acme` with steps).
+    requested_as: ClassVar[tuple[str, str]] = ("token request", "{at}.token_url")
     credentials_hint: ClassVar[str] = (
-        "Check the credentials in auth.body and auth.headers, and the environment variables they use."
+        "Check the credentials in {at}.body and {at}.headers, and the environment variables they use."
     )
 
     type: Annotated[
@@ -313,6 +315,7 @@ class AuthConfig(Section):
     # What every kind comes down to, in the order `auth` keys are listed (AUTH_KEYS).
     url: Derived[str] = derived(default="")
     method: Derived[str] = derived(default="POST")
+    at: Derived[str] = derived(default="auth")  # where the block is in the config, for messages
     body: Derived[Any] = derived(default=None)  # credentials
     headers: Derived[Mapping[str, str]] = derived(default_factory=dict)
     token_path: Derived[str] = derived(default="")
@@ -438,7 +441,7 @@ class LoginAuth(AuthConfig):
     """``type: login`` (the default): log in at ``url`` for a token (Clay's JWT inputs)."""
 
     kind = "login"
-    requested_as = ("login", "auth.url")
+    requested_as = ("login", "{at}.url")
     schema_rules = (_unless("token_header", "token_cookie", then="token_path"),)
 
     url: Annotated[
@@ -678,8 +681,8 @@ class OAuth2Auth(AuthConfig):
 
     kind = "oauth2_client_credentials"
     credentials_hint = (
-        "Check auth.client_id and auth.client_secret (and the environment variables they use), "
-        "auth.client_auth (`basic` or `body`: the server may want the other), auth.scope and auth.audience."
+        "Check {at}.client_id and {at}.client_secret (and the environment variables they use), "
+        "{at}.client_auth (`basic` or `body`: the server may want the other), {at}.scope and {at}.audience."
     )
 
     token_url: Annotated[
@@ -834,7 +837,7 @@ class JwtSignedAuth(AuthConfig):
 
     kind = "jwt_signed"
     credentials_hint = (
-        "Check auth.key and auth.algorithm (the server must know the key) and auth.claims "
+        "Check {at}.key and {at}.algorithm (the server must know the key) and {at}.claims "
         "(iss, sub and aud are what a token endpoint usually checks)."
     )
     schema_rules = (

@@ -228,6 +228,9 @@ def load_steps(data: dict[str, Any], load: Load) -> Config:
         if rate is not None and rate.shared and "rate_limit" not in raw:
             # The top-level limit is each step's own, as a local one is: one Redis key per step.
             config = config.derive(rate_limit=replace(rate, key=f"{rate.key}.{name}"))
+        if config.auth is not None and "auth" in moves:  # messages name where the block is
+            block = f"auths.{auth}" if isinstance(auth, str) else f"steps[{i}].auth"
+            config = config.derive(auth=config.auth.derive(at=block))
         configs.append(config.derive(name=name, cost=cost, auth_key=auth_key))
     _check_explodes(configs, where)
     if configs[0].max_cost is not None and not any(c.cost for c in configs):

@@ -1253,3 +1253,21 @@ def test_retry_failed_and_refresh_older_than_call_again_only_what_they_name_in_e
     time.sleep(1.1)
     assert run_cli(["run", str(cfg), "-q", "--refresh-older-than", "1s"]) == 0
     assert sent == {"lookup": 8, "score": 9}
+
+
+def test_a_named_auth_that_fails_to_log_in_names_its_own_keys(
+    tmp_path: Path, serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"error": "bad credentials"}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    server = serve(app)
+    steps = chain_steps(server.url)
+    steps[0]["auth"] = "acme"
+    auths = {"acme": {"url": server.url + "/login", "body": {"user": "u"}, "token_path": "token"}}
+    cfg = steps_config(tmp_path, steps, auths=auths)
+    assert run_cli(["run", str(cfg), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "Check the credentials in auths.acme.body and auths.acme.headers" in err and "auth.body" not in err
