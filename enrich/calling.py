@@ -90,6 +90,7 @@ class Tally:
     deduped: int = 0  # rows whose request another row of this run made
     logins: int = 0
     late_slots: int = 0  # the limiter's slots given up for being reached late
+    announced: dict[str, float | int | None] | None = None  # what the API's rate-limit headers said
     latencies: array[float] = field(default_factory=lambda: array("d"))  # ms, each call made by this run
     steps: list[StepTally] = field(default_factory=list)  # with `steps`: one per step, in order
 
@@ -210,6 +211,7 @@ class CallingPass:
                 raise stopped(stop, journal, counters.calls)
             self.tally.logins = client.tokens.logins if client.tokens else 0
             self.tally.late_slots = client.limiter.rebooked
+            self.tally.announced = client.limiter.announced.to_dict()
         self.report(self.tally, self.counters, force=True)
         return counters, self.tally
 

@@ -435,10 +435,21 @@ def _summary_table(s: Any, output: Path, summary: Path) -> str:
         f"  latency  {latency}; {s.calls_per_second:.1f} calls/s ({limit})",
         f"  auth     {_n(s.logins, 'login')}, {_n(s.refreshes, 'token refresh', 'token refreshes')}",
     ]
+    if s.announced:
+        lines.append(f"  api      {_announced(s)}")
     if s.steps:
         lines += _steps_lines(s)
     lines.append(f"  summary  {summary}")
     return "\n".join(lines)
+
+
+def _announced(s: Any) -> str:
+    """What the API's rate-limit headers announced, and the share of it the run's pace used."""
+    a = s.announced
+    limit = f"{a['limit']} calls" if a["limit"] is not None else "calls"
+    window = f" per {a['window_s']:g}s" if a["window_s"] is not None else ""
+    used = f"; the run used {s.allowance_used:.0%} of it" if s.allowance_used is not None else ""
+    return f"announced {limit}{window}{used} (fewest left: {a['remaining_min']})"
 
 
 def _steps_lines(s: Any) -> list[str]:

@@ -15,8 +15,10 @@ unless the config opts in.
 over one request on the wire (aiohttp's errors mapped to ours there, in one place). A refresh
 or a redirect is not a retry attempt.
 
-Two answers stop the whole run instead of one row (``_halt``): a Retry-After longer than
-``retry.max_retry_after``, and a TLS failure. No new call starts, the calls in flight
+Every answer's RateLimit headers (``allowance.py``) go to the limiter, which paces by them
+(``_heed``). Three answers stop the whole run instead of one row (``_halt``): a Retry-After
+longer than ``retry.max_retry_after``, headers saying no call is left until a reset further away
+than that (the answer itself is kept), and a TLS failure. No new call starts, the calls in flight
 finish (so they reach the journal), then the error is raised.
 """
 
@@ -35,6 +37,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .allowance import read_allowance
 from .auth import TokenManager
 from .config import MAX_RESPONSE_BYTES, AuthConfig, RequestConfig, RetryConfig
 from .errors import FailureKind, RunAborted, ThrottledTooLong
@@ -295,6 +298,8 @@ class Client:
                 else:
                     if answer.status not in retry.statuses:
                         return self._answered(answer, state.attempt)
+                    if self._stop is not None:
+                        raise self._stop  # the quota is spent (_heed): no retry against it
                     failure = self._retryable(answer)
                 if state.attempt >= retry.attempts:
                     gave_up = f" (gave up after {state.attempt} attempts)" if retry.attempts > 1 else ""
@@ -427,7 +432,7 @@ class Client:
                 raise self._stop
             if tokens is None:
                 self._count(state)
-                return await self.transport.send(req.method, req.url, req.headers, req.body)
+                return self._heed(await self.transport.send(req.method, req.url, req.headers, req.body))
             # After the limiter's wait, which a token may not outlive.
             generation, auth_headers, params = await tokens.credentials(self.session)
             headers = {**req.headers, **auth_headers}
@@ -435,7 +440,7 @@ class Client:
             self._count(state)
             ticket = tokens.sending(generation)
             try:
-                answer = await self.transport.send(req.method, url, headers, req.body)
+                answer = self._heed(await self.transport.send(req.method, url, headers, req.body))
             except BaseException:
                 tokens.answered(ticket, None)
                 raise
@@ -447,6 +452,24 @@ class Client:
             if not await tokens.rejected(self.session, ticket, said, resent=state.resends > 0):
                 return answer  # the record itself was refused: the row fails with the answer
             state.resends += 1
+
+    def _heed(self, answer: Answer) -> Answer:
+        """Pass what ``answer`` announces of the rate limit to the limiter; a quota spent until
+        later than ``retry.max_retry_after`` stops the run: no call starts after this one, whose
+        answer is kept (the calls in flight finish, see ``_halt``)."""
+        allowance = read_allowance(answer.headers, time.time())
+        if allowance is None:
+            return answer
+        wait, longest = allowance.reset_in, self.retry.max_retry_after
+        if wait <= longest:
+            self.limiter.announce(allowance, self.transport.active)
+            return answer
+        self.limiter.announced.note(allowance)  # a long quota is spent at the run's pace
+        if allowance.remaining == 0 and self._stop is None:
+            self._stop = ThrottledTooLong(
+                wait, answer.status, longest, time.time() + wait, said="its quota spent, 0 calls left"
+            )
+        return answer
 
     def _count(self, state: _Call) -> None:
         self.counters.calls += 1

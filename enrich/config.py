@@ -81,7 +81,7 @@ from .model import (
 )
 from .redact import MASK, Redactor, masked_url, url_secrets
 from .template import Template, compile_json_text, compile_template, compile_url, json_body
-from .units import RATE_TEXT, SIZE_TEXT, Rate, format_size, parse_duration, parse_rate, parse_size
+from .units import AUTO, RATE_TEXT, SIZE_TEXT, Rate, format_size, parse_duration, parse_rate, parse_size
 from .yaml_file import read_yaml
 
 # The auth config's public names and METHODS are re-exported: callers import every config name from here.
@@ -340,7 +340,10 @@ def _limit_name(value: Any, where: str) -> str:
     return value
 
 
-_RATE_TEXT: dict[str, Any] = {"type": ["string", "number"], "pattern": f"{json_pattern(RATE_TEXT)}|{ENV_TEXT}"}
+_RATE_TEXT: dict[str, Any] = {
+    "type": ["string", "number"],
+    "pattern": f"{json_pattern(RATE_TEXT)}|^{AUTO}$|{ENV_TEXT}",
+}
 RATE = Parsed(parse_rate, _RATE_TEXT)
 
 
@@ -789,7 +792,8 @@ class Config(Section):
         Parsed(_rate_limit, _rate_limit_schema, load=True),
         about(
             "Requests started per second, minute or hour, across all workers: N/s, N/min, N/h, or a number (per "
-            "second); or a mapping with `shared` for one limit across processes. Default: no limit."
+            "second); or a mapping with `shared` for one limit across processes. Whatever it says, calls start no "
+            "faster than the API's rate-limit headers allow. Default (or `auto`): that alone."
         ),
     ] = None
     retry: Annotated[

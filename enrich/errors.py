@@ -10,7 +10,7 @@
     │   ├── InputChanged        the input file changed while the run read it (exit 3)
     │   ├── InputUnavailable    the input's URL cannot be fetched now: no connection, a timeout, a 5xx (exit 3)
     │   ├── StorageError        the disk failed the run: full, not writable, a damaged journal (exit 3)
-    │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after (exit 3)
+    │   ├── ThrottledTooLong    the API asked to wait longer than retry.max_retry_after, or its quota is spent (exit 3)
     │   ├── CostLimitReached    the next call could take the run's credits over max_cost (exit 3)
     │   └── TLSError            the API's certificate cannot be verified, or TLS failed (exit 3)
     └── Interrupted             Ctrl-C or SIGTERM; finished calls are in the journal (exit 130)
@@ -100,22 +100,27 @@ class StorageError(RunAborted):
 
 
 class ThrottledTooLong(RunAborted):
-    """The API answered with a Retry-After longer than ``retry.max_retry_after``: rather than sleep
-    for hours, the run stops; the journal keeps the finished calls, so a later run resumes."""
+    """The API asked to wait longer than ``retry.max_retry_after`` (a Retry-After, or a quota its
+    RateLimit headers say is spent until later): rather than sleep for hours, the run stops; the
+    journal keeps the finished calls, so a later run resumes. ``said``: what asked, when not a
+    Retry-After."""
 
-    def __init__(self, seconds: float, status: int, limit: float, resume_at: float, saved: str = "") -> None:
+    def __init__(
+        self, seconds: float, status: int, limit: float, resume_at: float, saved: str = "", said: str = ""
+    ) -> None:
         self.seconds, self.status, self.limit, self.resume_at, self._saved = seconds, status, limit, resume_at, saved
+        self.said = said
         when = _utc_minute(resume_at)
         asked = f"{seconds:.0f}s" if seconds < 10 * _YEAR else "longer than ten years"
         super().__init__(
-            f"the API asked to wait {asked} (Retry-After on HTTP {status}), more than "
+            f"the API asked to wait {asked} ({said or 'Retry-After'} on HTTP {status}), more than "
             f"retry.max_retry_after ({limit:g}s). {saved or 'Run'} again "
             + (f"after {when}." if when else "later: the time it named is too far away to be meant.")
         )
 
-    def __reduce__(self) -> tuple[type[ThrottledTooLong], tuple[float, int, float, float, str]]:
+    def __reduce__(self) -> tuple[type[ThrottledTooLong], tuple[float, int, float, float, str, str]]:
         # Picklable, so the stop crosses process boundaries whole (a Dask worker to the client).
-        return (type(self), (self.seconds, self.status, self.limit, self.resume_at, self._saved))
+        return (type(self), (self.seconds, self.status, self.limit, self.resume_at, self._saved, self.said))
 
     def saved(self, calls: int, journal: object | None, total: int | None = None) -> ThrottledTooLong:
         """The same stop, saying what the journal holds: ``calls`` made by this run, ``total`` in
@@ -128,7 +133,7 @@ class ThrottledTooLong(RunAborted):
             saved = f"{total:,} finished calls are in the journal {journal} ({calls:,} made by this run); run the same command"
         else:
             saved = f"{calls:,} finished calls are saved in the journal {journal}; run the same command"
-        return ThrottledTooLong(self.seconds, self.status, self.limit, self.resume_at, saved)
+        return ThrottledTooLong(self.seconds, self.status, self.limit, self.resume_at, saved, self.said)
 
 
 class CostLimitReached(RunAborted):

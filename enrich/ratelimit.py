@@ -14,6 +14,14 @@ starts, and arrivals bunch up by a few milliseconds of network and scheduling ji
 At 1,000/s exact pacing let the server see 1,013 calls in its busiest second; with the
 headroom a run still gets more than 99% of its allowance.
 
+The API's own announcement caps the pace on top of the rate (``announce``, fed by the client
+with every answer's RateLimit headers, ``allowance.py``): for a window that resets within
+``retry.max_retry_after``, starts are spaced ``window / limit`` apart (or, with no limit or
+window announced, the calls left spread over the time to the reset), and no more start before
+the reset than the answer said are left, less the calls already on their way. A window reset
+given in whole seconds is only known to the second; the earliest reset any answer of a window
+implies is kept, so the wait for a spent window ends close to its real end.
+
 Time is passed in (``clock``, ``sleep``) so tests need not sleep.
 """
 
@@ -23,6 +31,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+from .allowance import Allowance, Announced
 
 
 class Limiter(Protocol):
@@ -42,6 +52,15 @@ class Limiter(Protocol):
 
     def pause(self, seconds: float) -> None: ...
 
+    def announce(self, allowance: Allowance, in_flight: int) -> None:
+        """Heed what an answer announced of a short window, ``in_flight`` other calls on their way."""
+        ...
+
+    @property
+    def announced(self) -> Announced:
+        """What the answers announced (for the summary)."""
+        ...
+
     async def close(self) -> None:
         """Finish what the limiter started (a shared pause on its way to Redis); the run ends."""
         ...
@@ -55,7 +74,21 @@ HEADROOM = 0.994
 class RateLimiter:
     """Slot scheduler shared by every worker of a run; ``rate=None`` paces nothing."""
 
-    __slots__ = ("_clock", "_interval", "_next", "_paused_until", "_sleep", "rate")
+    __slots__ = (
+        "_booked",
+        "_cap",
+        "_clock",
+        "_headroom",
+        "_interval",
+        "_left",
+        "_next",
+        "_paused_until",
+        "_remaining",
+        "_reset_at",
+        "_sleep",
+        "announced",
+        "rate",
+    )
 
     def __init__(
         self,
@@ -71,6 +104,13 @@ class RateLimiter:
         self._sleep = sleep
         self._next = float("-inf")
         self._paused_until = float("-inf")
+        self._headroom = headroom
+        self.announced = Announced()
+        self._cap = 0.0  # the interval the API's announcement asks for (0: none)
+        self._left: int | None = None  # starts left before _reset_at, as last announced
+        self._reset_at = float("-inf")
+        self._remaining = 0  # as the last announcement said, to tell a new window from the same one
+        self._booked = 0  # callers given a slot they have not reached yet
 
     async def acquire(self) -> None:
         """Wait until this caller may start a request."""
@@ -79,13 +119,43 @@ class RateLimiter:
             if self._paused_until > now:
                 await self._sleep(self._paused_until - now)
                 continue
+            if self._left is not None:
+                if now >= self._reset_at:
+                    self._left = None  # the window reset: the next answer says what the new one holds
+                elif self._left <= 0:
+                    await self._sleep(self._reset_at - now)  # the window is spent
+                    continue
+                else:
+                    self._left -= 1
             start = max(now, self._next)
-            self._next = start + self._interval
+            self._next = start + max(self._interval, self._cap)
             if start > now:
-                await self._sleep(start - now)
+                self._booked += 1
+                try:
+                    await self._sleep(start - now)
+                finally:
+                    self._booked -= 1
                 if self._paused_until > self._clock():
                     continue  # a pause began while we waited for the slot
             return
+
+    def announce(self, allowance: Allowance, in_flight: int) -> None:
+        """Cap the pace by what an answer announced of a window resetting ``allowance.reset_in``
+        seconds from now (the client passes only short ones), ``in_flight`` other calls sent and
+        not answered yet: they count against what is left, as do the slots booked and not reached."""
+        window = self.announced.note(allowance)
+        now = self._clock()
+        reset_at = now + allowance.reset_in
+        if self._reset_at > now and allowance.remaining <= self._remaining:
+            reset_at = min(reset_at, self._reset_at)  # the same window: keep the earliest reset implied
+        elif window is not None and now < self._reset_at + window < reset_at:
+            reset_at = self._reset_at + window  # the next window: it ends one window after the last
+        self._reset_at, self._remaining = reset_at, allowance.remaining
+        self._left = allowance.remaining - in_flight - self._booked
+        if allowance.limit is not None and window is not None:
+            self._cap = window / (allowance.limit * self._headroom)
+        elif allowance.remaining > 0:
+            self._cap = allowance.reset_in / (allowance.remaining * self._headroom)
 
     def pause(self, seconds: float) -> None:
         """Hold every worker for ``seconds`` from now (a 429 or Retry-After seen by one)."""
@@ -96,8 +166,9 @@ class RateLimiter:
 
     @property
     def pacing(self) -> bool:
-        """Whether ``acquire`` can make a caller wait (a rate is set, or a pause was ever asked for)."""
-        return self._interval > 0 or self._paused_until > float("-inf")
+        """Whether ``acquire`` can make a caller wait (a rate is set, a pause was ever asked for, or
+        the API announced an allowance)."""
+        return self._interval > 0 or self._paused_until > float("-inf") or self.announced.answers > 0
 
     @property
     def rebooked(self) -> int:

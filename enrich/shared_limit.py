@@ -22,6 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .allowance import Allowance, Announced
 from .errors import RunAborted
 from .ratelimit import HEADROOM
 from .retry import redis_patience, redis_unreachable, retrying
@@ -91,6 +92,7 @@ class SharedRateLimiter:
         self._pause = self._client.register_script(_PAUSE)
         self._pauses: set[asyncio.Task[Any]] = set()
         self.rebooked = 0  # slots given up because this process reached them late
+        self.announced = Announced()
         self._patience = redis_patience(FAIL_AFTER)
         self._unreachable = redis_unreachable()
 
@@ -119,6 +121,11 @@ class SharedRateLimiter:
             if attempt == MAX_REBOOKS or loop.time() - answered - wait <= LATE_AFTER:
                 return
             self.rebooked += 1  # this slot is given up; book the next one
+
+    def announce(self, allowance: Allowance, in_flight: int) -> None:
+        """Noted for the summary only: the shared limit does not pace by the API's headers yet (a
+        spent quota still stops the run: the client sees to that)."""
+        self.announced.note(allowance)
 
     def pause(self, seconds: float) -> None:
         """Hold every process for ``seconds`` from now (a 429 or Retry-After seen by this one)."""

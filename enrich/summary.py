@@ -11,6 +11,7 @@ While a run works the file says ``running`` (with the pid); a run that stops say
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from array import array
 from collections.abc import Callable
@@ -76,6 +77,8 @@ class Summary:
     # Slots of a shared limit given up because this process reached them late (a busy machine):
     # capacity lost so that no second goes over the limit.
     late_slots: int = 0
+    # What the API's rate-limit headers announced: {"limit": 50, "window_s": 2.0, "remaining_min": 0}
+    announced: dict[str, float | int | None] | None = None
     fill: dict[str, float] = field(default_factory=dict)  # field column -> share of rows holding a value
     steps: tuple[StepSummary, ...] = ()  # with `steps`: one per step, in order
     credits: float = 0.0  # with `steps`: what this run's answered calls cost, all steps together
@@ -94,6 +97,16 @@ class Summary:
         return self.calls / self.call_seconds if self.call_seconds > 0 else 0.0
 
     @property
+    def allowance_used(self) -> float | None:
+        """The share of the announced allowance the calls used: ``limit`` per window, over the windows
+        the calling pass spanned."""
+        a = self.announced
+        if not a or not a.get("limit") or not a.get("window_s"):
+            return None
+        windows = math.ceil(self.call_seconds / float(a["window_s"] or 1)) + 1  # at most, partial ones counted
+        return self.calls / (windows * float(a["limit"] or 1))
+
+    @property
     def over_budget(self) -> bool:
         """More rows failed than ``max_error_rate`` allows."""
         return self.max_error_rate is not None and self.error_rate > self.max_error_rate
@@ -106,6 +119,7 @@ class Summary:
             error_rate=round(self.error_rate, 6),
             calls_per_second=round(self.calls_per_second, 2),
             over_budget=self.over_budget,
+            announced=self.announced and {**self.announced, "used": _round(self.allowance_used)},
             elapsed=round(self.elapsed, 3),
             call_seconds=round(self.call_seconds, 3),
         )
@@ -143,6 +157,7 @@ def summarize(
         rate_limit=config.rate_limit.per_second if config.rate_limit else None,
         max_error_rate=config.max_error_rate,
         late_slots=tally.late_slots,
+        announced=tally.announced,
         fill={c: _share(counts.filled[c], rows) for c in config.field_columns},
         steps=steps,
         credits=sum(step.credits for step in steps),
@@ -174,6 +189,10 @@ def _step_summary(step: Config, tally: StepTally, counts: StepCounts, rows: int)
         credits=tally.credits,
         fill={c: _share(counts.filled[c], rows) for c in step.field_columns},
     )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _share(count: int, rows: int) -> float:

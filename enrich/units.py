@@ -14,6 +14,7 @@ RATE_TEXT = re.compile(
     r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:(?:/|per)\s*(?P<unit>s|sec|second|m|min|minute|h|hr|hour)s?)?\s*$",
     re.IGNORECASE,
 )
+AUTO = "auto"  # no rate of our own: pace by the API's headers (the default)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hr": 3600, "hour": 3600}
 
 
@@ -41,8 +42,9 @@ class Rate:
 
 
 def parse_rate(value: Any, loc: str) -> Rate | None:
-    """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null means unlimited."""
-    if value is None or value == 0:
+    """Parse ``20/s``, ``1200/min``, ``100/h`` or a bare number (per second); null (or ``auto``) sets
+    no rate of our own: the pace is what the API's rate-limit headers allow."""
+    if value is None or value == 0 or (isinstance(value, str) and value.strip().lower() == AUTO):
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
@@ -52,7 +54,7 @@ def parse_rate(value: Any, loc: str) -> Rate | None:
     if not match or float(match.group("n")) <= 0:
         raise ConfigError(
             f"{loc}: {value!r} is not a rate. Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), "
-            "or leave it out for no limit."
+            "or `auto` (the default: as fast as the API's rate-limit headers allow)."
         )
     unit = match.group("unit")
     return Rate(float(match.group("n")), float(_UNIT_SECONDS[unit.lower()]) if unit else 1.0)

@@ -225,7 +225,7 @@ def job_lines(base: str, inp: Path, out: Path) -> list[str]:
     ]
 
 
-RATE_HELP = "Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), or leave it out for no limit."
+RATE_HELP = "Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), or `auto` (the default: as fast as the API's rate-limit headers allow)."
 
 # (name, {line number: new text}, extra argv, expected message): edits, argv and message are str.format
 # templates ({cfg} {inp} {out} {tmp} {base} are filled in; literal braces are doubled)

@@ -19,7 +19,7 @@ from enrich.errors import ConfigError, EnrichError
 URL = "https://api.example.com/v1/people/{{id}}"
 # Two lines; a case that starts with it has its own keys from line 3 on.
 BASE = f"request:\n  url: {URL}\n"
-RATE_HINT = "Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), or leave it out for no limit."
+RATE_HINT = "Write it as N/s, N/min or N/h (e.g. `20/s`, `600/min`), or `auto` (the default: as fast as the API's rate-limit headers allow)."
 YAML_HINT = "Check the indentation and quote values that contain `: `, `#` or start with `{`, `[`, `*` or `&`."
 LOGIN = "auth:\n  url: https://api.example.com/login\n  token_path: access_token\n"
 
