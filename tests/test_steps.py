@@ -1271,3 +1271,35 @@ def test_a_named_auth_that_fails_to_log_in_names_its_own_keys(
     assert run_cli(["run", str(cfg), "-q"]) == 3
     err = capsys.readouterr().err
     assert "Check the credentials in auths.acme.body and auths.acme.headers" in err and "auth.body" not in err
+
+
+def test_a_step_whose_quota_is_spent_stops_the_run_and_a_rerun_goes_on(tmp_path: Path, serve: Serve) -> None:
+    # The second step's API allows three calls a day, and says so; then its quota is spent.
+    quota = {"left": 3}
+    sent: Counter[str] = Counter()
+
+    async def lookup(request: web.Request) -> web.Response:
+        sent["lookup"] += 1
+        return web.json_response({"id": "id-" + request.match_info["key"]})
+
+    async def score(request: web.Request) -> web.Response:
+        if quota["left"] <= 0:
+            return web.json_response({"error": "quota"}, status=429, headers={"X-RateLimit-Remaining": "0"})
+        quota["left"] -= 1
+        sent["score"] += 1
+        headers = {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": str(quota["left"]), "X-RateLimit-Reset": "86400"}
+        return web.json_response({"score": 1}, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/lookup/{key}", lookup)
+    app.router.add_get("/score/{id}", score)
+    server = serve(app)
+    cfg = echo_config(tmp_path, server.url, 8, concurrency=1)
+    assert run_cli(["run", str(cfg), "-q"]) == 3
+    assert sent["score"] == 3 and sent["lookup"] <= 8
+    first = Counter(sent)
+    quota["left"] = 100  # the next day
+    assert run_cli(["run", str(cfg), "-q"]) == 0
+    assert sent["score"] == 8 and sent["lookup"] == 8  # no answered call asked twice
+    assert pl.read_parquet(tmp_path / "keys.parquet")["score"].to_list() == [1] * 8
+    assert first["score"] == 3
