@@ -652,6 +652,7 @@ def chain_build_pass(
     step: ``"<step>: HTTP 404"``."""
     steps = compile_steps(config)
     counts = RowCounts(steps=[StepCounts() for _ in steps])
+    by_name = dict(zip((s.name for s in steps), counts.steps, strict=True))  # a step's counts, by its name
     explodes = config.explodes  # only the last step's fields may explode (``load_steps``)
 
     def generate() -> Iterator[Built]:
@@ -671,7 +672,7 @@ def chain_build_pass(
             if explodes:  # the last step's lists, zipped: lists of different lengths fail the row at that step
                 for state in states:
                     zip_last(steps[-1], explodes, state)
-            failing = [_count(state, steps, counts) for state in states]
+            failing = [_count(state, steps, counts, by_name) for state in states]
             failed = failed_steps(batch, config, steps, states, failing, numbers) if with_failed else None  # input rows
             take, items = None, None
             if explodes:  # one output row per item: the input row's own columns repeat
@@ -730,7 +731,7 @@ def explode_states(
     return out, take, items
 
 
-def _count(state: RowState, steps: list[Step], counts: RowCounts) -> int | None:
+def _count(state: RowState, steps: list[Step], counts: RowCounts, by_name: Mapping[str, StepCounts]) -> int | None:
     """Count the row; the index of the step it failed by (None: it did not fail)."""
     for step_counts, result in zip(counts.steps, state.results, strict=True):
         if result.error is not None:
@@ -740,7 +741,6 @@ def _count(state: RowState, steps: list[Step], counts: RowCounts) -> int | None:
             step_counts.skipped += 1
         else:
             step_counts.answered += 1
-    by_name = dict(zip((s.name for s in steps), counts.steps, strict=True))
     for column, name in state.source.items():
         by_name[name].filled[column] += 1
     for index, (step, result) in enumerate(zip(steps, state.results, strict=True)):
